@@ -1,0 +1,485 @@
+"""gripd vs Pushpin 1.36 benchmark: fan-out, RSS per held connection, long-poll, pass-through.
+
+Usage: ``python bench/run.py [--only NAME] [--impl gripd|pushpin|both] [--quick]``; see
+bench/README.md. Every server is started by ``tests.support.procs.start_server`` from the same
+generated pushpin.conf (Debian's shipped values) with ``message_rate``/``message_hwm`` = -1
+(unlimited, F34), one implementation after the other, each scenario on a fresh server. Results
+are printed as a markdown table and appended to ``bench/out/results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import datetime as dt
+import json
+import multiprocessing as mp
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(0, str(BENCH))
+
+import loadgen  # noqa: E402
+
+from tests.support.procs import (  # noqa: E402
+    NO_RATE_LIMIT,
+    Impl,
+    Server,
+    gripd_runnable,
+    merge_conf,
+    publish_http,
+    pushpin_installed,
+    raise_nofile_limit,
+    start_server,
+)
+
+SCENARIOS = ("fanout", "rss", "longpoll", "passthrough")
+Row = tuple[str, str]  # (metric, value)
+
+
+@dataclass
+class Settings:
+    """Sizes for one run; ``--quick`` shrinks them."""
+
+    connections: int = 10_000
+    messages: int = 20
+    interval: float = 0.05
+    inflight: int = 50
+    workers: int = 2
+    lp_clients: int = 100
+    lp_seconds: float = 10.0
+    wrk_seconds: int = 10
+    wrk_connections: int = 50
+    quick: bool = False
+    extra_conf: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+class Workers:
+    """Forked load-generator processes (bench/loadgen.py) driven over pipes."""
+
+    def __init__(self, count: int) -> None:
+        ctx = mp.get_context("fork")
+        self.conns: list[Connection] = []
+        self.procs: list[mp.process.BaseProcess] = []
+        for _ in range(count):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=loadgen.worker_main, args=(child,), daemon=True)
+            p.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(p)
+        self.cpu_start = [0.0] * count
+        self.cpu_last = [0.0] * count
+
+    def call(self, msgs: list[dict[str, Any]], timeout: float = 300.0) -> list[dict[str, Any]]:
+        for c, m in zip(self.conns, msgs, strict=True):
+            c.send(m)
+        out: list[dict[str, Any]] = []
+        for i, c in enumerate(self.conns):
+            if not c.poll(timeout):
+                raise TimeoutError(f"load generator {i} did not answer {msgs[i]['op']}")
+            r: dict[str, Any] = c.recv()
+            self.cpu_last[i] = float(r.get("cpu", self.cpu_last[i]))
+            out.append(r)
+        return out
+
+    def all(self, msg: dict[str, Any], timeout: float = 300.0) -> list[dict[str, Any]]:
+        return self.call([msg] * len(self.conns), timeout)
+
+    def mark(self) -> None:
+        """Start a CPU-time measurement window."""
+        self.all({"op": "warm"})
+        self.cpu_start = list(self.cpu_last)
+
+    def cpu(self) -> float:
+        """Load-generator CPU seconds since ``mark``."""
+        self.all({"op": "warm"})
+        return sum(b - a for a, b in zip(self.cpu_start, self.cpu_last, strict=True))
+
+    def close(self) -> None:
+        for c in self.conns:
+            try:
+                c.send({"op": "close"})
+                c.poll(10)
+            except (OSError, EOFError):
+                pass
+        for p in self.procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+
+
+def split(n: int, parts: int) -> list[int]:
+    return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
+
+
+def pct(samples: array.array[int], q: float) -> float:
+    """Percentile ``q`` (0-100) in milliseconds of nanosecond samples; NaN when empty."""
+    if not samples:
+        return float("nan")
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(len(s) * q / 100))] / 1e6
+
+
+def start_origin() -> tuple[subprocess.Popen[bytes], int]:
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCH / "origin.py"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    m = re.match(r"PORT (\d+)", line)
+    if not m:
+        proc.kill()
+        raise RuntimeError(f"bench origin did not start: {line!r}")
+    return proc, int(m.group(1))
+
+
+def cpu_of(pid: int) -> float:
+    from tests.support.procs import tree_cpu_seconds
+
+    return tree_cpu_seconds(pid)
+
+
+def run_held(
+    server: Server, workers: Workers, st: Settings, publish: bool, origin_pid: int
+) -> list[Row]:
+    """Scenarios 1 and 2: connect N SSE streams on one channel, measure RSS, then publish."""
+    rows: list[Row] = []
+    time.sleep(0.5)
+    baseline = server.rss_bytes()
+    cpu0 = server.cpu_seconds()
+    workers.mark()
+    n = st.connections
+    parts = split(n, len(workers.conns))
+    inflight = split(st.inflight, len(workers.conns))
+    t0 = time.monotonic()
+    res = workers.call(
+        [
+            {"op": "sse", "port": server.http_port, "path": "/stream/fan", "n": k,
+             "inflight": max(1, f), "deadline": 300}
+            for k, f in zip(parts, inflight, strict=True)
+        ],
+        timeout=330,
+    )
+    connect_s = time.monotonic() - t0
+    ok = sum(r["ok"] for r in res)
+    statuses: dict[str, int] = {}
+    for r in res:
+        for k, v in r["statuses"].items():
+            statuses[k] = statuses.get(k, 0) + v
+    rows.append(("held connections ok / asked", f"{ok} / {n}"))
+    rows.append(("connect time s (≤%d in flight)" % st.inflight, f"{connect_s:.1f}"))
+    rows.append(("connect statuses", json.dumps(statuses, sort_keys=True)))
+    rows.append(("connect retries", str(sum(r["retries"] for r in res))))
+    # Warm-up: publish until every connection saw one (the subscription exists), bounded.
+    warm = 0
+    for _ in range(60):
+        publish_http(server.control_port, [_sse_item(b"w")])
+        time.sleep(0.5)
+        warm = sum(r["warm"] for r in workers.all({"op": "warm"}))
+        if warm >= ok:
+            break
+    rows.append(("subscribed after warm-up", str(warm)))
+    time.sleep(2.0)  # idle
+    rss = server.rss_bytes()
+    rows.append(("server RSS baseline MiB", f"{baseline / 2**20:.1f}"))
+    rows.append(("server RSS with N held MiB", f"{rss / 2**20:.1f}"))
+    rows.append(("RSS per held connection KiB", f"{(rss - baseline) / max(1, ok) / 1024:.2f}"))
+    if not publish:
+        rows.append(("server CPU s (connect+idle)", f"{server.cpu_seconds() - cpu0:.2f}"))
+        rows.append(("loadgen CPU s", f"{workers.cpu():.2f}"))
+        return rows
+    workers.all({"op": "reset"})
+    cpu1 = server.cpu_seconds()
+    ocpu1 = cpu_of(origin_pid)
+    workers.mark()
+    t_pub0 = time.monotonic_ns()
+    pub_err = 0
+    for i in range(st.messages):
+        due = t_pub0 + int(i * st.interval * 1e9)
+        delay = (due - time.monotonic_ns()) / 1e9
+        if delay > 0:
+            time.sleep(delay)
+        status, _ = publish_http(server.control_port, [_sse_item(b"m%d" % i)])
+        pub_err += status != 200
+    publish_s = (time.monotonic_ns() - t_pub0) / 1e9
+    expected = st.messages * ok
+    received = 0
+    last_change = time.monotonic()
+    drain_end = time.monotonic() + 60
+    while time.monotonic() < drain_end and received < expected:
+        time.sleep(0.25)
+        now_received = sum(r["received"] for r in workers.all({"op": "fan"}))
+        if now_received != received:
+            received, last_change = now_received, time.monotonic()
+        elif time.monotonic() - last_change > 5:
+            break
+    final = workers.all({"op": "fan_collect"})
+    lat: array.array[int] = array.array("q")
+    for r in final:
+        lat.frombytes(r["lat"])
+    received = sum(r["received"] for r in final)
+    last_ns = max((r["last_ns"] for r in final), default=0)
+    span = (last_ns - t_pub0) / 1e9 if last_ns else float("nan")
+    rows.append(("messages published (interval s)", f"{st.messages} ({st.interval})"))
+    rows.append(("publish errors", str(pub_err)))
+    rows.append(("publish wall time s", f"{publish_s:.2f}"))
+    rows.append(("deliveries received / expected", f"{received} / {expected}"))
+    rows.append(("messages lost", str(expected - received)))
+    rows.append(("deliveries/s (first publish → last receive)", f"{received / span:,.0f}"))
+    rows.append(("latency p50 ms", f"{pct(lat, 50):.1f}"))
+    rows.append(("latency p99 ms", f"{pct(lat, 99):.1f}"))
+    rows.append(("latency max ms", f"{(max(lat) / 1e6 if lat else float('nan')):.1f}"))
+    rows.append(("server CPU s (publish phase)", f"{server.cpu_seconds() - cpu1:.2f}"))
+    rows.append(("loadgen CPU s (publish phase)", f"{workers.cpu():.2f}"))
+    rows.append(("origin CPU s (publish phase)", f"{cpu_of(origin_pid) - ocpu1:.2f}"))
+    return rows
+
+
+def _sse_item(tag: bytes) -> dict[str, Any]:
+    content = f"data: {tag.decode()} {time.monotonic_ns()}\n\n"
+    return {"channel": "fan", "formats": {"http-stream": {"content": content}}}
+
+
+def run_longpoll(server: Server, workers: Workers, st: Settings, origin_pid: int) -> list[Row]:
+    """Scenario 3: each client polls its own channel; a publish releases it; it re-polls."""
+    cpu0 = server.cpu_seconds()
+    ocpu0 = cpu_of(origin_pid)
+    workers.mark()
+    parts = split(st.lp_clients, len(workers.conns))
+    inflight = split(st.inflight, len(workers.conns))
+    res = workers.call(
+        [
+            {"op": "lp", "port": server.http_port, "control_port": server.control_port,
+             "clients": k, "duration": st.lp_seconds, "settle_ms": 10, "retry_ms": 250,
+             "inflight": max(1, f), "prefix": f"lp{i}-"}
+            for i, (k, f) in enumerate(zip(parts, inflight, strict=True))
+        ],
+        timeout=st.lp_seconds + 120,
+    )
+    lat: array.array[int] = array.array("q")
+    for r in res:
+        lat.frombytes(r["lat"])
+    secs = max(r["seconds"] for r in res)
+    cycles = sum(r["cycles"] for r in res)
+
+    err_statuses: dict[str, int] = {}
+    for r in res:
+        for k, v in r["error_statuses"].items():
+            err_statuses[k] = err_statuses.get(k, 0) + v
+
+    def total(key: str) -> int:
+        return int(sum(r[key] for r in res))
+
+    return [
+        ("long-poll clients (own channel each)", str(st.lp_clients)),
+        ("cycles/s", f"{cycles / secs:,.0f}"),
+        ("cycles total", str(cycles)),
+        ("cycle time p50 ms (poll sent → response)", f"{pct(lat, 50):.1f}"),
+        ("cycle time p99 ms", f"{pct(lat, 99):.1f}"),
+        ("publish requests / items", f"{total('publishes')} / {total('items')}"),
+        ("items per completed cycle", f"{total('items') / max(1, cycles):.2f}"),
+        ("stale / non-200 responses", f"{total('stale')} / {total('errors')}"),
+        ("non-200 statuses", json.dumps(err_statuses, sort_keys=True)),
+        ("publish errors / connect failures / reconnects",
+         f"{total('publish_errors')} / {total('connect_failures')} / {total('reconnects')}"),
+        ("server CPU s", f"{server.cpu_seconds() - cpu0:.2f}"),
+        ("loadgen CPU s", f"{workers.cpu():.2f}"),
+        ("origin CPU s", f"{cpu_of(origin_pid) - ocpu0:.2f}"),
+    ]
+
+
+def run_passthrough(server: Server, st: Settings, origin_pid: int) -> list[Row]:
+    """Scenario 4: wrk against a non-GRIP path of the fast origin."""
+    wrk = shutil.which("wrk") or "/usr/bin/wrk"
+    url = server.base_url() + "/pass"
+    cpu0 = server.cpu_seconds()
+    ocpu0 = cpu_of(origin_pid)
+    proc = subprocess.Popen(
+        [wrk, "-t2", f"-c{st.wrk_connections}", f"-d{st.wrk_seconds}s", "--latency", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    out = proc.stdout.read().decode(errors="replace")
+    _, status, rusage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    rps = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    p50 = re.search(r"^\s*50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s*99%\s+(\S+)", out, re.M)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
+    errs = re.search(r"Socket errors:(.*)", out)
+    if rps is None:
+        print(out, file=sys.stderr)
+    return [
+        ("wrk", f"-t2 -c{st.wrk_connections} -d{st.wrk_seconds}s"),
+        ("requests/s", f"{float(rps.group(1)):,.0f}" if rps else "n/a"),
+        ("latency p50 / p99", f"{p50.group(1) if p50 else '?'} / {p99.group(1) if p99 else '?'}"),
+        ("non-2xx", non2xx.group(1) if non2xx else "0"),
+        ("socket errors", errs.group(1).strip() if errs else "none"),
+        ("server CPU s", f"{server.cpu_seconds() - cpu0:.2f}"),
+        ("wrk CPU s", f"{rusage.ru_utime + rusage.ru_stime:.2f}"),
+        ("origin CPU s", f"{cpu_of(origin_pid) - ocpu0:.2f}"),
+    ]
+
+
+def run_impl(impl: Impl, names: list[str], st: Settings, origin_port: int, origin_pid: int,
+             workdir: Path) -> dict[str, list[Row]]:
+    conf = merge_conf(NO_RATE_LIMIT, st.extra_conf)
+    results: dict[str, list[Row]] = {}
+    routes = [f"* 127.0.0.1:{origin_port}"]
+    for name in names:
+        if name == "rss" and "fanout" in names:
+            continue  # the fan-out run measures RSS too
+        print(f"[{impl}] {name} ...", file=sys.stderr, flush=True)
+        server = start_server(impl, workdir / f"{impl}-{name}", routes, conf=conf, timeout=30)
+        workers = Workers(st.workers) if name != "passthrough" else None
+        try:
+            fn: Callable[[], list[Row]]
+            if name in ("fanout", "rss"):
+                assert workers is not None
+                w = workers
+                fn = lambda: run_held(server, w, st, name == "fanout", origin_pid)  # noqa: E731
+            elif name == "longpoll":
+                assert workers is not None
+                w = workers
+                fn = lambda: run_longpoll(server, w, st, origin_pid)  # noqa: E731
+            else:
+                fn = lambda: run_passthrough(server, st, origin_pid)  # noqa: E731
+            results[name] = fn()
+        except Exception as e:  # record and go on with the next scenario
+            results[name] = [("error", f"{type(e).__name__}: {e}".splitlines()[0][:200])]
+            print(f"[{impl}] {name} failed: {e}", file=sys.stderr)
+        finally:
+            if workers is not None:
+                workers.close()
+            server.stop()
+    return results
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"nproc={os.cpu_count()}, CPU: {cpu}, Python {platform.python_version()}"
+
+
+def table(results: dict[str, dict[str, dict[str, list[Row]]]], impls: list[Impl]) -> str:
+    out: list[str] = []
+    for name in SCENARIOS:
+        present = [i for i in impls if name in results.get(i, {})]
+        if not present:
+            continue
+        out.append(f"\n### {name}\n")
+        out.append("| metric | " + " | ".join(present) + " |")
+        out.append("|---|" + "---|" * len(present))
+        metrics: list[str] = []
+        for i in present:
+            for m, _ in results[i][name]:
+                if m not in metrics:
+                    metrics.append(m)
+        for m in metrics:
+            vals = [dict(results[i][name]).get(m, "") for i in present]
+            out.append(f"| {m} | " + " | ".join(vals) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="gripd vs Pushpin benchmark (see bench/README.md)")
+    ap.add_argument("--only", choices=SCENARIOS, action="append",
+                    help="run only this scenario (repeatable)")
+    ap.add_argument("--impl", choices=("gripd", "pushpin", "both"), default="both")
+    ap.add_argument("--quick", action="store_true", help="small sizes, < 2 minutes")
+    ap.add_argument("--connections", type=int)
+    ap.add_argument("--messages", type=int)
+    ap.add_argument("--interval", type=float, help="seconds between fan-out publishes")
+    ap.add_argument("--workers", type=int, help="load-generator processes")
+    ap.add_argument("--lp-clients", type=int)
+    ap.add_argument("--seconds", type=int, help="duration of long-poll and wrk runs")
+    ap.add_argument("--loglevel", help="[runner] log_level for both servers (default 2)")
+    args = ap.parse_args(argv)
+    st = Settings()
+    if args.quick:
+        st = Settings(connections=1000, messages=10, lp_clients=50, lp_seconds=5.0,
+                      wrk_seconds=5, quick=True)
+    st.connections = args.connections or st.connections
+    st.messages = args.messages or st.messages
+    st.interval = args.interval if args.interval is not None else st.interval
+    st.workers = args.workers or st.workers
+    st.lp_clients = args.lp_clients or st.lp_clients
+    if args.seconds:
+        st.lp_seconds = float(args.seconds)
+        st.wrk_seconds = args.seconds
+    if args.loglevel:
+        st.extra_conf = {"runner": {"log_level": args.loglevel}}
+    names = list(dict.fromkeys(args.only or SCENARIOS))
+    impls: list[Impl] = []
+    for impl in ("gripd", "pushpin") if args.impl == "both" else (args.impl,):
+        if impl == "gripd" and not gripd_runnable():
+            print("gripd/__main__.py missing: skipping gripd", file=sys.stderr)
+        elif impl == "pushpin" and not pushpin_installed():
+            print("pushpin not installed: skipping pushpin", file=sys.stderr)
+        else:
+            impls.append(impl)  # type: ignore[arg-type]
+    if not impls:
+        print("nothing to benchmark", file=sys.stderr)
+        return 2
+    raise_nofile_limit()
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C so servers and the origin are stopped.
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    origin, origin_port = start_origin()
+    results: dict[str, dict[str, dict[str, list[Row]]]] = {}
+    started = dt.datetime.now(dt.UTC)
+    try:
+        with tempfile.TemporaryDirectory(prefix="gripd-bench-") as tmp:
+            for impl in impls:
+                results[impl] = run_impl(impl, names, st, origin_port, origin.pid, Path(tmp))
+    finally:
+        origin.terminate()
+        origin.wait(10)
+    cmd = "python bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    header = (
+        f"## {started:%Y-%m-%d %H:%M} UTC — `{cmd.strip()}`\n\n{machine()}; "
+        f"connections={st.connections}, messages={st.messages}, lp_clients={st.lp_clients}, "
+        f"loadgen workers={st.workers}\n"
+    )
+    text = header + table(results, impls)
+    print(text)
+    outdir = BENCH / "out"
+    outdir.mkdir(exist_ok=True)
+    with open(outdir / "results.md", "a") as f:
+        f.write(text + "\n")
+    with open(outdir / "results.jsonl", "a") as f:
+        f.write(json.dumps({"started": started.isoformat(), "cmd": cmd, "machine": machine(),
+                            "settings": st.__dict__, "results": results}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Command line: ``gripd`` (Pushpin's runner flags, F1) and ``gripd publish`` (F51).
+
+``gripd [--config FILE] [--port [ADDR:]PORT] [--route LINE]... [--id N] [--loglevel N]
+[--verbose] [--logfile FILE]``. Without ``--config``, the files Pushpin searches are tried
+(``./config/pushpin.conf``, ``./pushpin.conf``, ``./examples/config/pushpin.conf``,
+``/etc/pushpin/pushpin.conf``); when none exists gripd runs on its embedded default (Pushpin's
+shipped configuration with the ``* test`` route), where Pushpin would exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+
+from gripd import __version__
+from gripd.core.config import (
+    Config,
+    default_config,
+    find_config_file,
+    load_config,
+    parse_listen_list,
+    parse_log_level,
+)
+from gripd.core.errors import ConfigError
+
+LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
+
+
+class _Formatter(logging.Formatter):
+    """Pushpin's log line shape: ``[INFO] 2026-11-28 15:32:55.123 message``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = self.formatTime(record, "%Y-%m-%d %H:%M:%S")
+        msg = record.getMessage()
+        if record.exc_info:
+            msg += "\n" + self.formatException(record.exc_info)
+        return f"[{record.levelname}] {ts}.{int(record.msecs):03d} [{record.name}] {msg}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gripd",
+        description="GRIP proxy, drop-in compatible with Pushpin 1.36. "
+        "`gripd publish --help` for the publish command.",
+    )
+    p.add_argument("--config", metavar="FILE", help="pushpin.conf to use")
+    p.add_argument("--logfile", metavar="FILE", help="write logs to FILE instead of stderr")
+    p.add_argument(
+        "--loglevel",
+        metavar="N",
+        help="0 error, 1 warning, 2 info (default), 3 debug; Pushpin's "
+        "per-service form 2,proxy:3 is accepted (the first number is used)",
+    )
+    p.add_argument("--verbose", action="store_true", help="same as --loglevel=3")
+    p.add_argument(
+        "--port", metavar="[ADDR:]PORT", help="one plain-HTTP listener instead of http_port"
+    )
+    p.add_argument(
+        "--id", type=int, metavar="N", help="instance id: ipc prefix pN- and port offset N*10"
+    )
+    p.add_argument(
+        "--route",
+        action="append",
+        metavar="LINE",
+        help="a routes-file line (repeatable); replaces the routes file",
+    )
+    p.add_argument("-m", "--merge-output", action="store_true", help="accepted for Pushpin compat")
+    p.add_argument("--version", action="version", version=f"gripd {__version__}")
+    return p
+
+
+def load(args: argparse.Namespace) -> Config:
+    """The configuration the flags ask for; raises ConfigError."""
+    cwd = os.getcwd()
+    path = args.config or find_config_file(cwd, os.path.exists)
+    offset = args.id * 10 if args.id is not None else None
+    prefix = f"p{args.id}-" if args.id is not None else None
+    if path is None:
+        cfg = default_config(cwd)
+        if offset:
+            cfg = load_config(
+                "",
+                path=None,
+                read_file=lambda p: Path(p).read_text(),
+                port_offset_override=offset,
+                ipc_prefix_override=prefix,
+            )
+    else:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file: {e.strerror}", path) from None
+        cfg = load_config(
+            text,
+            path=os.path.abspath(path),
+            read_file=lambda p: Path(p).read_text(),
+            port_offset_override=offset,
+            ipc_prefix_override=prefix,
+        )
+    if args.port:
+        ports = parse_listen_list(args.port)
+        if not ports or ports[0].port < 1:
+            raise ConfigError(f"invalid --port: {args.port}")
+        cfg = dataclasses.replace(cfg, http_port=ports[:1], https_ports=[])
+    return cfg
+
+
+def setup_logging(level: int, logfile: str | None) -> None:
+    handler: logging.Handler = (
+        logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(LEVELS.get(max(0, min(level, 3)), logging.INFO))
+
+
+def run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load(args)
+        level = cfg.log_level
+        if args.loglevel is not None:
+            level = parse_log_level(args.loglevel)[0]
+        if args.verbose:
+            level = 3
+    except ConfigError as e:
+        print(f"gripd: {e}", file=sys.stderr)
+        return 1
+    setup_logging(level, args.logfile)
+    if cfg.config_path is None:
+        logging.getLogger("gripd").info("no configuration file found; using the embedded default")
+    from gripd.runtime.app import App
+
+    async def main() -> None:
+        app = App(cfg, route_lines=args.route)
+        await app.run()
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
+    except ConfigError as e:
+        print(f"gripd: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"gripd: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "publish":
+        from gripd.publish_cli import main as publish_main
+
+        return publish_main(argv[1:])
+    return run(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

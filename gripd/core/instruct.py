@@ -1,0 +1,950 @@
+"""GRIP instruction parsing (F18-F21): an origin response -> an :class:`Instruct`.
+
+Sans-I/O and pure. The behaviour mirrors Pushpin 1.36 ``Instruct::fromResponse``
+(src/handler/instruct.cpp) including its quirks, because gripd must be a drop-in replacement:
+
+* header values are parsed with Pushpin's own grammar (fanout/common ``HttpHeaders``), which
+  differs from a generic RFC parser (see :func:`_parse_params`);
+* integers follow Qt's ``QByteArray::toInt`` (surrounding ASCII whitespace and a sign are OK);
+* base64 follows Qt's lenient ``QByteArray::fromBase64`` (invalid characters are skipped);
+* the JSON form follows Qt5's lenient ``QJsonDocument`` parser and ``QVariant`` conversions;
+* the header and JSON forms are evaluated in one pass, so headers and JSON can mix as in Pushpin.
+
+Error messages are Pushpin's, verbatim (they appear after "Failed to parse accept instructions: "
+in debug mode, F47).
+"""
+
+from __future__ import annotations
+
+import binascii
+import ipaddress
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+import msgspec
+
+from gripd.core.errors import InstructError
+from gripd.core.headers import Headers, contains, get, get_all, split_unquoted
+from gripd.core.http import HOP_BY_HOP_RESPONSE, HttpResponse, reason_phrase
+
+DEFAULT_RESPONSE_TIMEOUT = 55
+MINIMUM_RESPONSE_TIMEOUT = 5
+DEFAULT_KEEP_ALIVE_TIMEOUT = 55
+DEFAULT_NEXTLINK_TIMEOUT = 120
+GRIP_INSTRUCT_CONTENT_TYPE = "application/grip-instruct"
+TOO_MANY_SUBSCRIPTIONS = "httpsession: too many subscriptions"  # Pushpin's log text
+
+
+@dataclass(slots=True)
+class Channel:
+    """A channel to subscribe to (F20 ``Grip-Channel`` / F21 ``hold.channels``)."""
+
+    name: str  # with the route prefix already prepended
+    prev_id: str | None = None
+    filters: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class KeepAlive:
+    """Stream-hold keep-alive (F20 ``Grip-Keep-Alive`` / F21 ``hold.keep-alive``)."""
+
+    data: bytes  # decoded per format= raw|cstring|base64 (may be empty for JSON)
+    timeout: int = DEFAULT_KEEP_ALIVE_TIMEOUT  # seconds, minimum 1
+    mode: Literal["idle", "interval"] = "idle"  # JSON keep-alive behaves like interval (F21)
+
+
+@dataclass(slots=True)
+class NextLink:
+    """A ``Grip-Link: <url>; rel=next`` (F25). ``url`` is as given (may be relative)."""
+
+    url: str
+    timeout: int = DEFAULT_NEXTLINK_TIMEOUT
+
+
+@dataclass(slots=True)
+class Instruct:
+    """Parsed GRIP instructions plus the response the client gets (see parse_instruct)."""
+
+    hold_mode: Literal["response", "stream"] | None
+    channels: list[Channel]
+    timeout: int  # response hold timeout in seconds (default 55, min 5)
+    keep_alive: KeepAlive | None
+    next_link: NextLink | None
+    meta: dict[str, str]
+    response: HttpResponse
+    warnings: list[str]
+    # Grip-Link entries with another rel than "next" as (rel, url); unused in 1.36 (1.41: gone).
+    other_links: list[tuple[str, str]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection (F18)
+
+
+def is_grip_response(headers: Headers) -> bool:
+    """F18: the proxy hands a response to the handler if its Content-Type (the part before the
+    first ``;``, compared exactly as Pushpin's proxysession does: case-sensitive, untrimmed) is
+    ``application/grip-instruct``, or if any header name starts with ``Grip-`` (any case)."""
+    ct = get(headers, "Content-Type")
+    if ct is not None and ct.split(";", 1)[0] == GRIP_INSTRUCT_CONTENT_TYPE:
+        return True
+    return any(k[:5].lower() == "grip-" for k, _ in headers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Qt-compatible primitives
+
+_QT_WS = " \t\n\v\f\r"  # QByteArray::trimmed() / C isspace
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_DELETE = bytes(c for c in range(256) if c not in _B64_ALPHABET)
+
+
+def _trim(s: str) -> str:
+    return s.strip(_QT_WS)
+
+
+def _raw(s: str) -> bytes:
+    """Header text (latin-1 decoded wire bytes) back to bytes; total for any str."""
+    try:
+        return s.encode("latin-1")
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogatepass")
+
+
+def _from_utf8(s: str) -> str:
+    """Qt ``QString::fromUtf8`` of header bytes: invalid sequences become U+FFFD."""
+    return _raw(s).decode("utf-8", "replace")
+
+
+def _to_header_text(s: str) -> str:
+    """A JSON string as a header value: UTF-8 bytes kept as latin-1 text (our Headers form)."""
+    return s.encode("utf-8", "replace").decode("latin-1")
+
+
+def _qt_to_int(s: str | None) -> int | None:
+    """``QByteArray::toInt(&ok)``: optional surrounding ASCII whitespace, optional sign,
+    decimal digits, within int32; None when not ok. Qt stops at a NUL byte."""
+    if s is None:
+        return None
+    s = s.split("\0", 1)[0]
+    body = s.lstrip(_QT_WS).rstrip(_QT_WS)
+    if not _INT_RE.fullmatch(body):
+        return None
+    v = int(body)
+    return v if _INT32_MIN <= v <= _INT32_MAX else None
+
+
+def _wrap_int32(v: int) -> int:
+    return ((v + 2**31) % 2**32) - 2**31
+
+
+def _qt_from_base64(data: bytes) -> bytes:
+    """Qt5 ``QByteArray::fromBase64`` (default options): characters outside the alphabet,
+    including ``=``, are skipped; leftover bits at the end are dropped."""
+    clean = data.translate(None, _B64_DELETE)
+    rem = len(clean) % 4
+    if rem == 1:
+        clean = clean[:-1]
+        rem = 0
+    if rem:
+        clean += b"=" * (4 - rem)
+    return binascii.a2b_base64(clean)
+
+
+def _cstring_unescape(data: bytes) -> bytes | None:
+    """F20 ``format=cstring``: ``\\\\ \\r \\n \\xHH``. Other escapes are silently dropped (both
+    characters); a dangling ``\\`` or a bad ``\\x`` is an error. Like Pushpin, an empty result
+    also counts as an error (Qt's null QByteArray)."""
+    out = bytearray()
+    n = 0
+    length = len(data)
+    while n < length:
+        c = data[n]
+        if c == 0x5C:  # backslash
+            if n + 1 >= length:
+                return None
+            n += 1
+            e = data[n]
+            if e == 0x5C:
+                out.append(0x5C)
+            elif e == 0x72:  # r
+                out.append(0x0D)
+            elif e == 0x6E:  # n
+                out.append(0x0A)
+            elif e == 0x78:  # x
+                if n + 2 >= length:
+                    return None
+                hexd = data[n + 1 : n + 3]
+                if not all(ch in b"0123456789abcdefABCDEF" for ch in hexd):
+                    return None
+                out.append(int(hexd, 16))
+                n += 2
+        else:
+            out.append(c)
+        n += 1
+    return bytes(out) if out else None
+
+
+def decode_keep_alive_data(data: str, fmt: str) -> bytes:
+    """Decode ``Grip-Keep-Alive`` data per ``format=`` (F20): ``raw`` (or empty), ``cstring``,
+    ``base64``. ``data`` is header text (latin-1 decoded). Raises InstructError."""
+    raw = _raw(data)
+    if fmt in ("", "raw"):
+        return raw
+    if fmt == "cstring":
+        out = _cstring_unescape(raw)
+        if out is None:
+            raise InstructError("failed to parse Grip-Keep-Alive cstring format")
+        return out
+    if fmt == "base64":
+        return _qt_from_base64(raw)
+    raise InstructError(f"no such Grip-Keep-Alive format '{_from_utf8(fmt)}'")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pushpin's header-value grammar (fanout/common httpheaders.cpp)
+
+# (name, value); value None = Qt null QByteArray (no '=' or an empty quoted string).
+_Param = tuple[str, "str | None"]
+_EQ_OR_SEMI = re.compile(r"[=;]")
+
+
+def _header_split(value: str) -> list[str]:
+    """``headerSplit``: split on unquoted commas, trim each part; empty inner parts are kept,
+    but nothing follows a final comma."""
+    if value == "":
+        return []
+    parts = split_unquoted(value, ",")
+    if parts[-1] == "":
+        parts.pop()
+    return [_trim(p) for p in parts]
+
+
+def _parse_params(s: str, parse_first: bool = False) -> list[_Param] | None:
+    """``HttpHeaders::parseParameters``. Unlike headers.parse_parameters: the first element
+    (unless ``parse_first``) is cut at the first ``;`` even inside quotes and keeps its quotes;
+    a value is quoted only if ``"`` directly follows ``=`` and text after the closing quote is
+    ignored; an unterminated quote or dangling escape makes the whole element invalid (None)."""
+    out: list[_Param] = []
+    n = len(s)
+    start = 0
+    if not parse_first:
+        at = s.find(";")
+        if at != -1:
+            out.append((_trim(s[:at]), None))
+            start = at + 1
+        else:
+            out.append((_trim(s), None))
+            start = n
+    while start < n:
+        m = _EQ_OR_SEMI.search(s, start)
+        if m is None:
+            out.append((_trim(s[start:]), None))
+            break
+        at = m.start()
+        var = _trim(s[start:at])
+        if s[at] == ";":
+            out.append((var, None))
+            start = at + 1
+            continue
+        at += 1
+        val: str | None
+        if at < n and s[at] == '"':
+            at += 1
+            chars: list[str] = []
+            complete = False
+            i = at
+            while i < n:
+                ch = s[i]
+                if ch == "\\":
+                    if i + 1 >= n:
+                        return None
+                    i += 1
+                    chars.append(s[i])
+                elif ch == '"':
+                    complete = True
+                    at = i + 1
+                    break
+                else:
+                    chars.append(ch)
+                i += 1
+            if not complete:
+                return None
+            val = "".join(chars) if chars else None
+            semi = s.find(";", at)
+            start = semi + 1 if semi != -1 else n
+        else:
+            semi = s.find(";", at)
+            if semi != -1:
+                val = _trim(s[at:semi])
+                start = semi + 1
+            else:
+                val = _trim(s[at:])
+                start = n
+        out.append((var, val))
+    return out
+
+
+def _pget(params: list[_Param], key: str) -> str | None:
+    """``HttpHeaderParameters::get``: first match by name, any case, element 0 included."""
+    lkey = key.lower()
+    for k, v in params:
+        if k.lower() == lkey:
+            return v
+    return None
+
+
+def _pcontains(params: list[_Param], key: str) -> bool:
+    lkey = key.lower()
+    return any(k.lower() == lkey for k, _ in params)
+
+
+def _all_as_params(headers: Headers, name: str, parse_first: bool = False) -> list[list[_Param]]:
+    """``getAllAsParameters``: every comma part of every value; invalid parts are skipped."""
+    out: list[list[_Param]] = []
+    for value in get_all(headers, name):
+        for part in _header_split(value):
+            params = _parse_params(part, parse_first)
+            if params is not None:
+                out.append(params)
+    return out
+
+
+def _as_params(headers: Headers, name: str) -> list[_Param]:
+    """``getAsParameters``: the first value, not comma-split; empty if absent/empty/invalid."""
+    value = get(headers, name)
+    if not value:
+        return []
+    return _parse_params(value) or []
+
+
+# ---------------------------------------------------------------------------------------------
+# QUrl::fromEncoded(..).isValid() approximation for Grip-Link (tolerant mode)
+
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
+
+
+def _host_valid(host: str) -> bool:
+    if host.startswith("["):
+        if not host.endswith("]"):
+            return False
+        inner = host[1:-1]
+        if inner[:1] in ("v", "V"):
+            return (
+                re.fullmatch(r"[vV][0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+", inner) is not None
+            )
+        try:
+            ipaddress.IPv6Address(inner.split("%", 1)[0])
+        except ValueError:
+            return False
+        return True
+    raw = host.encode("utf-8", "surrogatepass")
+    if b"%" in raw:
+        if re.search(rb"%(?![0-9A-Fa-f]{2})", raw):
+            return False
+        raw = re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]), raw)
+    try:
+        host = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    # After decoding, ASCII is limited to letters, digits, '-', '_' and '.' (Qt's IDNA check).
+    if any(c.isascii() and not (c.isalnum() or c in "-_.") for c in host):
+        return False
+    # Qt's IDNA processing (STD3 rules) rejects empty labels and labels with a '-' at either end
+    labels = host.split(".")
+    if labels[-1] == "":
+        labels.pop()
+    return all(lbl and lbl[0] != "-" and lbl[-1] != "-" for lbl in labels) or host == ""
+
+
+def _qurl_valid(url: str) -> bool:
+    """Approximates Qt5 ``QUrl::fromEncoded(url).isValid()``: Qt's tolerant mode repairs most
+    things; what it rejects is a bad scheme before ``:``, a relative path with ``:`` before any
+    ``/``, a bad port and a bad host."""
+    m = re.match(r"[^:/?#]*:", url)
+    rest = url
+    if m is not None:
+        if _SCHEME_RE.fullmatch(url[: m.end() - 1]) is None:
+            return False  # "Relative URL's path component contains ':' before any '/'"
+        rest = url[m.end() :]
+    if not rest.startswith("//"):
+        return True
+    authority = re.match(r"[^/?#]*", rest[2:])
+    assert authority is not None
+    hostport = authority.group(0).split("@", 1)[-1]
+    host = hostport
+    if hostport.startswith("["):
+        close = hostport.find("]")
+        if close == -1:
+            return False
+        host, tail = hostport[: close + 1], hostport[close + 1 :]
+        if tail and not tail.startswith(":"):
+            return False
+        port = tail[1:] if tail else ""
+    elif ":" in hostport:
+        host, port = hostport.split(":", 1)
+    else:
+        port = ""
+    if port and (not port.isascii() or not port.isdigit() or int(port) > 65535):
+        return False
+    return _host_valid(host)
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON decoding compatible with Qt5's QJsonDocument::fromJson
+
+
+class _JsonError(Exception):
+    pass
+
+
+_JSON_WS = " \t\n\r"
+_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+_NUM_RE = re.compile(r"-?(?:0|[0-9]*)(?:\.[0-9]*)?(?:[eE][+-]?[0-9]*)?")
+_STR_RAW_RE = re.compile(r'[^"\\]*')
+_MAX_DEPTH = 1024
+
+
+def _decode_json(body: bytes) -> object:
+    """Fast path msgspec; on failure a lenient parser that accepts what Qt5 accepts (raw control
+    characters and unknown escapes in strings, a UTF-8 BOM, numbers like ``.5`` or ``1.``)."""
+    try:
+        doc: object = msgspec.json.decode(body)
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        return _LenientJson(body).parse()
+    if not isinstance(doc, (dict, list)):  # Qt5 only accepts an object or array at top level
+        raise InstructError("failed to parse application/grip-instruct content as JSON")
+    return doc
+
+
+class _LenientJson:
+    """An iterative (no recursion) parser following Qt5 qjsonparser.cpp's grammar."""
+
+    def __init__(self, body: bytes) -> None:
+        if body.startswith(b"\xef\xbb\xbf"):
+            body = body[3:]
+        # Bytes are mapped 1:1 to code points; strings are UTF-8 validated when extracted.
+        self.s = body.decode("latin-1")
+        self.i = 0
+
+    def ws(self) -> None:
+        s, i = self.s, self.i
+        while i < len(s) and s[i] in _JSON_WS:
+            i += 1
+        self.i = i
+
+    def parse(self) -> object:
+        try:
+            return self._parse()
+        except (_JsonError, IndexError, ValueError, OverflowError) as e:
+            raise InstructError("failed to parse application/grip-instruct content as JSON") from e
+
+    def _string(self) -> str:
+        s = self.s
+        pieces: list[str] = []
+        while True:
+            m = _STR_RAW_RE.match(s, self.i)
+            assert m is not None
+            pieces.append(m.group(0).encode("latin-1").decode("utf-8"))  # strict: Qt rejects
+            self.i = m.end()
+            ch = s[self.i]
+            self.i += 1
+            if ch == '"':
+                break
+            e = s[self.i]
+            self.i += 1
+            if e == "u":
+                hexd = s[self.i : self.i + 4]
+                if len(hexd) != 4 or not all(c in "0123456789abcdefABCDEF" for c in hexd):
+                    raise _JsonError("bad \\u escape")
+                pieces.append(chr(int(hexd, 16)))
+                self.i += 4
+            elif e in _ESCAPES:
+                pieces.append(_ESCAPES[e])
+            elif ord(e) < 0x80:
+                pieces.append(e)  # Qt: an unknown escape stands for the character itself
+            else:
+                raise _JsonError("escaped non-ASCII byte")
+        text = "".join(pieces)
+        # \u escapes are UTF-16 units: join surrogate pairs, keep lone ones (as QString does).
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+
+    def _scalar(self, first: str) -> object:
+        s, i = self.s, self.i - 1
+        for lit, val in (("null", None), ("true", True), ("false", False)):
+            if s.startswith(lit, i):
+                self.i = i + len(lit)
+                return val
+        if first in "nft,]}":
+            raise _JsonError("illegal value")
+        m = _NUM_RE.match(s, i)
+        assert m is not None
+        num = m.group(0)
+        self.i = m.end()
+        v = float(num)  # ValueError for "", "-", "." ...
+        if not math.isfinite(v):
+            raise _JsonError("number out of range")
+        return v
+
+    def _parse(self) -> object:
+        s = self.s
+        self.ws()
+        if s[self.i] not in "[{":
+            raise _JsonError("top level must be an object or array")
+        root: object = None
+        # Open containers, innermost last, each with its pending key (objects only).
+        stack: list[tuple[dict[str, object] | list[object], list[str]]] = []
+        while True:
+            self.ws()
+            ch = s[self.i]
+            if ch in "{[":
+                self.i += 1
+                if len(stack) >= _MAX_DEPTH:
+                    raise _JsonError("too deep")
+                c: dict[str, object] | list[object] = {} if ch == "{" else []
+                if stack:
+                    self._attach(stack, c)
+                else:
+                    root = c
+                stack.append((c, []))
+                self.ws()
+                if s[self.i] == ("}" if ch == "{" else "]"):
+                    self.i += 1
+                    stack.pop()
+                else:
+                    if ch == "{":
+                        self._key(stack)
+                    continue  # parse the first member
+            else:
+                self.i += 1
+                self._attach(stack, self._string() if ch == '"' else self._scalar(ch))
+            # After a value: separators and closers.
+            while stack:
+                self.ws()
+                container = stack[-1][0]
+                ch = s[self.i]
+                self.i += 1
+                if ch == ",":
+                    if isinstance(container, dict):
+                        self._key(stack)
+                    break
+                if ch != ("}" if isinstance(container, dict) else "]"):
+                    raise _JsonError("expected ',' or a closer")
+                stack.pop()
+            if not stack:
+                self.ws()
+                if self.i != len(s):
+                    raise _JsonError("garbage at end")
+                return root
+
+    def _key(self, stack: list[tuple[dict[str, object] | list[object], list[str]]]) -> None:
+        s = self.s
+        self.ws()
+        if s[self.i] != '"':
+            raise _JsonError("expected key")
+        self.i += 1
+        key = self._string()
+        self.ws()
+        if s[self.i] != ":":
+            raise _JsonError("expected ':'")
+        self.i += 1
+        stack[-1][1].append(key)
+
+    @staticmethod
+    def _attach(
+        stack: list[tuple[dict[str, object] | list[object], list[str]]], value: object
+    ) -> None:
+        container, keys = stack[-1]
+        if isinstance(container, dict):
+            container[keys.pop()] = value  # duplicate keys: the last one wins, as in Qt
+        else:
+            container.append(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# QVariant conversions of JSON values
+
+
+def _variant_to_int(v: object) -> int | None:
+    """``QVariant::canConvert(Int)`` then ``toInt()``: None when not convertible (null, list,
+    object); strings that are not integers give 0; doubles are rounded (qRound64) and then
+    truncated to 32 bits like ``int(qlonglong)``."""
+    if v is None or isinstance(v, (list, dict)):
+        return None
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, str):
+        body = v.strip()
+        if not body.isascii() or not _INT_RE.fullmatch(body):
+            return 0
+        n = int(body)
+        return _wrap_int32(n) if -(2**63) <= n < 2**63 else 0
+    if isinstance(v, (int, float)):
+        try:
+            d = float(v)
+        except OverflowError:
+            d = math.inf
+        if not math.isfinite(d) or not -(2.0**63) <= math.floor(d + 0.5) < 2.0**63:
+            return 0  # x86 out-of-range conversion gives INT64_MIN, whose low 32 bits are 0
+        return _wrap_int32(math.floor(d + 0.5))
+    return None  # pragma: no cover - no other JSON types
+
+
+def _child(obj: object, pn: str, key: str, required: bool) -> object:
+    """``VariantUtil::getChild``: missing/null optional children are None."""
+    if not isinstance(obj, dict):
+        raise InstructError(f"{pn} is not an object")
+    if key not in obj:
+        if required:
+            raise InstructError(f"{pn} does not contain '{key}'")
+        return None
+    return obj[key]
+
+
+def _get_str(obj: object, pn: str, key: str, required: bool) -> str | None:
+    v = _child(obj, pn, key, required)
+    if v is None and not required:
+        return None
+    if not isinstance(v, str):
+        raise InstructError(f"{pn} contains '{key}' with wrong type")
+    return v
+
+
+def _get_list(obj: object, pn: str, key: str, required: bool) -> list[object]:
+    v = _child(obj, pn, key, required)
+    if v is None and not required:
+        return []
+    if not isinstance(v, list):
+        raise InstructError(f"{pn} contains '{key}' with wrong type")
+    return v
+
+
+def _get_obj(obj: object, pn: str, key: str) -> dict[str, object] | None:
+    v = _child(obj, pn, key, False)
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise InstructError(f"{pn} contains '{key}' with wrong type")
+    return v
+
+
+def _qmap_items(d: dict[str, object]) -> list[tuple[str, object]]:
+    """A JSON object as Qt iterates it (QVariantMap): sorted by UTF-16 code units."""
+    return sorted(d.items(), key=lambda kv: kv[0].encode("utf-16-be", "surrogatepass"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The parser
+
+
+@dataclass(slots=True)
+class _State:
+    hold_mode: Literal["response", "stream"] | None = None
+    channels: list[Channel] = field(default_factory=list)
+    timeout: int = -1
+    ka_mode: Literal["idle", "interval"] | None = None
+    ka_data: bytes = b""
+    ka_timeout: int = -1
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+def parse_instruct(
+    code: int,
+    reason: str,
+    headers: Headers,
+    body: bytes,
+    *,
+    channel_prefix: str = "",
+    connection_subscription_max: int = 20,
+) -> Instruct:
+    """Parse an origin response's GRIP instructions (F20 headers, F21 JSON body).
+
+    Raises InstructError with Pushpin's message on invalid input. A hold without channels is
+    not an error (Pushpin holds it until the timeout). Channels get ``channel_prefix``; more
+    than ``connection_subscription_max`` are truncated with a warning. ``response`` is what the
+    client gets, minus hop-by-hop headers and Content-Length (the length is recomputed).
+    """
+    st = _State()
+    _parse_header_form(st, headers)
+
+    resp_code = code
+    resp_reason = reason
+    status = get(headers, "Grip-Status")
+    if status:
+        code_str, _, status_reason = status.partition(" ")
+        parsed = _qt_to_int(code_str)
+        if parsed is None or not 0 <= parsed <= 999:
+            raise InstructError("Grip-Status contains invalid status code")
+        resp_code, resp_reason = parsed, status_reason
+
+    next_link, other_links = _parse_links(headers)
+
+    expose = [e.lower() for v in get_all(headers, "Grip-Expose-Headers") for e in _header_split(v)]
+    resp_headers: Headers = []
+    for k, v in headers:
+        lk = k.lower()
+        if lk[:5] == "grip-":
+            continue
+        if expose and lk not in expose:
+            continue
+        resp_headers.append((k, v))
+    resp_body = body
+
+    ct = _as_params(headers, "Content-Type")
+    if ct and ct[0][0] == GRIP_INSTRUCT_CONTENT_TYPE:
+        if code != 200:
+            raise InstructError("response code for application/grip-instruct content must be 200")
+        doc = _decode_json(body)
+        if not isinstance(doc, dict):
+            raise InstructError("instruct must be an object")
+        if "hold" in doc:
+            _parse_json_hold(st, doc["hold"])
+        resp_headers, resp_body = [], b""
+        if "response" in doc:
+            jresp = doc["response"]
+            if not isinstance(jresp, dict):
+                raise InstructError("")  # Pushpin fails here without setting a message
+            resp_code, resp_reason, resp_headers, resp_body = _parse_json_response(
+                jresp, resp_code, resp_reason
+            )
+
+    if not resp_reason:
+        resp_reason = reason_phrase(resp_code)
+    timeout = DEFAULT_RESPONSE_TIMEOUT if st.timeout == -1 else st.timeout
+    timeout = max(timeout, MINIMUM_RESPONSE_TIMEOUT)
+
+    keep_alive = None
+    if st.ka_timeout != -1:
+        # JSON sets no mode: Pushpin's NoKeepAlive mode never restarts the timer (F21).
+        keep_alive = KeepAlive(st.ka_data, max(st.ka_timeout, 1), st.ka_mode or "interval")
+
+    warnings: list[str] = []
+    channels = st.channels
+    if len(channels) > connection_subscription_max:
+        channels = channels[: max(connection_subscription_max, 0)]
+        warnings.append(TOO_MANY_SUBSCRIPTIONS)
+    for c in channels:
+        c.name = channel_prefix + c.name
+
+    # The handler never relays these (they apply to the origin hop only); the length is
+    # recomputed by whoever writes the response (F20).
+    drop = HOP_BY_HOP_RESPONSE | {"content-length"}
+    resp_headers = [(k, v) for k, v in resp_headers if k.lower() not in drop]
+
+    return Instruct(
+        hold_mode=st.hold_mode,
+        channels=channels,
+        timeout=timeout,
+        keep_alive=keep_alive,
+        next_link=next_link,
+        meta=st.meta,
+        response=HttpResponse(resp_code, resp_reason, resp_headers, resp_body),
+        warnings=warnings,
+        other_links=other_links,
+    )
+
+
+def _parse_header_form(st: _State, headers: Headers) -> None:
+    """Grip-Hold, Grip-Channel, Grip-Timeout, Grip-Keep-Alive, Grip-Set-Meta, in Pushpin's
+    order (the first error wins)."""
+    if contains(headers, "Grip-Hold"):
+        hold = get(headers, "Grip-Hold")
+        if hold == "response":
+            st.hold_mode = "response"
+        elif hold == "stream":
+            st.hold_mode = "stream"
+        else:
+            raise InstructError("Grip-Hold must be set to either 'response' or 'stream'")
+
+    for params in _all_as_params(headers, "Grip-Channel"):
+        prev = _pget(params, "prev-id")
+        st.channels.append(
+            Channel(
+                name=_from_utf8(params[0][0]),
+                prev_id=_from_utf8(prev) if prev is not None else None,
+                # "filter" is matched case-sensitively, unlike other parameter names
+                filters=[_from_utf8(v or "") for k, v in params[1:] if k == "filter"],
+            )
+        )
+
+    if contains(headers, "Grip-Timeout"):
+        t = _qt_to_int(get(headers, "Grip-Timeout"))
+        if t is None:
+            raise InstructError("failed to parse Grip-Timeout")
+        if t < 0:
+            raise InstructError("Grip-Timeout has invalid value")
+        st.timeout = t
+
+    ka = _as_params(headers, "Grip-Keep-Alive")
+    if ka:
+        val = ka[0][0]
+        if not val:
+            raise InstructError("Grip-Keep-Alive cannot be empty")
+        mode = _pget(ka, "mode") or ""
+        if mode in ("", "idle"):
+            st.ka_mode = "idle"
+        elif mode == "interval":
+            st.ka_mode = "interval"
+        else:
+            raise InstructError(f"no such Grip-Keep-Alive mode '{_from_utf8(mode)}'")
+        if _pcontains(ka, "timeout"):
+            t = _qt_to_int(_pget(ka, "timeout"))
+            if t is None:
+                raise InstructError("failed to parse Grip-Keep-Alive timeout value")
+            if t < 0:
+                raise InstructError("Grip-Keep-Alive timeout has invalid value")
+            st.ka_timeout = t
+        else:
+            st.ka_timeout = DEFAULT_KEEP_ALIVE_TIMEOUT
+        st.ka_data = decode_keep_alive_data(val, _pget(ka, "format") or "")
+
+    for params in _all_as_params(headers, "Grip-Set-Meta", parse_first=True):
+        if not params:
+            raise InstructError("Grip-Set-Meta cannot be empty")
+        key, mval = params[0]
+        st.meta[_from_utf8(key)] = _from_utf8(mval or "")
+
+
+def _parse_links(headers: Headers) -> tuple[NextLink | None, list[tuple[str, str]]]:
+    """F25 ``Grip-Link``. Only ``rel=next`` links are validated (1.36); the last one wins.
+    Elements without parameters are ignored."""
+    next_link: NextLink | None = None
+    others: list[tuple[str, str]] = []
+    for params in _all_as_params(headers, "Grip-Link"):
+        if len(params) < 2:
+            continue
+        rel = _pget(params, "rel")
+        link = params[0][0]
+        if rel != "next":
+            if len(link) > 2 and link[0] == "<" and link[-1] == ">":
+                others.append((rel or "", link[1:-1]))
+            continue
+        if len(link) <= 2 or link[0] != "<" or link[-1] != ">":
+            raise InstructError("failed to parse Grip-Link value")
+        url = link[1:-1]
+        if not _qurl_valid(_from_utf8(url)):
+            raise InstructError("Grip-Link contains invalid link")
+        timeout = DEFAULT_NEXTLINK_TIMEOUT
+        if _pcontains(params, "timeout"):
+            t = _qt_to_int(_pget(params, "timeout"))
+            if t is None:
+                raise InstructError("failed to parse Grip-Link timeout value")
+            if t < 0:
+                raise InstructError("Grip-Link timeout has invalid value")
+            timeout = t
+        next_link = NextLink(url, timeout)
+    return next_link, others
+
+
+def _parse_json_hold(st: _State, hold: object) -> None:
+    """F21 ``hold``: mode, channels (required), timeout, keep-alive, meta."""
+    if not isinstance(hold, dict):
+        raise InstructError("instruct contains 'hold' with wrong type")
+    mode = _get_str(hold, "hold", "mode", False)
+    if mode is None or mode == "response":
+        st.hold_mode = "response"
+    elif mode == "stream":
+        st.hold_mode = "stream"
+    else:
+        raise InstructError("hold 'mode' must be set to either 'response' or 'stream'")
+
+    for vch in _get_list(hold, "hold", "channels", True):
+        name = _get_str(vch, "channel", "name", True)
+        assert name is not None
+        prev_id = _get_str(vch, "channel", "prev-id", False)
+        filters: list[str] = []
+        for vf in _get_list(vch, "channel", "filters", False):
+            if not isinstance(vf, str):
+                raise InstructError("filters contains value with wrong type")
+            filters.append(vf)
+        st.channels.append(Channel(name, prev_id, filters))
+
+    if "timeout" in hold:
+        t = _variant_to_int(hold["timeout"])
+        if t is None:
+            raise InstructError("hold contains 'timeout' with wrong type")
+        if t < 0:
+            raise InstructError("hold contains 'timeout' with invalid value")
+        st.timeout = t
+
+    ka = _get_obj(hold, "hold", "keep-alive")
+    if ka is not None:
+        if "content-bin" in ka:
+            cb = _get_str(ka, "keep-alive", "content-bin", False) or ""
+            st.ka_data = _qt_from_base64(cb.encode("utf-8", "replace"))
+        elif "content" in ka:
+            content = ka["content"]
+            if not isinstance(content, str):
+                raise InstructError("keep-alive contains 'content' with wrong type")
+            st.ka_data = content.encode("utf-8", "replace")
+        if "timeout" in ka:
+            t = _variant_to_int(ka["timeout"])
+            if t is None:
+                raise InstructError("keep-alive contains 'timeout' with wrong type")
+            if t < 0:
+                raise InstructError("keep-alive contains 'timeout' with invalid value")
+            st.ka_timeout = t
+        else:
+            st.ka_timeout = DEFAULT_KEEP_ALIVE_TIMEOUT
+
+    meta = _get_obj(hold, "hold", "meta")
+    if meta is not None:
+        for key, val in _qmap_items(meta):
+            if not isinstance(val, str):
+                raise InstructError(f"'meta' contains '{key}' with wrong type")
+            st.meta[key] = val
+
+
+def _parse_json_response(
+    jresp: dict[str, object], code: int, reason: str
+) -> tuple[int, str, Headers, bytes]:
+    """F21 ``response``: code (default: the origin's), reason, headers (object or list of
+    pairs), body or body-bin. The origin's own headers and body are not used."""
+    pn = "response"
+    if "code" in jresp:
+        c = _variant_to_int(jresp["code"])
+        if c is None:
+            raise InstructError("response contains 'code' with wrong type")
+        if not 0 <= c <= 999:
+            raise InstructError("response contains 'code' with invalid value")
+        code, reason = c, ""
+    jreason = _get_str(jresp, pn, "reason", False)
+    if jreason:
+        reason = _to_header_text(jreason)
+
+    headers: Headers = []
+    if "headers" in jresp:
+        vheaders = jresp["headers"]
+        if isinstance(vheaders, list):
+            for vh in vheaders:
+                if not isinstance(vh, list):
+                    raise InstructError("headers contains element with wrong type")
+                if len(vh) != 2:
+                    raise InstructError("headers contains list with wrong number of elements")
+                if not isinstance(vh[0], str):
+                    raise InstructError("header contains name element with wrong type")
+                if not isinstance(vh[1], str):
+                    raise InstructError("header contains value element with wrong type")
+                headers.append((_to_header_text(vh[0]), _to_header_text(vh[1])))
+        elif isinstance(vheaders, dict):
+            for key, val in _qmap_items(vheaders):
+                if not isinstance(val, str):
+                    raise InstructError(f"headers contains '{key}' with wrong type")
+                headers.append((_to_header_text(key), _to_header_text(val)))
+        else:
+            raise InstructError("response contains 'headers' with wrong type")
+
+    body = b""
+    if "body-bin" in jresp:
+        bb = _get_str(jresp, pn, "body-bin", False) or ""
+        body = _qt_from_base64(bb.encode("utf-8", "replace"))
+    elif "body" in jresp:
+        vbody = jresp["body"]
+        if not isinstance(vbody, str):
+            raise InstructError("response contains 'body' with wrong type")
+        body = vbody.encode("utf-8", "replace")
+    return code, reason, headers, body

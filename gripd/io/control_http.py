@@ -1,0 +1,250 @@
+"""The HTTP control API server (F28): ``POST /publish``, ``POST /recover``, ``GET /``.
+
+A thin asyncio adapter mirroring Pushpin's ``SimpleHttpServer`` (src/corelib/simplehttpserver.cpp):
+one request per connection, every reply with ``Connection: close`` and ``Content-Length``, then
+the connection is closed. The header block ends at the first blank line (LF or CRLF) and must fit
+in ``max_headers_size`` bytes; it is parsed by ``httptools``. The body is framed by
+``Content-Length`` only: a request that needs a body and has no Content-Length, or that uses
+``Transfer-Encoding``, is refused with 411 as Pushpin does (so chunked bodies are refused).
+Routing and validation are pure (``gripd.core.publish.handle_control_request``); the reply is
+written before items are handed to the sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import typing
+
+import httptools
+
+from gripd.core.headers import Headers
+from gripd.core.publish import ControlReply, PublishItem, handle_control_request
+
+_LOG = logging.getLogger("gripd.control")
+_HEAD_END = re.compile(rb"\n\r?\n")
+_CL_RE = re.compile(rb"[ \t\n\r\v\f]*([+-]?[0-9]+)[ \t\n\r\v\f]*\Z")
+_NO_BODY_METHODS = frozenset({"HEAD", "GET", "DELETE", "OPTIONS"})
+
+
+class PublishSink(typing.Protocol):
+    """Where validated control API requests go (the hub)."""
+
+    def publish(self, items: list[PublishItem], *, source: str) -> None: ...
+
+    def recover(self) -> None: ...
+
+
+class _HeadParser:
+    """Collects what httptools reports for one request head."""
+
+    def __init__(self) -> None:
+        self.headers: Headers = []
+        self.done = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self.done = True
+
+
+def _first(headers: Headers, name: str) -> str | None:
+    lname = name.lower()
+    for k, v in headers:
+        if k.lower() == lname:
+            return v
+    return None
+
+
+def _encode(code: int, reason: str, headers: Headers, body: bytes, http10: bool) -> bytes:
+    """Pushpin's reply framing: given headers, then ``Connection: close``, ``Content-Length``."""
+    lines = [f"HTTP/{'1.0' if http10 else '1.1'} {code} {reason}\r\n"]
+    for k, v in headers:
+        if k.lower() not in ("connection", "transfer-encoding", "content-length"):
+            lines.append(f"{k}: {v}\r\n")
+    lines.append(f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n")
+    return "".join(lines).encode("latin-1", "replace") + body
+
+
+class ControlProtocol(asyncio.Protocol):
+    """One control API connection: read one request, answer it, close."""
+
+    def __init__(
+        self,
+        sink: PublishSink,
+        *,
+        max_headers_size: int,
+        max_body_size: int,
+        logger: logging.Logger,
+    ) -> None:
+        self._sink = sink
+        self._max_headers = max_headers_size
+        self._max_body = max_body_size
+        self._log = logger
+        self._transport: asyncio.Transport | None = None
+        self._state = "head"  # head -> body -> done
+        self._buf = bytearray()
+        self._method = ""
+        self._uri = ""
+        self._headers: Headers = []
+        self._http10 = False
+        self._length = 0
+        self._replied = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = typing.cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self._transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._state = "done"
+
+    def data_received(self, data: bytes) -> None:
+        if self._state == "done":
+            return  # anything after the request is ignored, as in Pushpin
+        try:
+            if self._state == "head":
+                self._read_head(data)
+            else:
+                self._read_body(data)
+        except Exception:  # never let one bad client take the server down
+            self._log.exception("control: error handling request")
+            if not self._replied:
+                self._error(500, "Internal Server Error", "Internal error.")
+
+    def _read_head(self, data: bytes) -> None:
+        # Only the first max_headers_size bytes may hold the header block (Pushpin reads no more).
+        self._buf += data
+        window = bytes(self._buf[: self._max_headers])
+        m = _HEAD_END.search(window)
+        if m is None:
+            if len(self._buf) >= self._max_headers:
+                self._error(400, "Bad Request", "Request header too large.")
+            return
+        head, rest = bytes(self._buf[: m.end()]), bytes(self._buf[m.end() :])
+        self._buf = bytearray()
+        if not self._parse_head(head):
+            return
+        has_cl = any(k.lower() == "content-length" for k, _ in self._headers)
+        has_te = any(k.lower() == "transfer-encoding" for k, _ in self._headers)
+        if not has_cl and (has_te or self._method not in _NO_BODY_METHODS):
+            self._error(411, "Length Required", "Request requires Content-Length.")
+            return
+        if has_cl:
+            cl = _CL_RE.match((_first(self._headers, "Content-Length") or "").encode("latin-1"))
+            if cl is None or not -(2**31) <= int(cl.group(1)) < 2**31:
+                self._error(400, "Bad Request", "Bad Content-Length.")
+                return
+            self._length = int(cl.group(1))
+            if self._length > self._max_body:
+                self._error(400, "Bad Request", "Request body too large.")
+                return
+            if _first(self._headers, "Expect") == "100-continue" and self._transport is not None:
+                ver = "1.0" if self._http10 else "1.1"
+                self._transport.write(f"HTTP/{ver} 100 Continue\r\n\r\n".encode())
+        self._state = "body"
+        self._read_body(rest)
+
+    def _parse_head(self, head: bytes) -> bool:
+        """Parse the head like Pushpin; answer 400 if it is malformed.
+
+        The request line is split on its first two spaces exactly as Pushpin does (any method
+        token is accepted, so unknown methods get 405, not 400). Lines may end in LF or CRLF;
+        header lines without ``:`` are skipped. The header lines are then validated and split
+        by httptools, behind a fixed request line, with the framing headers renamed so that
+        httptools never applies its own body rules (Pushpin's are applied by the caller).
+        """
+        lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in head.split(b"\n")]
+        request_line = lines[0]
+        parts = request_line.split(b" ", 2)
+        if len(parts) < 3 or not parts[0]:
+            self._error(400, "Bad Request", "Failed to parse request header.")
+            return False
+        out = [b"GET / HTTP/1.1"]
+        for ln in lines[1:]:
+            if not ln or b":" not in ln:
+                continue
+            name, _, value = ln.partition(b":")
+            if name.lower() in (b"content-length", b"transfer-encoding"):
+                name = b"X-Gripd-" + name
+            out.append(name + b":" + value)
+        collector = _HeadParser()
+        parser = httptools.HttpRequestParser(collector)
+        try:
+            parser.feed_data(b"\r\n".join(out) + b"\r\n\r\n")
+        except httptools.HttpParserUpgrade:
+            pass  # "Connection: upgrade" means nothing here; the head was parsed
+        except httptools.HttpParserError:
+            pass
+        if not collector.done:
+            self._error(400, "Bad Request", "Failed to parse request header.")
+            return False
+        self._method = parts[0].decode("latin-1")
+        self._uri = parts[1].decode("latin-1")
+        self._http10 = parts[2] == b"HTTP/1.0"
+        self._headers = [
+            (k[len("X-Gripd-") :], v) if k.lower().startswith("x-gripd-") else (k, v)
+            for k, v in collector.headers
+        ]
+        return True
+
+    def _read_body(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) > self._length:
+            self._error(400, "Bad Request", "Request body exceeded Content-Length.")
+            return
+        if len(self._buf) == self._length:
+            self._state = "done"
+            self._dispatch(bytes(self._buf))
+
+    def _dispatch(self, body: bytes) -> None:
+        reply: ControlReply = handle_control_request(self._method, self._uri, self._headers, body)
+        self._write(reply.code, reply.reason, reply.headers, reply.body)
+        self._log.info("%s", reply.log)
+        # Pushpin answers before it processes the items (F28).
+        if reply.items is not None:
+            try:
+                self._sink.publish(reply.items, source="http")
+            except Exception:
+                self._log.exception("control: publish failed")
+        if reply.recover:
+            try:
+                self._sink.recover()
+            except Exception:
+                self._log.exception("control: recover failed")
+
+    def _error(self, code: int, reason: str, message: str) -> None:
+        self._state = "done"
+        self._write(code, reason, [("Content-Type", "text/plain")], (message + "\n").encode())
+
+    def _write(self, code: int, reason: str, headers: Headers, body: bytes) -> None:
+        self._state = "done"
+        self._replied = True
+        self._buf = bytearray()
+        if self._transport is None:
+            return
+        self._transport.write(_encode(code, reason, headers, body, self._http10))
+        self._transport.close()  # flushes the reply first
+
+
+async def start_control_server(
+    sink: PublishSink,
+    host: str,
+    port: int,
+    *,
+    max_headers_size: int = 10000,
+    max_body_size: int = 1_000_000,
+    logger: logging.Logger | None = None,
+) -> asyncio.Server:
+    """Listen for control API requests on ``host:port`` (``push_in_http_addr``/``_port``)."""
+    log = logger or _LOG
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: ControlProtocol(
+            sink, max_headers_size=max_headers_size, max_body_size=max_body_size, logger=log
+        ),
+        host,
+        port,
+    )

@@ -1,0 +1,242 @@
+"""Held client connections: response holds (long-polling, F22) and stream holds (F24).
+
+A hold is the connection's request handler while it waits for publishes. It owns at most one
+timer handle (response timeout or keep-alive) and no task. Delivery takes bytes that the engine
+encoded once for every subscriber.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from asyncio import TimerHandle
+from typing import TYPE_CHECKING
+
+from gripd.core.headers import Headers
+from gripd.core.http import LAST_CHUNK, HttpResponse, encode_chunk, encode_head
+from gripd.core.instruct import Instruct
+
+if TYPE_CHECKING:
+    from gripd.core.routes import Route
+    from gripd.io.client import ClientConnection, Request
+    from gripd.io.engine import Engine
+
+log = logging.getLogger("gripd.hold")
+
+
+def _jitter() -> float:
+    """F20/F39: keep-alive delays are the timeout minus a random 0–999 ms."""
+    return random.random() * 0.999
+
+
+class ResponseHold:
+    """A long-poll: answered once, by a publish or by the timeout (original response)."""
+
+    __slots__ = (
+        "active",
+        "body",
+        "channels",
+        "conn",
+        "engine",
+        "req",
+        "resp_key",
+        "response",
+        "route",
+        "timer",
+    )
+    mode = "response"
+
+    def __init__(
+        self,
+        engine: Engine,
+        conn: ClientConnection,
+        req: Request,
+        route: Route,
+        ins: Instruct,
+        body: list[bytes],
+    ) -> None:
+        self.engine = engine
+        self.conn = conn
+        self.req = req
+        self.route = route
+        self.channels = [c.name for c in ins.channels]
+        self.response = ins.response
+        r = ins.response
+        # Holds whose original responses are equal share one encoded publish (encode once).
+        self.resp_key = (r.code, r.reason, tuple(r.headers), r.body, req.method, req.keep_alive)
+        self.body = body
+        self.active = True
+        self.timer: TimerHandle | None = engine.loop.call_later(ins.timeout, self._on_timeout)
+
+    def _stop(self) -> None:
+        self.active = False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.engine.unsubscribe(self)
+
+    def deliver(self, data: bytes) -> None:
+        """Send an already encoded full response and finish the request."""
+        if not self.active:
+            return
+        self._stop()
+        self.conn.write(data)
+        self.conn.finish_response(self.req.keep_alive)
+
+    def _on_timeout(self) -> None:
+        self.timer = None
+        if not self.active:
+            return
+        self._stop()
+        self.conn.send_response(self.response, self.req.method)
+
+    def retry(self) -> None:
+        """Re-send the original request to the origin (``action: hint``, F22/F27)."""
+        if not self.active:
+            return
+        self._stop()
+        self.engine.retry(self.conn, self.req, self.route, self.body)
+
+    # RequestHandler
+    def on_client_body(self, data: bytes) -> None:
+        pass
+
+    def on_client_body_end(self) -> None:
+        pass
+
+    def on_client_closed(self) -> None:
+        if self.active:
+            self._stop()
+
+    def on_client_pause_writing(self) -> None:
+        pass
+
+    def on_client_resume_writing(self) -> None:
+        pass
+
+
+class StreamHold:
+    """An HTTP stream (F24): the initial response went out; publishes are appended."""
+
+    __slots__ = (
+        "active",
+        "channels",
+        "chunked",
+        "conn",
+        "dropped",
+        "engine",
+        "ka_data",
+        "ka_interval",
+        "ka_timeout",
+        "ka_timer",
+        "last_write",
+        "req",
+        "route",
+    )
+    mode = "stream"
+
+    def __init__(
+        self,
+        engine: Engine,
+        conn: ClientConnection,
+        req: Request,
+        route: Route,
+        ins: Instruct,
+        chunked: bool,
+    ) -> None:
+        self.engine = engine
+        self.conn = conn
+        self.req = req
+        self.route = route
+        self.channels = [c.name for c in ins.channels]
+        self.chunked = chunked
+        self.active = True
+        self.dropped = 0
+        self.last_write = engine.loop.time()
+        self.ka_timer: TimerHandle | None = None
+        ka = ins.keep_alive
+        if ka is not None and ka.data:
+            self.ka_data = encode_chunk(ka.data) if chunked else ka.data
+            self.ka_timeout = float(ka.timeout)
+            self.ka_interval = ka.mode == "interval"
+            self.ka_timer = engine.loop.call_later(self.ka_timeout - _jitter(), self._on_keep_alive)
+        else:
+            self.ka_data = b""
+            self.ka_timeout = 0.0
+            self.ka_interval = False
+
+    def _stop(self) -> None:
+        self.active = False
+        if self.ka_timer is not None:
+            self.ka_timer.cancel()
+            self.ka_timer = None
+        self.engine.unsubscribe(self)
+
+    def deliver(self, chunk: bytes, raw: bytes, now: float) -> bool:
+        """Queue one published piece (already framed); False when dropped for a slow client."""
+        if not self.active:
+            return False
+        conn = self.conn
+        if conn.buffered() > self.engine.write_buffer_max:
+            self.dropped += 1
+            self.engine.slow_client(self)
+            return False
+        conn.queue(chunk if self.chunked else raw)
+        self.last_write = now
+        return True
+
+    def close_stream(self) -> None:
+        """``action: close`` (F24): end the response cleanly."""
+        if not self.active:
+            return
+        self._stop()
+        if self.chunked:
+            self.conn.queue(LAST_CHUNK)
+            self.conn.finish_response(True)
+        else:
+            self.conn.finish_response(False)
+
+    def _on_keep_alive(self) -> None:
+        self.ka_timer = None
+        if not self.active:
+            return
+        loop = self.engine.loop
+        now = loop.time()
+        idle = now - self.last_write
+        if not self.ka_interval and idle < self.ka_timeout - 1.0:
+            delay = self.ka_timeout - idle - _jitter()
+        else:
+            if self.conn.buffered() <= self.engine.write_buffer_max:
+                self.conn.queue(self.ka_data)
+                self.last_write = now
+            delay = self.ka_timeout - _jitter()
+        self.ka_timer = loop.call_later(max(delay, 0.05), self._on_keep_alive)
+
+    # RequestHandler
+    def on_client_body(self, data: bytes) -> None:
+        pass
+
+    def on_client_body_end(self) -> None:
+        pass
+
+    def on_client_closed(self) -> None:
+        if self.active:
+            self._stop()
+
+    def on_client_pause_writing(self) -> None:
+        pass
+
+    def on_client_resume_writing(self) -> None:
+        pass
+
+
+def stream_head(resp: HttpResponse, chunked: bool) -> bytes:
+    """The head of a stream hold's response (F24): chunked, with Pushpin's
+    ``Connection: Transfer-Encoding``; HTTP/1.0 clients get a close-delimited body."""
+    headers: Headers = list(resp.headers)
+    if chunked:
+        headers.append(("Connection", "Transfer-Encoding"))
+        headers.append(("Transfer-Encoding", "chunked"))
+    else:
+        headers.append(("Connection", "close"))
+    return encode_head(resp.code, resp.reason, headers)

@@ -1,0 +1,468 @@
+"""A proxied request: forward to the origin, then relay the answer or take it over (F12–F22).
+
+``ProxySession`` is both the connection's request handler (client body in) and the origin
+exchange's response handler (origin response out). Non-GRIP responses stream through with
+backpressure; a GRIP response is buffered (≤ 100,000 bytes, F19), parsed by
+``core.instruct`` and turned into a hold (``io.holds``) or a plain answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from gripd.core import headers as hdr
+from gripd.core.errors import InstructError, OriginConnectError, OriginError
+from gripd.core.forward import ClientRequestInfo, origin_request_headers
+from gripd.core.http import (
+    LAST_CHUNK,
+    body_allowed,
+    encode_chunk,
+    encode_head,
+    reason_phrase,
+    text_response,
+)
+from gripd.core.instruct import Instruct, is_grip_response, parse_instruct
+from gripd.core.routes import Route, Target, rewrite_path, test_target_path
+from gripd.core.testhandler import answer_test_request
+from gripd.io.origin import Endpoint, OriginExchange
+
+if TYPE_CHECKING:
+    from gripd.io.client import ClientConnection, Request
+    from gripd.runtime.app import App
+
+log = logging.getLogger("gripd.proxy")
+
+# F17/F19: request bodies are kept up to this size (for retries and GRIP); GRIP responses are
+# buffered up to this size before parsing.
+MAX_BUFFERED = 100_000
+# Request body bytes held while the origin connection is being made; past this, stop reading.
+UNSENT_BODY_MAX = 256 * 1024
+
+_STRIP_PASS_RESPONSE = ("connection", "keep-alive", "transfer-encoding")
+
+
+class ProxySession:
+    """Forwards one client request to its route's targets and handles the answer."""
+
+    __slots__ = (
+        "_body_buf",
+        "_body_done",
+        "_body_over",
+        "_body_total",
+        "_chunked",
+        "_closed",
+        "_exchange",
+        "_grip_buf",
+        "_grip_size",
+        "_keep_alive",
+        "_mode",
+        "_pass_bytes",
+        "_resp_code",
+        "_resp_headers",
+        "_resp_reason",
+        "_started",
+        "_task",
+        "_through",
+        "_unsent",
+        "_unsent_size",
+        "app",
+        "conn",
+        "req",
+        "retry",
+        "route",
+        "target_label",
+        "trusted",
+    )
+
+    def __init__(
+        self,
+        app: App,
+        conn: ClientConnection,
+        req: Request,
+        route: Route,
+        *,
+        trusted: bool = False,
+        retry: bool = False,
+        body: list[bytes] | None = None,
+    ) -> None:
+        self.app = app
+        self.conn = conn
+        self.req = req
+        self.route = route
+        self.trusted = trusted
+        self.retry = retry
+        self.target_label = ""
+        self._exchange: OriginExchange | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._started = False  # response bytes have gone to the client
+        self._mode = ""  # "" until the origin answers, then "pass" or "grip"
+        self._body_buf: list[bytes] = list(body) if body is not None else []
+        self._unsent: list[bytes] = list(self._body_buf)
+        self._unsent_size = 0
+        self._body_total = sum(len(b) for b in self._body_buf)
+        self._body_over = False
+        self._body_done = body is not None
+        self._grip_buf: list[bytes] = []
+        self._grip_size = 0
+        self._through: Instruct | None = None  # F19 oversized stream hold streamed through
+        self._resp_code = 0
+        self._resp_reason = ""
+        self._resp_headers: hdr.Headers = []
+        self._chunked = False
+        self._keep_alive = True
+        self._pass_bytes = 0
+
+    # -- start -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.conn.set_handler(self)
+        if body := self.req.body_chunks:
+            # Bytes that arrived before this session took the request (pipelining).
+            self.req.body_chunks = []
+            for chunk in body:
+                self._take_body(chunk)
+        if self.req.body_done:
+            self._body_done = True
+        target = self.route.targets[0]
+        if target.kind == "test":
+            if self._body_done:
+                self._answer_test()
+            return
+        if target.kind != "host":
+            self._fail(f"Unsupported target type for route: {target.kind}")
+            return
+        if hdr.contains(self.req.headers, "expect") and not self._body_done:
+            self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._task = self.app.loop.create_task(self._open())
+
+    def _take_body(self, data: bytes) -> None:
+        self._body_total += len(data)
+        if self._body_total > self.app.config.max_request_body:
+            self._fail_client(413, "Request Entity Too Large\n")
+            return
+        if not self._body_over:
+            if self._body_total <= MAX_BUFFERED:
+                self._body_buf.append(data)
+            else:
+                self._body_over = True
+        ex = self._exchange
+        if ex is not None:
+            ex.send_body(data)
+        else:
+            # Not connected yet: hold the bytes, and stop reading past a bound.
+            self._unsent.append(data)
+            self._unsent_size += len(data)
+            if self._unsent_size > UNSENT_BODY_MAX:
+                self.conn.pause_reading()
+
+    def _endpoints(self) -> list[Endpoint]:
+        out = []
+        host = hdr.get(self.req.headers, "host") or ""
+        for t in self.route.targets:
+            if t.kind != "host":
+                continue
+            sni = t.host_header or self.route.as_host or host.split(":")[0] or t.host
+            out.append(
+                Endpoint(t.host, t.port, t.ssl, t.insecure, sni.split(":")[0] if t.ssl else None)
+            )
+        return out
+
+    def _origin_headers(self, target: Target) -> hdr.Headers:
+        app = self.app
+        req = self.req
+        info = ClientRequestInfo(
+            method=req.method,
+            path=req.url,
+            headers=req.headers,
+            peer_ip=self.conn.peer,
+            tls=app.client_tls(req.headers),
+        )
+        token = None
+        if not self.route.no_grip and not self.trusted:
+            token = app.grip_sig_token(self.route)
+        h = origin_request_headers(
+            info, self.route, target, app.forward, token=token, trusted=self.trusted
+        )
+        return hdr.remove(h, "content-length", "transfer-encoding")
+
+    async def _open(self) -> None:
+        target = self.route.targets[0]
+        headers = self._origin_headers(target)
+        framing: str = "none"
+        length = 0
+        te = (hdr.get(self.req.headers, "transfer-encoding") or "").lower()
+        if self.retry or self._body_done:
+            length = self._body_total
+            framing = "length" if (length or _has_body(self.req)) else "none"
+            if framing == "length":
+                headers.append(("Content-Length", str(length)))
+        elif "chunked" in te:
+            framing = "chunked"
+            headers.append(("Transfer-Encoding", "chunked"))
+        elif (cl := hdr.get(self.req.headers, "content-length")) is not None:
+            framing = "length"
+            length = int(cl) if cl.strip().isdigit() else 0
+            headers.append(("Content-Length", str(length)))
+        path = rewrite_path(self.route, _origin_form(self.req.url))
+        endpoints = self._endpoints()
+        try:
+            ex = await self.app.pool.open(
+                endpoints,
+                self.req.method,
+                path,
+                headers,
+                self,
+                body_framing=framing,  # type: ignore[arg-type]
+                content_length=length,
+            )
+        except OriginConnectError as e:
+            self._fail(str(e))
+            return
+        except OriginError as e:
+            self._fail(f"Error while proxying to origin: {e}")
+            return
+        except asyncio.CancelledError:
+            raise
+        if self._closed:
+            ex.abort()
+            return
+        self._exchange = ex
+        self.target_label = ex.endpoint.label()
+        ex.on_request_pause = self.conn.pause_reading
+        ex.on_request_resume = self.conn.resume_reading
+        unsent, self._unsent = self._unsent, []
+        self._unsent_size = 0
+        for chunk in unsent:
+            ex.send_body(chunk)
+        self.conn.resume_reading()
+        if self._body_done:
+            ex.end_body()
+
+    # -- client side (RequestHandler) --------------------------------------------------------
+
+    def on_client_body(self, data: bytes) -> None:
+        self._take_body(data)
+
+    def on_client_body_end(self) -> None:
+        self._body_done = True
+        if self.route.targets[0].kind == "test":
+            self._answer_test()
+            return
+        ex = self._exchange
+        if ex is not None:
+            ex.end_body()
+
+    def on_client_closed(self) -> None:
+        self._closed = True
+        ex, self._exchange = self._exchange, None
+        if ex is not None:
+            ex.abort()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    def on_client_pause_writing(self) -> None:
+        if self._exchange is not None:
+            self._exchange.pause_reading()
+
+    def on_client_resume_writing(self) -> None:
+        if self._exchange is not None:
+            self._exchange.resume_reading()
+
+    # -- origin side (ResponseHandler) -------------------------------------------------------
+
+    def on_response_head(self, status: int, reason: str, headers: hdr.Headers) -> None:
+        if self._closed:
+            return
+        self._resp_code = status
+        self._resp_reason = reason
+        self._resp_headers = headers
+        if not self.route.no_grip and not self.trusted and is_grip_response(headers):
+            self._mode = "grip"
+            return
+        self._mode = "pass"
+        self._start_pass()
+
+    def on_response_body(self, data: bytes) -> None:
+        if self._closed or not data:
+            return
+        if self._mode == "pass":
+            self._pass_bytes += len(data)
+            self.conn.write(encode_chunk(data) if self._chunked else data)
+        elif self._through is not None:
+            self.conn.write(encode_chunk(data) if self._chunked else data)
+        else:
+            self._grip_size += len(data)
+            self._grip_buf.append(data)
+            if self._grip_size > MAX_BUFFERED:
+                self._grip_too_large()
+
+    def on_response_end(self) -> None:
+        if self._closed:
+            return
+        self._exchange = None
+        if self._mode == "pass":
+            if self._chunked:
+                self.conn.write(LAST_CHUNK)
+            self._log(f"code={self._resp_code} {self._pass_bytes}")
+            self.conn.finish_response(self._keep_alive)
+        elif self._through is not None:
+            self._log("accept")
+            self.app.holds.start_stream(
+                self.conn, self.req, self.route, self._through, self._chunked, head_sent=True
+            )
+        elif self._mode == "grip":
+            body = b"".join(self._grip_buf)
+            self._grip_buf = []
+            self._apply_grip(self._resp_code, self._resp_reason, self._resp_headers, body)
+
+    def on_error(self, exc: OriginError) -> None:
+        if self._closed:
+            return
+        self._exchange = None
+        if self._started:
+            log.info("%s: origin failed mid-response: %s", self._describe(), exc)
+            self.conn.abort()
+            return
+        self._fail(f"Error while proxying to origin: {exc}")
+
+    # -- pass-through ------------------------------------------------------------------------
+
+    def _start_pass(self) -> None:
+        req = self.req
+        code = self._resp_code
+        headers = [(k, v) for k, v in self._resp_headers if k.lower() not in _STRIP_PASS_RESPONSE]
+        keep_alive = req.keep_alive
+        if body_allowed(code, req.method) and not hdr.contains(headers, "content-length"):
+            if req.http_version == "1.1":
+                headers.append(("Transfer-Encoding", "chunked"))
+                self._chunked = True
+            else:
+                keep_alive = False  # HTTP/1.0 client: the body ends when we close (F48)
+        if not keep_alive:
+            headers.append(("Connection", "close"))
+        self._keep_alive = keep_alive
+        self._started = True
+        self.conn.write(encode_head(code, self._resp_reason or reason_phrase(code), headers))
+
+    # -- GRIP --------------------------------------------------------------------------------
+
+    def _instruct(self, code: int, reason: str, headers: hdr.Headers, body: bytes) -> Instruct:
+        return parse_instruct(
+            code,
+            reason,
+            headers,
+            body,
+            channel_prefix=self.route.prefix,
+            connection_subscription_max=self.app.config.connection_subscription_max,
+        )
+
+    def _grip_too_large(self) -> None:
+        """F19: an oversized stream hold streams its initial body through; else 502."""
+        headers = self._resp_headers
+        ctype = (hdr.get(headers, "content-type") or "").split(";")[0].strip().lower()
+        hold = (hdr.get(headers, "grip-hold") or "").strip()
+        if hold == "stream" and ctype != "application/grip-instruct":
+            try:
+                ins = self._instruct(self._resp_code, self._resp_reason, headers, b"")
+            except InstructError as e:
+                self._fail(f"Failed to parse accept instructions: {e}")
+                return
+            if self._body_over:
+                self._fail_client(400, "Request too large to accept GRIP instruct.\n")
+                return
+            self._through = ins
+            self._chunked = self.req.http_version == "1.1"
+            self.app.holds.write_stream_head(self.conn, ins.response, self._chunked)
+            self._started = True
+            data = b"".join(self._grip_buf)
+            self._grip_buf = []
+            self.conn.write(encode_chunk(data) if self._chunked else data)
+            return
+        self._fail(f"GRIP instruct response too large from {self.target_label}")
+
+    def _apply_grip(self, code: int, reason: str, headers: hdr.Headers, body: bytes) -> None:
+        try:
+            ins = self._instruct(code, reason, headers, body)
+        except InstructError as e:
+            self._fail(f"Failed to parse accept instructions: {e}")
+            return
+        for w in ins.warnings:
+            log.warning("%s: %s", self._describe(), w)
+        if ins.hold_mode is not None and self._body_over:
+            self._fail_client(400, "Request too large to accept GRIP instruct.\n")
+            return
+        self._log("accept")
+        holds = self.app.holds
+        if ins.hold_mode == "response":
+            holds.start_response(self.conn, self.req, self.route, ins, self._body_buf)
+        elif ins.hold_mode == "stream":
+            holds.start_stream(self.conn, self.req, self.route, ins, self.req.http_version == "1.1")
+        else:
+            self.conn.send_response(ins.response, self.req.method)
+
+    # -- test target (F50) -------------------------------------------------------------------
+
+    def _answer_test(self) -> None:
+        if self._closed or self._mode:
+            return
+        self._mode = "test"
+        self.target_label = "test"
+        path = test_target_path(self.route, _origin_form(self.req.url))
+        resp = answer_test_request(path, self._body_total)
+        if is_grip_response(resp.headers):
+            self._apply_grip(resp.code, resp.reason, resp.headers, resp.body)
+        else:
+            self._log(f"code={resp.code} {len(resp.body)}")
+            self.conn.send_response(resp, self.req.method)
+
+    # -- errors ------------------------------------------------------------------------------
+
+    def _fail(self, detail: str) -> None:
+        """Answer 502 (F47): the detail only on debug routes."""
+        debug = self.route.debug or self.app.config.debug
+        body = (detail if debug else "Error while proxying to origin.") + "\n"
+        log.info("%s: %s", self._describe(), detail)
+        self._fail_client(502, body)
+
+    def _fail_client(self, code: int, body: str) -> None:
+        ex, self._exchange = self._exchange, None
+        if ex is not None:
+            ex.abort()
+        if self._closed:
+            return
+        self._log(f"code={code} {len(body)}")
+        if self._started:
+            self.conn.abort()
+            return
+        self._closed = True
+        self.conn.send_response(text_response(code, body), self.req.method)
+
+    # -- logging (F53) -----------------------------------------------------------------------
+
+    def _describe(self) -> str:
+        host = hdr.get(self.req.headers, "host") or ""
+        return f"{self.req.method} http://{host}{self.req.url}"
+
+    def _log(self, what: str) -> None:
+        if log.isEnabledFor(logging.INFO):
+            target = self.target_label or self.route.targets[0].label()
+            retry = " retry" if self.retry and what == "accept" else ""
+            log.info("%s -> %s %s%s", self._describe(), target, what, retry)
+
+
+def _has_body(req: Request) -> bool:
+    return hdr.contains(req.headers, "content-length") or hdr.contains(
+        req.headers, "transfer-encoding"
+    )
+
+
+def _origin_form(url: str) -> str:
+    """``http://host/p?q`` -> ``/p?q``; origin-form targets pass unchanged."""
+    if url.startswith(("http://", "https://")):
+        rest = url.split("://", 1)[1]
+        i = rest.find("/")
+        return rest[i:] if i >= 0 else "/"
+    return url or "/"

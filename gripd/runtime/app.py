@@ -1,0 +1,232 @@
+"""One gripd process with everything in it (the embedded default).
+
+``App`` wires the listener, origin pool, publish engine and control API together, and owns what
+lives for the process: configuration, the live routes table (reloaded on change and on SIGHUP,
+F6/F53), the Grip-Sig token cache and the listening servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from gripd.core import headers as hdr
+from gripd.core.config import Config
+from gripd.core.errors import ConfigError
+from gripd.core.forward import ForwardSettings, client_is_tls, is_trusted_client
+from gripd.core.http import text_response
+from gripd.core.routes import Route, RouteTable
+from gripd.core.sig import SigningKey, TokenCache, parse_key
+from gripd.io.client import ClientConnection, Flusher, Request
+from gripd.io.control_http import start_control_server
+from gripd.io.engine import Engine
+from gripd.io.origin import OriginPool
+from gripd.io.proxy import ProxySession
+
+log = logging.getLogger("gripd")
+
+ROUTES_POLL_INTERVAL = 1.0  # F6: Pushpin reloads the routes file ~1 s after a change
+
+
+def _read_bytes(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+class App:
+    """The running proxy: listeners, engine, control API, routes."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        route_lines: list[str] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.config = config
+        self.loop = loop or asyncio.get_running_loop()
+        self.route_lines = route_lines
+        self.routes = RouteTable.parse("", "<none>")[0]
+        self._routes_stamp: tuple[int, int, int] | None = None
+        self._conn_ids = itertools.count(1)
+        self.connections: set[ClientConnection] = set()
+        self.flusher = Flusher(self.loop)
+        self.write_high_water = 256 * 1024
+        self.pool = OriginPool(
+            connect_timeout=config.origin_connect_timeout,
+            response_timeout=config.origin_response_timeout,
+        )
+        base = config.config_dir
+        sig_key = parse_key(config.sig_key, base_dir=base, read_file=_read_bytes)
+        upstream_key = parse_key(config.upstream_key, base_dir=base, read_file=_read_bytes)
+        self.forward = ForwardSettings(
+            sig_iss=config.sig_iss,
+            sig_key=sig_key,
+            upstream_key=upstream_key,
+            accept_x_forwarded_protocol=config.accept_x_forwarded_protocol,
+            set_x_forwarded_protocol=config.set_x_forwarded_protocol,
+            x_forwarded_for=tuple(config.x_forwarded_for),
+            x_forwarded_for_trusted=tuple(config.x_forwarded_for_trusted),
+            orig_headers_need_mark=tuple(config.orig_headers_need_mark),
+        )
+        self.tokens = TokenCache()
+        self._route_keys: dict[tuple[str, str], SigningKey | None] = {}
+        self.holds = Engine(self)
+        self.servers: list[asyncio.Server] = []
+        self._stopping = asyncio.Event()
+        self._watch_task: asyncio.Task[None] | None = None
+
+    # -- identity and per-request helpers ----------------------------------------------------
+
+    def next_conn_id(self) -> str:
+        return str(next(self._conn_ids))
+
+    def client_tls(self, headers: hdr.Headers) -> bool:
+        return client_is_tls(headers, False, self.forward)
+
+    def grip_sig_token(self, route: Route) -> str | None:
+        """F9/F15: the route's own iss+key when both are set, else the global ones."""
+        iss, key = self.forward.sig_iss, self.forward.sig_key
+        if route.sig_iss and route.sig_key:
+            cache_key = (route.sig_key, route.filename)
+            if cache_key not in self._route_keys:
+                base = os.path.dirname(route.filename) or self.config.config_dir
+                try:
+                    self._route_keys[cache_key] = parse_key(
+                        route.sig_key, base_dir=base, read_file=_read_bytes
+                    )
+                except ConfigError as e:
+                    log.error("route %s: %s", route.id, e)
+                    self._route_keys[cache_key] = None
+            iss, key = route.sig_iss, self._route_keys[cache_key]
+        if key is None:
+            return None
+        return self.tokens.token(iss, key, time.time())
+
+    def handle_request(self, conn: ClientConnection, req: Request) -> None:
+        """Route a parsed request head and start whatever serves it."""
+        host_header = hdr.get(req.headers, "host") or ""
+        url = req.url
+        if url.startswith(("http://", "https://")):
+            host_header = url.split("://", 1)[1].split("/", 1)[0]
+        host = _strip_port(host_header)
+        path = url.split("?", 1)[0]
+        if path.startswith(("http://", "https://")):
+            rest = path.split("://", 1)[1]
+            path = rest[rest.find("/") :] if "/" in rest else "/"
+        tls = self.client_tls(req.headers)
+        route = self.routes.lookup(host, path, ws=req.upgrade, ssl=tls)
+        if route is None:
+            conn.send_response(text_response(502, f"No route for host: {host}\n"), req.method)
+            return
+        if req.upgrade:
+            # WebSockets arrive with their own issue; until then say so plainly.
+            conn.send_response(
+                text_response(501, "WebSocket proxying is not implemented yet.\n"),
+                req.method,
+                keep_alive=False,
+            )
+            return
+        trusted = False
+        if self.forward.upstream_key is not None:
+            trusted = is_trusted_client(req.headers, self.forward, time.time())
+        ProxySession(self, conn, req, route, trusted=trusted).start()
+
+    # -- routes ------------------------------------------------------------------------------
+
+    def load_routes(self) -> None:
+        """(Re)load the routes; a bad line is skipped with a ``file:line`` warning (F6)."""
+        if self.route_lines is not None:
+            table, warnings = RouteTable.from_lines(self.route_lines)
+        elif self.config.routesfile is None:
+            table, warnings = RouteTable.from_lines(["* test"])
+        else:
+            path = self.config.routesfile
+            try:
+                st = os.stat(path)
+                text = Path(path).read_text()
+            except OSError as e:
+                log.error("cannot read routes file %s: %s", path, e)
+                return
+            self._routes_stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            table, warnings = RouteTable.parse(text, path)
+        for w in warnings:
+            log.warning("%s", w)
+        self.routes = table
+        log.info("routes loaded: %d", len(table))
+
+    async def _watch_routes(self) -> None:
+        path = self.config.routesfile
+        if path is None or self.route_lines is not None:
+            return
+        while True:
+            await asyncio.sleep(ROUTES_POLL_INTERVAL)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if (st.st_mtime_ns, st.st_size, st.st_ino) != self._routes_stamp:
+                self.load_routes()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.load_routes()
+        cfg = self.config
+        for listen in cfg.http_port:
+            server = await self.loop.create_server(
+                lambda: ClientConnection(self),
+                host=listen.addr or None,
+                port=listen.port,
+                reuse_address=True,
+                backlog=4096,
+            )
+            self.servers.append(server)
+            log.info("listening on %s:%d", listen.addr or "*", listen.port)
+        control = await start_control_server(
+            self.holds,
+            cfg.push_in_http_addr,
+            cfg.push_in_http_port,
+            max_headers_size=cfg.push_in_http_max_headers_size,
+            max_body_size=cfg.push_in_http_max_body_size,
+        )
+        self.servers.append(control)
+        log.info("control API on %s:%d", cfg.push_in_http_addr, cfg.push_in_http_port)
+        self._watch_task = self.loop.create_task(self._watch_routes())
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            self.loop.add_signal_handler(signal.SIGHUP, self.load_routes)
+            self.loop.add_signal_handler(signal.SIGINT, self._stopping.set)
+            self.loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
+
+    async def run(self) -> None:
+        await self.start()
+        await self._stopping.wait()
+        await self.stop()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        log.info("stopping")
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+        for server in self.servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.close()
+        await self.pool.close()
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+
+
+def _strip_port(host: str) -> str:
+    if host.startswith("["):
+        end = host.find("]")
+        return host[1:end] if end > 0 else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh clone: installs what it needs, then lint, types and tests.
+# Usage: bash scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# External pieces the tests use: Pushpin 1.36 (differential tests) and wrk (bench only).
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    need=()
+    command -v pushpin >/dev/null 2>&1 || need+=(pushpin)
+    if [ ${#need[@]} -gt 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+.venv/bin/ruff format --check gripd tests bench
+.venv/bin/ruff check gripd tests bench
+.venv/bin/mypy
+exec .venv/bin/python -m pytest "$@"

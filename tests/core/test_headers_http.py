@@ -1,0 +1,102 @@
+"""Header grammar (Pushpin httpheaders.cpp) and response encoding (F20, F22, F47)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gripd.core import headers as hdr
+from gripd.core.http import (
+    LAST_CHUNK,
+    HttpResponse,
+    encode_chunk,
+    encode_full,
+    reason_phrase,
+    text_response,
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("a, b", ["a", " b"]),
+        ('a; x="1,2", b', ['a; x="1,2"', " b"]),
+        ('"a\\"," , b', ['"a\\"," ', " b"]),
+        ("", [""]),
+    ],
+)
+def test_split_unquoted(value: str, expected: list[str]) -> None:
+    assert hdr.split_unquoted(value, ",") == expected
+
+
+def test_parse_parameters() -> None:
+    first, params = hdr.parse_parameters(' chan ; prev-id=3 ; filter="skip-self"; flag')
+    assert first == "chan"
+    assert params == [("prev-id", "3"), ("filter", "skip-self"), ("flag", "")]
+    assert hdr.param(params, "PREV-ID") == "3"
+    assert hdr.param(params, "none") is None
+
+
+def test_parse_list_over_repeated_headers() -> None:
+    values = hdr.get_all(
+        [("Grip-Channel", "a, b"), ("X", "y"), ("grip-channel", "c")], "GRIP-CHANNEL"
+    )
+    assert [n for n, _ in hdr.parse_list(values)] == ["a", "b", "c"]
+
+
+def test_header_list_helpers() -> None:
+    h = [("A", "1"), ("b", "2"), ("a", "3")]
+    assert hdr.get(h, "a") == "1"
+    assert hdr.remove(h, "A") == [("b", "2")]
+    assert hdr.set_header(h, "a", "9") == [("a", "9"), ("b", "2")]
+    assert hdr.set_header(h, "C", "4")[-1] == ("C", "4")
+    assert hdr.contains(h, "B") and not hdr.contains(h, "c")
+    assert hdr.unquote('"a\\"b"') == 'a"b'
+
+
+@given(st.text())
+def test_split_rejoins(value: str) -> None:
+    assert ",".join(hdr.split_unquoted(value, ",")) == value
+
+
+def test_reason_phrases() -> None:
+    assert reason_phrase(200) == "OK"
+    assert reason_phrase(502) == "Bad Gateway"
+    assert reason_phrase(299) == "Undefined Reason"  # F20 verified on Pushpin
+
+
+def test_encode_full_recomputes_length_and_drops_hop_by_hop() -> None:
+    resp = HttpResponse(
+        200, "OK", [("Content-Length", "99"), ("Connection", "x"), ("X-A", "b")], b"hi\n"
+    )
+    raw = encode_full(resp)
+    assert raw == b"HTTP/1.1 200 OK\r\nX-A: b\r\nContent-Length: 3\r\n\r\nhi\n"
+    assert encode_full(resp, method="HEAD").endswith(b"Content-Length: 3\r\n\r\n")
+    assert b"Connection: close" in encode_full(resp, keep_alive=False)
+    no_body = encode_full(HttpResponse(204, "No Content", [], b"x"))
+    assert no_body == b"HTTP/1.1 204 No Content\r\n\r\n"
+
+
+def test_chunks() -> None:
+    assert encode_chunk(b"hello") == b"5\r\nhello\r\n"
+    assert encode_chunk(b"x" * 26) == b"1a\r\n" + b"x" * 26 + b"\r\n"
+    assert encode_chunk(b"") == b""
+    assert LAST_CHUNK == b"0\r\n\r\n"
+
+
+def test_text_response() -> None:
+    r = text_response(502, "No route for host: a\n")
+    assert (r.code, r.reason, r.headers, r.body) == (
+        502,
+        "Bad Gateway",
+        [("Content-Type", "text/plain")],
+        b"No route for host: a\n",
+    )
+
+
+def test_reason_table_is_pushpins() -> None:
+    assert reason_phrase(306) == "Reserved"
+    assert reason_phrase(413) == "Request Entity Too Large"
+    for code in (103, 418, 421, 425, 451, 0, 999):
+        assert reason_phrase(code) == "Undefined Reason"
