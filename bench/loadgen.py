@@ -24,6 +24,7 @@ from __future__ import annotations
 import array
 import asyncio
 import json
+import os
 import resource
 import signal
 import time
@@ -191,11 +192,14 @@ class Worker:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         fd = self.conn.fileno()
-        loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+        loop.add_reader(fd, lambda: None if fut.done() else fut.set_result(None))
         try:
             await fut
         finally:
             loop.remove_reader(fd)
+            # uvloop leaves the fd non-blocking; a big reply (latency samples) would then fail
+            # with EAGAIN in Connection.send.
+            os.set_blocking(fd, True)
         msg: Msg = self.conn.recv()
         return msg
 
@@ -316,6 +320,7 @@ class Worker:
 
         await asyncio.gather(*(connect(i) for i in range(int(msg["clients"]))))
         publishes = items_sent = publish_errors = reconnects = 0
+        tasks: set[asyncio.Task[None]] = set()  # reconnects in progress (keep references)
         started = time.monotonic()
         end = started + float(msg["duration"])
         while time.monotonic() < end:
@@ -331,7 +336,7 @@ class Worker:
                 if c.closed.done() and self.lp_running:
                     reconnects += 1
                     clients.remove(c)
-                    loop.create_task(connect(int(c.channel[len(prefix) :])))
+                    tasks.add(loop.create_task(connect(int(c.channel[len(prefix) :]))))
                     break
             for start in range(0, len(due), 500):
                 batch = due[start : start + 500]

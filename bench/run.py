@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -172,8 +171,14 @@ def run_held(
     t0 = time.monotonic()
     res = workers.call(
         [
-            {"op": "sse", "port": server.http_port, "path": "/stream/fan", "n": k,
-             "inflight": max(1, f), "deadline": 300}
+            {
+                "op": "sse",
+                "port": server.http_port,
+                "path": "/stream/fan",
+                "n": k,
+                "inflight": max(1, f),
+                "deadline": 300,
+            }
             for k, f in zip(parts, inflight, strict=True)
         ],
         timeout=330,
@@ -185,7 +190,7 @@ def run_held(
         for k, v in r["statuses"].items():
             statuses[k] = statuses.get(k, 0) + v
     rows.append(("held connections ok / asked", f"{ok} / {n}"))
-    rows.append(("connect time s (≤%d in flight)" % st.inflight, f"{connect_s:.1f}"))
+    rows.append((f"connect time s (≤{st.inflight} in flight)", f"{connect_s:.1f}"))
     rows.append(("connect statuses", json.dumps(statuses, sort_keys=True)))
     rows.append(("connect retries", str(sum(r["retries"] for r in res))))
     # Warm-up: publish until every connection saw one (the subscription exists), bounded.
@@ -267,9 +272,17 @@ def run_longpoll(server: Server, workers: Workers, st: Settings, origin_pid: int
     inflight = split(st.inflight, len(workers.conns))
     res = workers.call(
         [
-            {"op": "lp", "port": server.http_port, "control_port": server.control_port,
-             "clients": k, "duration": st.lp_seconds, "settle_ms": 10, "retry_ms": 250,
-             "inflight": max(1, f), "prefix": f"lp{i}-"}
+            {
+                "op": "lp",
+                "port": server.http_port,
+                "control_port": server.control_port,
+                "clients": k,
+                "duration": st.lp_seconds,
+                "settle_ms": 10,
+                "retry_ms": 250,
+                "inflight": max(1, f),
+                "prefix": f"lp{i}-",
+            }
             for i, (k, f) in enumerate(zip(parts, inflight, strict=True))
         ],
         timeout=st.lp_seconds + 120,
@@ -298,8 +311,10 @@ def run_longpoll(server: Server, workers: Workers, st: Settings, origin_pid: int
         ("items per completed cycle", f"{total('items') / max(1, cycles):.2f}"),
         ("stale / non-200 responses", f"{total('stale')} / {total('errors')}"),
         ("non-200 statuses", json.dumps(err_statuses, sort_keys=True)),
-        ("publish errors / connect failures / reconnects",
-         f"{total('publish_errors')} / {total('connect_failures')} / {total('reconnects')}"),
+        (
+            "publish errors / connect failures / reconnects",
+            f"{total('publish_errors')} / {total('connect_failures')} / {total('reconnects')}",
+        ),
         ("server CPU s", f"{server.cpu_seconds() - cpu0:.2f}"),
         ("loadgen CPU s", f"{workers.cpu():.2f}"),
         ("origin CPU s", f"{cpu_of(origin_pid) - ocpu0:.2f}"),
@@ -340,8 +355,9 @@ def run_passthrough(server: Server, st: Settings, origin_pid: int) -> list[Row]:
     ]
 
 
-def run_impl(impl: Impl, names: list[str], st: Settings, origin_port: int, origin_pid: int,
-             workdir: Path) -> dict[str, list[Row]]:
+def run_impl(
+    impl: Impl, names: list[str], st: Settings, origin_port: int, origin_pid: int, workdir: Path
+) -> dict[str, list[Row]]:
     conf = merge_conf(NO_RATE_LIMIT, st.extra_conf)
     results: dict[str, list[Row]] = {}
     routes = [f"* 127.0.0.1:{origin_port}"]
@@ -352,18 +368,14 @@ def run_impl(impl: Impl, names: list[str], st: Settings, origin_port: int, origi
         server = start_server(impl, workdir / f"{impl}-{name}", routes, conf=conf, timeout=30)
         workers = Workers(st.workers) if name != "passthrough" else None
         try:
-            fn: Callable[[], list[Row]]
             if name in ("fanout", "rss"):
                 assert workers is not None
-                w = workers
-                fn = lambda: run_held(server, w, st, name == "fanout", origin_pid)  # noqa: E731
+                results[name] = run_held(server, workers, st, name == "fanout", origin_pid)
             elif name == "longpoll":
                 assert workers is not None
-                w = workers
-                fn = lambda: run_longpoll(server, w, st, origin_pid)  # noqa: E731
+                results[name] = run_longpoll(server, workers, st, origin_pid)
             else:
-                fn = lambda: run_passthrough(server, st, origin_pid)  # noqa: E731
-            results[name] = fn()
+                results[name] = run_passthrough(server, st, origin_pid)
         except Exception as e:  # record and go on with the next scenario
             results[name] = [("error", f"{type(e).__name__}: {e}".splitlines()[0][:200])]
             print(f"[{impl}] {name} failed: {e}", file=sys.stderr)
@@ -386,7 +398,7 @@ def machine() -> str:
     return f"nproc={os.cpu_count()}, CPU: {cpu}, Python {platform.python_version()}"
 
 
-def table(results: dict[str, dict[str, dict[str, list[Row]]]], impls: list[Impl]) -> str:
+def table(results: dict[str, dict[str, list[Row]]], impls: list[Impl]) -> str:
     out: list[str] = []
     for name in SCENARIOS:
         present = [i for i in impls if name in results.get(i, {})]
@@ -412,8 +424,9 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="gripd vs Pushpin benchmark (see bench/README.md)")
-    ap.add_argument("--only", choices=SCENARIOS, action="append",
-                    help="run only this scenario (repeatable)")
+    ap.add_argument(
+        "--only", choices=SCENARIOS, action="append", help="run only this scenario (repeatable)"
+    )
     ap.add_argument("--impl", choices=("gripd", "pushpin", "both"), default="both")
     ap.add_argument("--quick", action="store_true", help="small sizes, < 2 minutes")
     ap.add_argument("--connections", type=int)
@@ -422,12 +435,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, help="load-generator processes")
     ap.add_argument("--lp-clients", type=int)
     ap.add_argument("--seconds", type=int, help="duration of long-poll and wrk runs")
+    ap.add_argument("--workdir", type=Path, help="keep server configs and logs here")
     ap.add_argument("--loglevel", help="[runner] log_level for both servers (default 2)")
     args = ap.parse_args(argv)
     st = Settings()
     if args.quick:
-        st = Settings(connections=1000, messages=10, lp_clients=50, lp_seconds=5.0,
-                      wrk_seconds=5, quick=True)
+        st = Settings(
+            connections=1000, messages=10, lp_clients=50, lp_seconds=5.0, wrk_seconds=5, quick=True
+        )
     st.connections = args.connections or st.connections
     st.messages = args.messages or st.messages
     st.interval = args.interval if args.interval is not None else st.interval
@@ -446,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         elif impl == "pushpin" and not pushpin_installed():
             print("pushpin not installed: skipping pushpin", file=sys.stderr)
         else:
-            impls.append(impl)  # type: ignore[arg-type]
+            impls.append(impl)
     if not impls:
         print("nothing to benchmark", file=sys.stderr)
         return 2
@@ -454,12 +469,13 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C so servers and the origin are stopped.
     signal.signal(signal.SIGTERM, _on_sigterm)
     origin, origin_port = start_origin()
-    results: dict[str, dict[str, dict[str, list[Row]]]] = {}
+    results: dict[str, dict[str, list[Row]]] = {}
     started = dt.datetime.now(dt.UTC)
     try:
         with tempfile.TemporaryDirectory(prefix="gripd-bench-") as tmp:
+            workdir = args.workdir.resolve() if args.workdir else Path(tmp)
             for impl in impls:
-                results[impl] = run_impl(impl, names, st, origin_port, origin.pid, Path(tmp))
+                results[impl] = run_impl(impl, names, st, origin_port, origin.pid, workdir)
     finally:
         origin.terminate()
         origin.wait(10)
@@ -476,8 +492,18 @@ def main(argv: list[str] | None = None) -> int:
     with open(outdir / "results.md", "a") as f:
         f.write(text + "\n")
     with open(outdir / "results.jsonl", "a") as f:
-        f.write(json.dumps({"started": started.isoformat(), "cmd": cmd, "machine": machine(),
-                            "settings": st.__dict__, "results": results}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "started": started.isoformat(),
+                    "cmd": cmd,
+                    "machine": machine(),
+                    "settings": st.__dict__,
+                    "results": results,
+                }
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from gripd import __version__
 from gripd.core.config import (
+    DEFAULT_PUSHPIN_CONF,
     Config,
     default_config,
     find_config_file,
@@ -31,6 +32,10 @@ from gripd.core.errors import ConfigError
 LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
 
 
+# Pushpin's level names (src/corelib/log.cpp): [ERR] [WARN] [INFO] [DEBUG].
+_LEVEL_NAMES = {"CRITICAL": "ERR", "ERROR": "ERR", "WARNING": "WARN"}
+
+
 class _Formatter(logging.Formatter):
     """Pushpin's log line shape: ``[INFO] 2026-11-28 15:32:55.123 message``."""
 
@@ -39,7 +44,8 @@ class _Formatter(logging.Formatter):
         msg = record.getMessage()
         if record.exc_info:
             msg += "\n" + self.formatException(record.exc_info)
-        return f"[{record.levelname}] {ts}.{int(record.msecs):03d} [{record.name}] {msg}"
+        level = _LEVEL_NAMES.get(record.levelname, record.levelname)
+        return f"[{level}] {ts}.{int(record.msecs):03d} [{record.name}] {msg}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _no_file(path: str) -> str:
+    """The embedded default reads no file: a missing include uses the built-in internal.conf."""
+    raise OSError(path)
+
+
 def load(args: argparse.Namespace) -> Config:
     """The configuration the flags ask for; raises ConfigError."""
     cwd = os.getcwd()
@@ -82,13 +93,18 @@ def load(args: argparse.Namespace) -> Config:
     prefix = f"p{args.id}-" if args.id is not None else None
     if path is None:
         cfg = default_config(cwd)
-        if offset:
-            cfg = load_config(
-                "",
-                path=None,
-                read_file=lambda p: Path(p).read_text(),
-                port_offset_override=offset,
-                ipc_prefix_override=prefix,
+        if args.id is not None:
+            # The embedded default's text with --id applied (F1), still without a routes file.
+            cfg = dataclasses.replace(
+                load_config(
+                    DEFAULT_PUSHPIN_CONF,
+                    path=None,
+                    read_file=_no_file,
+                    port_offset_override=offset,
+                    ipc_prefix_override=prefix,
+                ),
+                config_dir=cfg.config_dir,
+                routesfile=cfg.routesfile,
             )
     else:
         try:

@@ -29,7 +29,33 @@ def _jitter() -> float:
     return random.random() * 0.999
 
 
-class ResponseHold:
+class _Hold:
+    """RequestHandler part shared by holds: the request is complete, only closing matters."""
+
+    __slots__ = ()
+    active: bool
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
+    def on_client_body(self, data: bytes) -> None:
+        pass
+
+    def on_client_body_end(self) -> None:
+        pass
+
+    def on_client_closed(self) -> None:
+        if self.active:
+            self._stop()
+
+    def on_client_pause_writing(self) -> None:
+        pass
+
+    def on_client_resume_writing(self) -> None:
+        pass
+
+
+class ResponseHold(_Hold):
     """A long-poll: answered once, by a publish or by the timeout (original response)."""
 
     __slots__ = (
@@ -97,25 +123,8 @@ class ResponseHold:
         self._stop()
         self.engine.retry(self.conn, self.req, self.route, self.body)
 
-    # RequestHandler
-    def on_client_body(self, data: bytes) -> None:
-        pass
 
-    def on_client_body_end(self) -> None:
-        pass
-
-    def on_client_closed(self) -> None:
-        if self.active:
-            self._stop()
-
-    def on_client_pause_writing(self) -> None:
-        pass
-
-    def on_client_resume_writing(self) -> None:
-        pass
-
-
-class StreamHold:
+class StreamHold(_Hold):
     """An HTTP stream (F24): the initial response went out; publishes are appended."""
 
     __slots__ = (
@@ -211,23 +220,6 @@ class StreamHold:
                 self.last_write = now
             delay = self.ka_timeout - _jitter()
         self.ka_timer = loop.call_later(max(delay, 0.05), self._on_keep_alive)
-
-    # RequestHandler
-    def on_client_body(self, data: bytes) -> None:
-        pass
-
-    def on_client_body_end(self) -> None:
-        pass
-
-    def on_client_closed(self) -> None:
-        if self.active:
-            self._stop()
-
-    def on_client_pause_writing(self) -> None:
-        pass
-
-    def on_client_resume_writing(self) -> None:
-        pass
 
 
 def stream_head(resp: HttpResponse, chunked: bool) -> bytes:

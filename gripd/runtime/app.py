@@ -158,7 +158,7 @@ class App:
         for w in warnings:
             log.warning("%s", w)
         self.routes = table
-        log.info("routes loaded: %d", len(table))
+        log.info("routes loaded with %d entries", len(table))  # Pushpin's wording
 
     async def _watch_routes(self) -> None:
         path = self.config.routesfile
