@@ -263,3 +263,102 @@ async def test_test_target(impl: Impl, start: StartFn) -> None:
     status, _, body = await lp
     assert (status, body) == (200, b"answered\n")
     stream.close()
+
+
+async def test_hint_rerequests_origin(impl: Impl, start: StartFn, origin: Origin) -> None:
+    """F22: ``action: hint`` re-sends the held request; the new answer reaches the client."""
+    calls = 0
+
+    def answer(_req: object) -> Reply:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return Reply(200, [("Grip-Hold", "response"), ("Grip-Channel", "h")], "held\n")
+        return Reply(200, [("X-Call", str(calls))], "fresh\n")
+
+    origin.route("GET", "/hint", answer)
+    s = await start(impl, [f"* 127.0.0.1:{origin.port}"])
+    task = asyncio.create_task(raw_request(s.http_port, get("/hint"), timeout=30))
+    await origin.wait_for("/hint")
+    await asyncio.sleep(0.3)
+    if impl == "pushpin" and calls < 2:
+        # Pushpin's first-subscription update (F22) may re-request by itself; either way
+        # the second origin answer is the one the client gets.
+        await publish(s, [{"channel": "h", "http-response": {"action": "hint"}}])
+    elif impl == "gripd":
+        await publish(s, [{"channel": "h", "http-response": {"action": "hint"}}])
+    status, headers, body = await task
+    assert (status, body) == (200, b"fresh\n")
+    assert int(headers["x-call"]) >= 2
+
+
+async def test_body_patch(impl: Impl, start: StartFn, origin: Origin) -> None:
+    origin.route(
+        "GET",
+        "/patch",
+        Reply(
+            200,
+            [*LP[:1], ("Grip-Channel", "pa"), ("Content-Type", "application/json")],
+            '{"a": 1, "b": [1]}\n',
+        ),
+    )
+    s = await start(impl, [f"* 127.0.0.1:{origin.port}"])
+    task = asyncio.create_task(raw_request(s.http_port, get("/patch"), timeout=30))
+    await settle(s, origin, "/patch")
+    await publish(
+        s,
+        [
+            {
+                "channel": "pa",
+                "http-response": {
+                    "body-patch": [
+                        {"op": "replace", "path": "/a", "value": 2},
+                        {"op": "add", "path": "/b/-", "value": 3},
+                    ]
+                },
+            }
+        ],
+    )
+    status, headers, body = await task
+    assert status == 200
+    assert json.loads(body) == {"a": 2, "b": [1, 3]}
+    assert body.endswith(b"\n")  # the original trailing newline is kept (F22)
+    assert headers["content-type"] == "application/json"
+
+
+async def test_route_prefix_applies_to_channels(impl: Impl, start: StartFn, origin: Origin) -> None:
+    origin.route("GET", "/pre", Reply(200, [("Grip-Hold", "stream"), ("Grip-Channel", "c")], ""))
+    s = await start(impl, [f"*,prefix=app- 127.0.0.1:{origin.port}"])
+    r = await open_request(s.http_port, get("/pre"))
+    try:
+        await settle(s, origin, "/pre")
+        await publish(s, [{"channel": "c", "http-stream": {"content": "unprefixed\n"}}])
+        await publish(s, [{"channel": "app-c", "http-stream": {"content": "prefixed\n"}}])
+        assert await r.read_body_until(b"prefixed\n") == b"prefixed\n"
+    finally:
+        r.close()
+
+
+async def test_recover_retries_response_holds(impl: Impl, start: StartFn, origin: Origin) -> None:
+    """F27: POST /recover re-requests every response hold."""
+    calls = 0
+
+    def answer(_req: object) -> Reply:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return Reply(200, [("Grip-Hold", "response"), ("Grip-Channel", "rc")], "held\n")
+        return Reply(200, [], "recovered\n")
+
+    origin.route("GET", "/rec", answer)
+    s = await start(impl, [f"* 127.0.0.1:{origin.port}"])
+    task = asyncio.create_task(raw_request(s.http_port, get("/rec"), timeout=30))
+    await origin.wait_for("/rec")
+    await asyncio.sleep(0.3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", s.control_port)
+    writer.write(b"POST /recover HTTP/1.1\r\nHost: c\r\nContent-Length: 0\r\n\r\n")
+    reply = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"Updated\n")
+    status, _, body = await task
+    assert (status, body) == (200, b"recovered\n")
