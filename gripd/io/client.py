@@ -142,10 +142,12 @@ class ClientConnection(asyncio.Protocol):
         self.peer = str(peer[0]) if peer else ""
         transport.set_write_buffer_limits(high=self.app.write_high_water)
         self.app.connections.add(self)
+        self.app.events.connection_opened(self.id, self.peer, "http")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.app.connections.discard(self)
+        self.app.events.connection_closed(self.id)
         handler, self.handler = self.handler, None
         if handler is not None:
             handler.on_client_closed()
@@ -215,6 +217,7 @@ class ClientConnection(asyncio.Protocol):
         )
         if p.should_upgrade():
             req.upgrade = True
+        self.app.events.request_received()
         if self._cur is None and self.handler is None:
             self._cur = req
             self.app.handle_request(self, req)

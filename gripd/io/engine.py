@@ -18,6 +18,7 @@ from gripd.core.http import encode_chunk, encode_full
 from gripd.core.instruct import Instruct
 from gripd.core.publish import PublishItem, apply_http_response
 from gripd.core.registry import Registry
+from gripd.io.events import Events
 from gripd.io.holds import ResponseHold, StreamHold, stream_head
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class Engine:
         self.registry = Registry()
         self.counters = Counters()
         self.write_buffer_max = app.config.client_write_buffer_max
+        self.events: Events = app.events
 
     # -- holds -------------------------------------------------------------------------------
 
@@ -64,7 +66,7 @@ class Engine:
     ) -> None:
         hold = ResponseHold(self, conn, req, route, ins, body)
         conn.set_handler(hold)
-        self.registry.subscribe(hold, hold.channels)
+        self._subscribe(hold)
         self.counters.response_holds += 1
         self._log_subscribe(req, hold.channels)
 
@@ -88,12 +90,21 @@ class Engine:
             self.write_stream_head(conn, ins.response, chunked)
         hold = StreamHold(self, conn, req, route, ins, chunked)
         conn.set_handler(hold)
-        self.registry.subscribe(hold, hold.channels)
+        self._subscribe(hold)
         self.counters.stream_holds += 1
         self._log_subscribe(req, hold.channels)
 
+    def _subscribe(self, hold: Hold) -> None:
+        first = self.registry.subscribe(hold, hold.channels)
+        events = self.events
+        for ch in hold.channels:
+            events.subscribed(ch, hold.mode, ch in first)
+
     def unsubscribe(self, hold: Hold) -> None:
-        self.registry.unsubscribe(hold)
+        last = self.registry.unsubscribe(hold)
+        events = self.events
+        for ch in hold.channels:
+            events.unsubscribed(ch, hold.mode, ch in last)
 
     def retry(self, conn: ClientConnection, req: Request, route: Route, body: list[bytes]) -> None:
         """Send a held request to the origin again, on the same client connection (F27)."""
@@ -105,6 +116,7 @@ class Engine:
 
     def slow_client(self, hold: StreamHold) -> None:
         self.counters.drops_slow_client += 1
+        self.events.dropped("slow_client")
         if hold.dropped == 1 or hold.dropped % 100 == 0:
             log.warning(
                 "publish queue at max, dropping: conn=%s route=%s peer=%s dropped=%d",
@@ -124,6 +136,7 @@ class Engine:
     def publish(self, items: list[PublishItem], *, source: str = "http") -> None:
         for item in items:
             self.counters.publishes_received += 1
+            self.events.message_received(item.channel, source)
             try:
                 n = self._publish_one(item)
             except Exception:  # one bad item must not stop the batch or crash the worker
@@ -138,20 +151,25 @@ class Engine:
         sent = 0
         stream = item.http_stream
         if stream is not None:
+            n = 0
             if stream.action == "send":
                 raw = stream.content
                 chunk = encode_chunk(raw)
                 now = self.loop.time()
                 for s in subs:
                     if isinstance(s, StreamHold) and s.deliver(chunk, raw, now):
-                        sent += 1
+                        n += 1
             elif stream.action == "close":
                 for s in subs:
                     if isinstance(s, StreamHold):
                         s.close_stream()
-                        sent += 1
+                        n += 1
+            if n:
+                self.events.delivered(item.channel, item.id, "http-stream", n)
+            sent += n
         resp = item.http_response
         if resp is not None:
+            n = 0
             if resp.action == "send":
                 cache: dict[object, bytes] = {}
                 for s in subs:
@@ -167,12 +185,15 @@ class Engine:
                         data = encode_full(out, method=s.req.method, keep_alive=s.req.keep_alive)
                         cache[s.resp_key] = data
                     s.deliver(data)
-                    sent += 1
+                    n += 1
             elif resp.action == "hint":
                 for s in subs:
                     if isinstance(s, ResponseHold):
                         s.retry()
-                        sent += 1
+                        n += 1
+            if n:
+                self.events.delivered(item.channel, item.id, "http-response", n)
+            sent += n
         self.counters.deliveries += sent
         return sent
 

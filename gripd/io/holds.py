@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from asyncio import TimerHandle
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from gripd.core.headers import Headers
 from gripd.core.http import LAST_CHUNK, HttpResponse, encode_chunk, encode_head
@@ -70,7 +70,7 @@ class ResponseHold(_Hold):
         "route",
         "timer",
     )
-    mode = "response"
+    mode: Final = "response"
 
     def __init__(
         self,
@@ -142,7 +142,7 @@ class StreamHold(_Hold):
         "req",
         "route",
     )
-    mode = "stream"
+    mode: Final = "stream"
 
     def __init__(
         self,

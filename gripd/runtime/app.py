@@ -26,6 +26,7 @@ from gripd.core.sig import SigningKey, TokenCache, parse_key
 from gripd.io.client import ClientConnection, Flusher, Request
 from gripd.io.control_http import start_control_server
 from gripd.io.engine import Engine
+from gripd.io.events import EventFanout
 from gripd.io.origin import OriginPool
 from gripd.io.proxy import ProxySession
 
@@ -76,6 +77,7 @@ class App:
         )
         self.tokens = TokenCache()
         self._route_keys: dict[tuple[str, str], SigningKey | None] = {}
+        self.events = EventFanout()
         self.holds = Engine(self)
         self.servers: list[asyncio.Server] = []
         self._stopping = asyncio.Event()
