@@ -171,6 +171,8 @@ class Config:
     - ``origin_connect_timeout``: seconds to connect to one target before failing over (F10).
     - ``origin_response_timeout``: seconds to wait for the origin's response head.
     - ``max_request_body``: hard cap in bytes on a proxied request body (413/400 beyond it).
+    - ``ws_max_message_size``: largest WebSocket message accepted from a client or a WebSocket
+      origin; a bigger one closes that WebSocket with 1009 (RFC 6455).
 
     ``extra`` holds every key seen (both files merged, main wins), per section, with templates and
     port offset applied, so new or unmodelled keys (``zurl_out_specs``, ``updates_check``...) stay
@@ -239,6 +241,7 @@ class Config:
     origin_connect_timeout: float = 10.0
     origin_response_timeout: float = 60.0
     max_request_body: int = 100_000_000
+    ws_max_message_size: int = 1_048_576
     extra: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
@@ -618,6 +621,7 @@ def load_config(
         origin_connect_timeout=r.float_("gripd", "origin_connect_timeout", 10.0),
         origin_response_timeout=r.float_("gripd", "origin_response_timeout", 60.0),
         max_request_body=r.int_("gripd", "max_request_body", 100_000_000, minimum=0),
+        ws_max_message_size=r.int_("gripd", "ws_max_message_size", 1_048_576, minimum=125),
         extra=extra,
     )
 

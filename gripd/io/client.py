@@ -91,6 +91,10 @@ class Flusher:
             conn.flush()
 
 
+# Bytes a client may send after an upgrade request before the origin has answered it.
+RAW_EARLY_MAX = 1 << 20
+
+
 class ClientConnection(asyncio.Protocol):
     """One client TCP connection speaking HTTP/1.1."""
 
@@ -102,8 +106,10 @@ class ClientConnection(asyncio.Protocol):
         "_parser",
         "_pending",
         "_pending_size",
+        "_raw_buf",
         "_reading_paused",
         "_requests",
+        "_upgraded",
         "_url_parts",
         "_writing_paused",
         "app",
@@ -111,6 +117,7 @@ class ClientConnection(asyncio.Protocol):
         "handler",
         "id",
         "peer",
+        "raw_sink",
         "transport",
     )
 
@@ -132,6 +139,9 @@ class ClientConnection(asyncio.Protocol):
         self._after_flush: Callable[[], None] | None = None
         self._writing_paused = False
         self._reading_paused = False
+        self._upgraded = False
+        self._raw_buf: list[bytes] = []
+        self.raw_sink: Callable[[bytes], None] | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -165,15 +175,19 @@ class ClientConnection(asyncio.Protocol):
             self.handler.on_client_resume_writing()
 
     def data_received(self, data: bytes) -> None:
-        cur = self._cur
-        if cur is not None and cur.upgrade:
-            return  # an upgraded request not handled here: ignore its bytes until closed
+        if self._upgraded:
+            self._raw(data)
+            return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # WebSocket upgrades arrive with the WebSocket issue; answer plainly for now.
+        except httptools.HttpParserUpgrade as e:
+            # Bytes after the upgrade request belong to the new protocol (WebSocket frames).
+            self._upgraded = True
             if self._cur is not None:
                 self._cur.upgrade = True
+            rest = data[e.args[0] :] if e.args else b""
+            if rest:
+                self._raw(rest)
         except httptools.HttpParserCallbackError as e:
             # httptools wraps whatever a callback raised; the original is the context.
             if isinstance(e.__context__, _HeadTooLarge):
@@ -186,6 +200,23 @@ class ClientConnection(asyncio.Protocol):
                     self.abort()
         except httptools.HttpParserError:
             self.send_error_and_close(text_response(400, "Bad Request\n"))
+
+    def _raw(self, data: bytes) -> None:
+        sink = self.raw_sink
+        if sink is not None:
+            sink(data)
+            return
+        # Not taken yet (the origin handshake is in flight): keep, within a bound.
+        self._raw_buf.append(data)
+        if sum(len(b) for b in self._raw_buf) > RAW_EARLY_MAX:
+            self.abort()
+
+    def take_raw(self, sink: Callable[[bytes], None]) -> None:
+        """Hand every further byte of this connection to ``sink`` (after a protocol switch)."""
+        self.raw_sink = sink
+        early, self._raw_buf = self._raw_buf, []
+        for chunk in early:
+            sink(chunk)
 
     # -- httptools callbacks -----------------------------------------------------------------
 

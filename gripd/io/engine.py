@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from websockets.frames import Opcode
+
 from gripd.core.errors import PublishError
 from gripd.core.http import encode_chunk, encode_full
 from gripd.core.instruct import Instruct
@@ -20,6 +22,8 @@ from gripd.core.publish import PublishItem, apply_http_response
 from gripd.core.registry import Registry
 from gripd.io.events import Events
 from gripd.io.holds import ResponseHold, StreamHold, stream_head
+from gripd.io.ws_client import encode_message
+from gripd.io.ws_session import WsSession
 
 if TYPE_CHECKING:
     from gripd.core.http import HttpResponse
@@ -29,7 +33,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gripd.engine")
 
-Hold = ResponseHold | StreamHold
+Hold = ResponseHold | StreamHold | WsSession
+_WS_OPCODES = {
+    "text": Opcode.TEXT,
+    "binary": Opcode.BINARY,
+    "ping": Opcode.PING,
+    "pong": Opcode.PONG,
+}
 
 
 @dataclass(slots=True)
@@ -114,7 +124,7 @@ class Engine:
             return
         ProxySession(self.app, conn, req, route, retry=True, body=body).start()
 
-    def slow_client(self, hold: StreamHold) -> None:
+    def slow_client(self, hold: StreamHold | WsSession) -> None:
         self.counters.drops_slow_client += 1
         self.events.dropped("slow_client")
         if hold.dropped == 1 or hold.dropped % 100 == 0:
@@ -193,6 +203,27 @@ class Engine:
                         n += 1
             if n:
                 self.events.delivered(item.channel, item.id, "http-response", n)
+            sent += n
+        ws = item.ws_message
+        if ws is not None:
+            n = 0
+            if ws.action == "send":
+                op = _WS_OPCODES.get(ws.type, Opcode.TEXT)
+                data = ws.content
+                if op in (Opcode.PING, Opcode.PONG):
+                    data = data[:125]  # control frames carry at most 125 bytes (RFC 6455 5.5)
+                frame = encode_message(op, data)
+                now = self.loop.time()
+                for s in subs:
+                    if isinstance(s, WsSession) and s.deliver(frame, now):
+                        n += 1
+            elif ws.action == "close":
+                for s in subs:
+                    if isinstance(s, WsSession):
+                        s.close_ws(ws.code, ws.reason or "")
+                        n += 1
+            if n:
+                self.events.delivered(item.channel, item.id, "ws-message", n)
             sent += n
         self.counters.deliveries += sent
         return sent

@@ -29,6 +29,9 @@ from gripd.io.engine import Engine
 from gripd.io.events import EventFanout
 from gripd.io.origin import OriginPool
 from gripd.io.proxy import ProxySession
+from gripd.io.woh import WohPeer
+from gripd.io.ws_proxy import WsOriginPeer
+from gripd.io.ws_session import WsSession
 
 log = logging.getLogger("gripd")
 
@@ -126,18 +129,23 @@ class App:
         if route is None:
             conn.send_response(text_response(502, f"No route for host: {host}\n"), req.method)
             return
-        if req.upgrade:
-            # WebSockets arrive with their own issue; until then say so plainly.
-            conn.send_response(
-                text_response(501, "WebSocket proxying is not implemented yet.\n"),
-                req.method,
-                keep_alive=False,
-            )
-            return
         trusted = False
         if self.forward.upstream_key is not None:
             trusted = is_trusted_client(req.headers, self.forward, time.time())
+        if req.upgrade and "websocket" in (hdr.get(req.headers, "upgrade") or "").lower():
+            WsSession(self, conn, req, route, trusted=trusted).start()
+            return
         ProxySession(self, conn, req, route, trusted=trusted).start()
+
+    def open_ws_origin(self, session: WsSession) -> None:
+        """Connect a client WebSocket to its route's origin (F37, F40)."""
+        target = session.route.targets[0]
+        if target.kind != "host":
+            session.fail(f"WebSockets cannot be used with {target.kind} target")
+        elif target.over_http:
+            WohPeer(self, session).start()
+        else:
+            WsOriginPeer(self, session).start()
 
     # -- routes ------------------------------------------------------------------------------
 

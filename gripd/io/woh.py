@@ -1,0 +1,309 @@
+"""WebSocket-over-HTTP to an ``over_http`` target (F40, F41).
+
+The client's WebSocket is carried to the origin as a series of HTTP POSTs whose bodies are
+``application/websocket-events``. One request is outstanding per connection; client messages
+queue meanwhile and go in the next request (whole messages, at most 200,000 bytes of them). The
+origin's answers carry events back (messages, CLOSE, DISCONNECT), ``Set-Meta-*`` headers and a
+``Keep-Alive-Interval`` for empty keep-alive POSTs. Connect failures are retried with backoff
+(not for the OPEN); the origin refusing the OPEN is relayed to the client as its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from typing import TYPE_CHECKING
+
+from gripd.core import headers as hdr
+from gripd.core.errors import GripError, OriginError
+from gripd.core.http import HttpResponse, reason_phrase
+from gripd.core.routes import rewrite_path
+from gripd.core.wscontrol import parse_grip_extension
+from gripd.core.wsevents import (
+    WsEvent,
+    decode_close_content,
+    decode_events,
+    encode_close_content,
+    encode_events,
+)
+from gripd.io.ws_proxy import endpoints_for, origin_form, ws_origin_headers
+
+if TYPE_CHECKING:
+    from gripd.io.ws_session import WsSession
+    from gripd.runtime.app import App
+
+log = logging.getLogger("gripd.woh")
+
+MAX_BATCH = 200_000  # F40: message bytes per request
+MAX_RESPONSE = 1_000_000  # F41: response body limit
+MAX_RETRIES = 5
+KEEP_ALIVE_MIN = 20
+
+# Client handshake headers that never go to the origin in a WOH request (F40).
+_DROP = frozenset(
+    {
+        "upgrade",
+        "connection",
+        "accept",
+        "connection-id",
+        "content-length",
+        "content-type",
+        "sec-websocket-extensions",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "keep-alive-interval",
+    }
+)
+
+
+class _Collect:
+    """ResponseHandler that buffers one whole origin response (≤ MAX_RESPONSE)."""
+
+    def __init__(self, fut: asyncio.Future[HttpResponse]) -> None:
+        self.fut = fut
+        self.resp = HttpResponse()
+        self.body: list[bytes] = []
+        self.size = 0
+
+    def on_response_head(self, status: int, reason: str, headers: hdr.Headers) -> None:
+        self.resp = HttpResponse(status, reason or reason_phrase(status), headers)
+
+    def on_response_body(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > MAX_RESPONSE:
+            if not self.fut.done():
+                self.fut.set_exception(OriginError("response body too large"))
+            return
+        self.body.append(data)
+
+    def on_response_end(self) -> None:
+        if not self.fut.done():
+            self.resp.body = b"".join(self.body)
+            self.fut.set_result(self.resp)
+
+    def on_error(self, exc: OriginError) -> None:
+        if not self.fut.done():
+            self.fut.set_exception(exc)
+
+
+class WohPeer:
+    """One client WebSocket carried over HTTP to its origin."""
+
+    def __init__(self, app: App, session: WsSession) -> None:
+        self.app = app
+        self.s = session
+        self.cid = str(uuid.uuid4())
+        self.queue: list[WsEvent] = []
+        self.busy = False
+        self.opened = False
+        self.closing = False  # we sent CLOSE for the client
+        self.gone = False
+        self.ka_interval = 0
+        self.ka_timer: asyncio.TimerHandle | None = None
+        self.path = rewrite_path(session.route, origin_form(session.req.url))
+
+    def start(self) -> None:
+        self.s.link = self
+        self._send([WsEvent("OPEN", None)])
+
+    # -- OriginLink (what the session sends) -------------------------------------------------
+
+    def send_message(self, is_text: bool, data: bytes) -> None:
+        self._push(WsEvent("TEXT" if is_text else "BINARY", data))
+
+    def send_ping(self, data: bytes) -> None:
+        self._push(WsEvent("PING", data or None))
+
+    def send_pong(self, data: bytes) -> None:
+        self._push(WsEvent("PONG", data or None))
+
+    def send_close(self, code: int | None, reason: str) -> None:
+        self.closing = True
+        self._push(WsEvent("CLOSE", encode_close_content(code, reason)))
+
+    def close(self) -> None:
+        """Client gone (or detach): tell the origin in the background (F40 DISCONNECT)."""
+        if self.gone:
+            return
+        self.gone = True
+        if self.ka_timer is not None:
+            self.ka_timer.cancel()
+        if self.opened and not self.closing:
+            self.app.loop.create_task(self._request([WsEvent("DISCONNECT", None)]))
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _push(self, ev: WsEvent) -> None:
+        if self.gone:
+            return
+        self.queue.append(ev)
+        if not self.busy and self.opened:
+            self._send_next()
+
+    def _send_next(self) -> None:
+        if self.busy or self.gone:
+            return
+        batch: list[WsEvent] = []
+        size = 0
+        while self.queue:
+            ev = self.queue[0]
+            n = len(ev.content or b"")
+            if batch and size + n > MAX_BATCH:
+                break
+            batch.append(self.queue.pop(0))
+            size += n
+            if self.s.route.targets[0].one_event:
+                break
+        if batch:
+            self._send(batch)
+
+    def _send(self, events: list[WsEvent]) -> None:
+        self.busy = True
+        self.app.loop.create_task(self._run(events))
+
+    def _headers(self, body: bytes) -> hdr.Headers:
+        base = ws_origin_headers(self.app, self.s)
+        out = [
+            (k, v) for k, v in base if k.lower() not in _DROP and not k.lower().startswith("meta-")
+        ]
+        out.append(("Sec-WebSocket-Extensions", "grip"))
+        out.append(("Accept", "application/websocket-events"))
+        out.append(("Connection-Id", self.cid))
+        out.append(("Content-Type", "application/websocket-events"))
+        for k, v in self.s.meta.items():
+            out.append((f"Meta-{k}", v))
+        out.append(("Content-Length", str(len(body))))
+        return out
+
+    async def _request(self, events: list[WsEvent]) -> HttpResponse:
+        body = encode_events(events)
+        fut: asyncio.Future[HttpResponse] = self.app.loop.create_future()
+        ex = await self.app.pool.open(
+            endpoints_for(self.s),
+            "POST",
+            self.path,
+            self._headers(body),
+            _Collect(fut),
+            body_framing="length",
+            content_length=len(body),
+        )
+        ex.send_body(body)
+        ex.end_body()
+        return await fut
+
+    async def _run(self, events: list[WsEvent]) -> None:
+        first = not self.opened
+        attempt = 0
+        while True:
+            try:
+                resp = await self._request(events)
+                break
+            except OriginError as e:
+                # F40: no retry for the OPEN; others up to 5 times with backoff.
+                if first or attempt >= MAX_RETRIES or self.gone:
+                    if first:
+                        self.s.fail(str(e) if "Tried" in str(e) else f"Error: {e}")
+                    else:
+                        log.info("woh %s: giving up: %s", self.cid, e)
+                        self.s.origin_gone()
+                    return
+                await asyncio.sleep(2**attempt + random.random())
+                attempt += 1
+        self.busy = False
+        self._on_response(resp, first)
+        if self.opened and not self.gone:
+            self._send_next()
+
+    def _on_response(self, resp: HttpResponse, first: bool) -> None:
+        ctype = hdr.get(resp.headers, "content-type")
+        if resp.code != 200 or ctype != "application/websocket-events":
+            if first:
+                self.s.reject(resp)  # F41: the client gets the origin's answer
+            else:
+                log.info("woh %s: bad response %d, dropping connection", self.cid, resp.code)
+                self.s.origin_gone()
+            self.gone = True
+            return
+        try:
+            events = decode_events(resp.body)
+        except GripError as e:
+            log.info("woh %s: malformed events body: %s", self.cid, e)
+            if first:
+                self.s.fail(f"Error: {e}")
+            else:
+                self.s.origin_gone()
+            self.gone = True
+            return
+        self._apply_headers(resp.headers)
+        if first:
+            if not events or events[0].type != "OPEN":
+                if not (not events and self.ka_interval):
+                    self.s.fail("Error: first WebSocket-over-HTTP response lacks OPEN")
+                    self.gone = True
+                    return
+            else:
+                events = events[1:]
+            self.opened = True
+            ext = hdr.get(resp.headers, "sec-websocket-extensions") or ""
+            self.s.accept(resp.headers, grip_prefix=parse_grip_extension(ext))
+        got_close = False
+        for ev in events:
+            t = ev.type
+            data = ev.content or b""
+            if t in ("TEXT", "BINARY"):
+                self.s.origin_message(t == "TEXT", data)
+            elif t == "PING":
+                self.s.origin_ping(data)
+            elif t == "PONG":
+                self.s.origin_pong(data)
+            elif t == "CLOSE":
+                got_close = True
+                code, reason = decode_close_content(ev.content)
+                self.s.origin_close(code, reason)
+            elif t in ("DISCONNECT", "OPEN"):
+                self.gone = True
+                self.s.origin_gone()
+                return
+        if self.closing and not got_close and not self.ka_interval:
+            self.gone = True  # F41: we sent CLOSE, none came back: unclean end
+            self.s.origin_gone()
+
+    def _apply_headers(self, headers: hdr.Headers) -> None:
+        for k, v in headers:
+            lk = k.lower()
+            if lk.startswith("set-meta-"):
+                name = k[len("set-meta-") :]
+                if v:
+                    self.s.meta[name] = v
+                else:
+                    self.s.meta.pop(name, None)
+        ka = hdr.get(headers, "keep-alive-interval")
+        if ka is not None:
+            try:
+                n = int(ka.strip())
+            except ValueError:
+                n = 0
+            self.ka_interval = max(n, KEEP_ALIVE_MIN) if n > 0 else 0
+            self._arm_keep_alive()
+
+    def _arm_keep_alive(self) -> None:
+        if self.ka_timer is not None:
+            self.ka_timer.cancel()
+            self.ka_timer = None
+        if self.ka_interval and not self.gone:
+            self.ka_timer = self.app.loop.call_later(self.ka_interval, self._keep_alive)
+
+    def _keep_alive(self) -> None:
+        self.ka_timer = None
+        if self.gone:
+            return
+        if not self.busy:
+            self._send([])  # an empty POST (F40)
+        self._arm_keep_alive()
+
+    def refresh(self) -> None:
+        """The ``refresh`` command: send an empty request now (F42)."""
+        if not self.busy and self.opened and not self.gone:
+            self._send([])
