@@ -17,16 +17,30 @@ import uuid
 from typing import TYPE_CHECKING
 
 from gripd.core import headers as hdr
-from gripd.core.errors import GripError, OriginError
+from gripd.core.errors import OriginError
 from gripd.core.http import HttpResponse, reason_phrase
 from gripd.core.routes import rewrite_path
-from gripd.core.wscontrol import parse_grip_extension
 from gripd.core.wsevents import (
+    BINARY,
+    CLOSE,
+    DISCONNECT,
+    MAX_BATCH_BYTES,
+    OPEN,
+    PING,
+    PONG,
+    RESPONSE_BODY_MAX,
+    TEXT,
+    WohRejected,
     WsEvent,
+    WsEventsError,
+    apply_meta_updates,
+    batch,
     decode_close_content,
-    decode_events,
     encode_close_content,
     encode_events,
+    parse_woh_response,
+    woh_client_101_headers,
+    woh_request_headers,
 )
 from gripd.io.ws_proxy import endpoints_for, origin_form, ws_origin_headers
 
@@ -36,30 +50,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gripd.woh")
 
-MAX_BATCH = 200_000  # F40: message bytes per request
-MAX_RESPONSE = 1_000_000  # F41: response body limit
-MAX_RETRIES = 5
-KEEP_ALIVE_MIN = 20
-
-# Client handshake headers that never go to the origin in a WOH request (F40).
-_DROP = frozenset(
-    {
-        "upgrade",
-        "connection",
-        "accept",
-        "connection-id",
-        "content-length",
-        "content-type",
-        "sec-websocket-extensions",
-        "sec-websocket-key",
-        "sec-websocket-version",
-        "keep-alive-interval",
-    }
-)
+MAX_RETRIES = 5  # F40
 
 
 class _Collect:
-    """ResponseHandler that buffers one whole origin response (≤ MAX_RESPONSE)."""
+    """ResponseHandler that buffers one whole origin response (≤ RESPONSE_BODY_MAX)."""
 
     def __init__(self, fut: asyncio.Future[HttpResponse]) -> None:
         self.fut = fut
@@ -72,7 +67,7 @@ class _Collect:
 
     def on_response_body(self, data: bytes) -> None:
         self.size += len(data)
-        if self.size > MAX_RESPONSE:
+        if self.size > RESPONSE_BODY_MAX:
             if not self.fut.done():
                 self.fut.set_exception(OriginError("response body too large"))
             return
@@ -121,7 +116,7 @@ class WohPeer:
 
     def send_close(self, code: int | None, reason: str) -> None:
         self.closing = True
-        self._push(WsEvent("CLOSE", encode_close_content(code, reason)))
+        self._push(WsEvent(CLOSE, encode_close_content(code, reason)))
 
     def close(self) -> None:
         """Client gone (or detach): tell the origin in the background (F40 DISCONNECT)."""
@@ -143,39 +138,26 @@ class WohPeer:
             self._send_next()
 
     def _send_next(self) -> None:
-        if self.busy or self.gone:
+        if self.busy or self.gone or not self.queue:
             return
-        batch: list[WsEvent] = []
-        size = 0
-        while self.queue:
-            ev = self.queue[0]
-            n = len(ev.content or b"")
-            if batch and size + n > MAX_BATCH:
-                break
-            batch.append(self.queue.pop(0))
-            size += n
-            if self.s.route.targets[0].one_event:
-                break
-        if batch:
-            self._send(batch)
+        one = 1 if self.s.route.targets[0].one_event else 0
+        try:
+            now, self.queue = batch(self.queue, MAX_BATCH_BYTES, one)
+        except WsEventsError as e:
+            log.info("woh %s: %s", self.cid, e)  # F40: a message that cannot fit is an error
+            self.queue = []
+            self.s.origin_gone()
+            return
+        self._send(now)
 
     def _send(self, events: list[WsEvent]) -> None:
         self.busy = True
         self.app.loop.create_task(self._run(events))
 
     def _headers(self, body: bytes) -> hdr.Headers:
-        base = ws_origin_headers(self.app, self.s)
-        out = [
-            (k, v) for k, v in base if k.lower() not in _DROP and not k.lower().startswith("meta-")
-        ]
-        out.append(("Sec-WebSocket-Extensions", "grip"))
-        out.append(("Accept", "application/websocket-events"))
-        out.append(("Connection-Id", self.cid))
-        out.append(("Content-Type", "application/websocket-events"))
-        for k, v in self.s.meta.items():
-            out.append((f"Meta-{k}", v))
-        out.append(("Content-Length", str(len(body))))
-        return out
+        grip = not self.s.route.no_grip and not self.s.trusted
+        base = ws_origin_headers(self.app, self.s, ws=False)
+        return woh_request_headers(base, self.s.meta, self.cid, len(body), grip=grip)
 
     async def _request(self, events: list[WsEvent]) -> HttpResponse:
         body = encode_events(events)
@@ -217,8 +199,11 @@ class WohPeer:
             self._send_next()
 
     def _on_response(self, resp: HttpResponse, first: bool) -> None:
-        ctype = hdr.get(resp.headers, "content-type")
-        if resp.code != 200 or ctype != "application/websocket-events":
+        try:
+            parsed = parse_woh_response(
+                resp.code, resp.reason, resp.headers, resp.body, opening=first
+            )
+        except WohRejected:
             if first:
                 self.s.reject(resp)  # F41: the client gets the origin's answer
             else:
@@ -226,67 +211,45 @@ class WohPeer:
                 self.s.origin_gone()
             self.gone = True
             return
-        try:
-            events = decode_events(resp.body)
-        except GripError as e:
-            log.info("woh %s: malformed events body: %s", self.cid, e)
+        except WsEventsError as e:
+            log.info("woh %s: malformed response: %s", self.cid, e)
             if first:
                 self.s.fail(f"Error: {e}")
             else:
                 self.s.origin_gone()
             self.gone = True
             return
-        self._apply_headers(resp.headers)
+        self.s.meta = apply_meta_updates(self.s.meta, parsed.meta_updates)
+        if parsed.keep_alive_interval is not None:
+            self.ka_interval = parsed.keep_alive_interval
+            self._arm_keep_alive()
+        events = parsed.events
         if first:
-            if not events or events[0].type != "OPEN":
-                if not (not events and self.ka_interval):
-                    self.s.fail("Error: first WebSocket-over-HTTP response lacks OPEN")
-                    self.gone = True
-                    return
-            else:
+            if events and events[0].type == OPEN:
                 events = events[1:]
             self.opened = True
-            ext = hdr.get(resp.headers, "sec-websocket-extensions") or ""
-            self.s.accept(resp.headers, grip_prefix=parse_grip_extension(ext))
+            self.s.accept(woh_client_101_headers(resp.headers), grip_prefix=parsed.grip_prefix)
         got_close = False
         for ev in events:
             t = ev.type
             data = ev.content or b""
-            if t in ("TEXT", "BINARY"):
-                self.s.origin_message(t == "TEXT", data)
-            elif t == "PING":
+            if t in (TEXT, BINARY):
+                self.s.origin_message(t == TEXT, data)
+            elif t == PING:
                 self.s.origin_ping(data)
-            elif t == "PONG":
+            elif t == PONG:
                 self.s.origin_pong(data)
-            elif t == "CLOSE":
+            elif t == CLOSE:
                 got_close = True
                 code, reason = decode_close_content(ev.content)
                 self.s.origin_close(code, reason)
-            elif t in ("DISCONNECT", "OPEN"):
+            elif t in (DISCONNECT, OPEN):  # F41: a second OPEN counts as a disconnect
                 self.gone = True
                 self.s.origin_gone()
                 return
         if self.closing and not got_close and not self.ka_interval:
             self.gone = True  # F41: we sent CLOSE, none came back: unclean end
             self.s.origin_gone()
-
-    def _apply_headers(self, headers: hdr.Headers) -> None:
-        for k, v in headers:
-            lk = k.lower()
-            if lk.startswith("set-meta-"):
-                name = k[len("set-meta-") :]
-                if v:
-                    self.s.meta[name] = v
-                else:
-                    self.s.meta.pop(name, None)
-        ka = hdr.get(headers, "keep-alive-interval")
-        if ka is not None:
-            try:
-                n = int(ka.strip())
-            except ValueError:
-                n = 0
-            self.ka_interval = max(n, KEEP_ALIVE_MIN) if n > 0 else 0
-            self._arm_keep_alive()
 
     def _arm_keep_alive(self) -> None:
         if self.ka_timer is not None:

@@ -40,7 +40,9 @@ def endpoints_for(session: WsSession) -> list[Endpoint]:
     return out
 
 
-def ws_origin_headers(app: App, session: WsSession) -> hdr.Headers:
+def ws_origin_headers(app: App, session: WsSession, *, ws: bool = True) -> hdr.Headers:
+    """The origin request headers for a client WebSocket; ``ws=False`` for the
+    WebSocket-over-HTTP POSTs, which keep the client's handshake headers (F40)."""
     req = session.req
     info = ClientRequestInfo(
         method=req.method,
@@ -48,7 +50,7 @@ def ws_origin_headers(app: App, session: WsSession) -> hdr.Headers:
         headers=req.headers,
         peer_ip=session.conn.peer,
         tls=app.client_tls(req.headers),
-        ws=True,
+        ws=ws,
     )
     token = None
     if not session.route.no_grip and not session.trusted:

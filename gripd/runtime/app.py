@@ -135,6 +135,13 @@ class App:
         if req.upgrade and "websocket" in (hdr.get(req.headers, "upgrade") or "").lower():
             WsSession(self, conn, req, route, trusted=trusted).start()
             return
+        ctype = (hdr.get(req.headers, "content-type") or "").split(";")[0].strip().lower()
+        if ctype == "application/websocket-events" and route.targets[0].over_http and not trusted:
+            conn.send_response(  # F41: only a trusted upstream proxy may speak WOH to us
+                text_response(403, "Client not allowed to send WebSocket events directly.\n"),
+                req.method,
+            )
+            return
         ProxySession(self, conn, req, route, trusted=trusted).start()
 
     def open_ws_origin(self, session: WsSession) -> None:
