@@ -28,6 +28,7 @@ from gripd.io.control_http import start_control_server
 from gripd.io.engine import Engine
 from gripd.io.events import EventFanout
 from gripd.io.origin import OriginPool
+from gripd.io.pipeline import PublishPipeline
 from gripd.io.proxy import ProxySession
 from gripd.io.woh import WohPeer
 from gripd.io.ws_proxy import WsOriginPeer
@@ -82,6 +83,9 @@ class App:
         self._route_keys: dict[tuple[str, str], SigningKey | None] = {}
         self.events = EventFanout()
         self.holds = Engine(self)
+        # Every publish input goes through dedup, sequencing and rate limiting (F32–F34).
+        self.pipeline = PublishPipeline(config, self.holds, events_out=self.events)
+        self.events.add(self.pipeline)
         self.servers: list[asyncio.Server] = []
         self._stopping = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
@@ -205,8 +209,9 @@ class App:
             )
             self.servers.append(server)
             log.info("listening on %s:%d", listen.addr or "*", listen.port)
+        await self.pipeline.start()
         control = await start_control_server(
-            self.holds,
+            self.pipeline,
             cfg.push_in_http_addr,
             cfg.push_in_http_port,
             max_headers_size=cfg.push_in_http_max_headers_size,
@@ -230,8 +235,12 @@ class App:
 
     async def stop(self) -> None:
         log.info("stopping")
+        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                self.loop.remove_signal_handler(sig)
         if self._watch_task is not None:
             self._watch_task.cancel()
+        await self.pipeline.stop()
         for server in self.servers:
             server.close()
         for conn in list(self.connections):

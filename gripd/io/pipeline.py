@@ -1,0 +1,324 @@
+"""The publish pipeline: dedup (F33) -> sequencing (F32) -> rate limit/HWM (F34) -> engine.
+
+Every publish input (HTTP control API, ZeroMQ PULL/SUB, the command socket) hands its items to
+``PublishPipeline.publish`` instead of the engine, as Pushpin's ``handlePublishItem`` feeds its
+``Sequencer`` whose ready items go through the ``RateLimiter`` (src/handler/engine.cpp).
+
+What "the channel has local subscribers" means for sequencing is Pushpin's ``cs.subs``: a
+channel joins on any subscription and leaves when its last subscriber is gone, except that
+when the last *response* (long-poll) hold of a channel goes, the channel lingers for
+``subscription_linger`` seconds (Pushpin lingers it in its stats manager "in case the client
+long-polls again"), so last-ids survive between polls. Leaving discards the channel's waiting
+items and forgets its last-id.
+
+Rate limiting differs from Pushpin in granularity, not in rate: Pushpin queues one action per
+(subscriber, format) keyed by the subscriber's route id; the engine here delivers whole items,
+so an item is queued once with the weight of all its deliveries (subscribers of each format it
+carries, times its block count when ``message_block_size`` > 0) under a single key. The long-run
+deliveries/s are the same; the deliveries of one item are not spread over batches, and per-route
+fairness is not modelled. HWM: an item is dropped, as a whole, when Pushpin would have dropped
+at least one of its deliveries; an item alone in the queue is always accepted. Items nobody
+would receive bypass the queue.
+
+Three timers at most (``loop.call_at``), one each for the sequencer's 1 s expiry tick, the
+limiter's next batch and the oldest subscription linger; none per item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import Protocol
+
+from gripd.core.config import Config
+from gripd.core.publish import PublishItem
+from gripd.core.ratelimit import RateLimiter
+from gripd.core.sequencer import EXPIRE_INTERVAL, Sequencer
+from gripd.io.events import Events, Mode
+
+_LOG = logging.getLogger("gripd.pipeline")
+
+#: Drop reasons this module adds to the sequencer's (counter keys, ``Events.dropped`` reasons).
+DROP_HWM = "hwm"
+DROP_UNSUBSCRIBED = "seq_unsubscribed"
+
+_MODES: tuple[Mode, ...] = ("response", "stream", "ws")
+_Action = tuple[PublishItem, str]
+
+
+class PipelineEngine(Protocol):
+    """What the pipeline needs from the engine (``gripd.io.engine.Engine`` fits)."""
+
+    def publish(self, items: list[PublishItem], *, source: str) -> None: ...
+
+    def recover(self) -> None: ...
+
+
+class PublishPipeline(Events):
+    """Implements the ``PublishSink`` protocol in front of the engine; observes subscriptions."""
+
+    def __init__(
+        self,
+        config: Config,
+        engine: PipelineEngine,
+        *,
+        events_out: Events | None = None,
+        logger: logging.Logger | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.engine = engine
+        self.events_out = events_out or Events()
+        self.log = logger or _LOG
+        self._loop = loop
+        self.sequencer = Sequencer(
+            message_wait_ms=config.message_wait, id_cache_ttl=config.id_cache_ttl
+        )
+        self.hwm = config.message_hwm
+        self.block_size = config.message_block_size
+        # The HWM is checked here (item granularity, see the module doc), not by the limiter.
+        self.limiter: RateLimiter[_Action] = RateLimiter(config.message_rate, -1)
+        self.limited = config.message_rate > 0 or config.message_hwm > 0
+        self.linger = float(config.subscription_linger)
+        self.counters: dict[str, int] = {}  # drops by reason
+        # Pushpin's ``cs.subs``: channels with local subscribers (or a lingering long-poll one).
+        self._subs: set[str] = set()
+        self._mode_counts: dict[str, list[int]] = {}  # channel -> [response, stream, ws]
+        self._lingering: OrderedDict[str, float] = OrderedDict()  # channel -> expiry
+        self._sources: dict[int, str] = {}  # id(waiting item) -> its input, while it waits
+        self._seq_timer: asyncio.TimerHandle | None = None
+        self._rate_timer: asyncio.TimerHandle | None = None
+        self._rate_when: float | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._stopped = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = self._loop or asyncio.get_running_loop()
+        self._stopped = False
+
+    async def stop(self) -> None:
+        """Cancel the timers; items still waiting or queued are discarded."""
+        self._stopped = True
+        for h in (self._seq_timer, self._rate_timer, self._linger_timer):
+            if h is not None:
+                h.cancel()
+        self._seq_timer = self._rate_timer = self._linger_timer = None
+        self._rate_when = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    # -- PublishSink -------------------------------------------------------------------------
+
+    def publish(self, items: list[PublishItem], *, source: str) -> None:
+        """Run ``items`` (one input's batch, in order) through dedup, sequencing, rate limit."""
+        now = self.loop.time()
+        seq = self.sequencer
+        subs = self._subs
+        ready: list[_Action] = []
+        for item in items:
+            out, reason = seq.add(item, seq=not item.no_seq and item.channel in subs, now=now)
+            if reason is not None:
+                self._drop(reason, 1)
+                self.log.debug(
+                    "sequencer: channel=%s id=%s dropped: %s", item.channel, item.id, reason
+                )
+                continue
+            if not out:  # waits for its prev-id
+                self._sources[id(item)] = source
+                self._arm_seq_timer()
+                continue
+            sources = self._sources
+            for it in out:
+                ready.append((it, sources.pop(id(it), source) if sources else source))
+        if ready:
+            self._deliver(ready, now)
+
+    def recover(self) -> None:
+        """F27 ``recover``: Pushpin forgets every last-id, then retries the holds."""
+        self.sequencer.clear_last_ids()
+        self.engine.recover()
+
+    # -- hold-side helpers (F22/F35) -----------------------------------------------------------
+
+    def last_id(self, channel: str) -> str | None:
+        return self.sequencer.last_id(channel)
+
+    def forget_last_id(self, channel: str) -> None:
+        self.sequencer.forget_last_id(channel)
+
+    def has_subscribers(self, channel: str) -> bool:
+        """Whether items for ``channel`` are sequenced now (Pushpin ``cs.subs``)."""
+        return channel in self._subs
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    def _deliver(self, ready: list[_Action], now: float) -> None:
+        if not self.limited:
+            self._publish(ready)
+            return
+        limiter = self.limiter
+        hwm = self.hwm
+        direct: list[_Action] = []
+        for action in ready:
+            weight = self._weight(action[0])
+            if weight <= 0:
+                direct.append(action)  # nobody receives it; Pushpin queues nothing either
+                continue
+            if hwm > 0 and limiter.queued_weight("") + min(weight, hwm) > hwm:
+                self._drop(DROP_HWM, weight)
+                self.log.warning("exceeded publish hwm (%d), dropping message", hwm)
+                continue
+            limiter.add("", action, weight, now)
+        if direct:
+            self._publish(direct)
+        self._arm_rate_timer()
+
+    def _weight(self, item: PublishItem) -> int:
+        """Deliveries this item would make now (x blocks with ``message_block_size``)."""
+        counts = self._mode_counts.get(item.channel)
+        if counts is None:
+            return 0
+        total = 0
+        hr, hs, ws = item.http_response, item.http_stream, item.ws_message
+        if counts[0] and hr is not None:
+            total += counts[0] * self._blocks(item, hr.body)
+        if counts[1] and hs is not None:
+            total += counts[1] * self._blocks(item, hs.content)
+        if counts[2] and ws is not None:
+            total += counts[2] * self._blocks(item, ws.content)
+        return total
+
+    def _blocks(self, item: PublishItem, body: bytes | None) -> int:
+        """Pushpin's weight of one delivery: its block count, or 1 when block sizes are off."""
+        bs = self.block_size
+        if bs <= 0:
+            return 1
+        size = item.size if item.size is not None else len(body or b"")
+        return (size + bs - 1) // bs
+
+    def _publish(self, actions: list[_Action]) -> None:
+        """Hand items to the engine, one call per run of items from the same input."""
+        engine = self.engine
+        start = 0
+        for i in range(1, len(actions) + 1):
+            if i == len(actions) or actions[i][1] != actions[start][1]:
+                engine.publish([a[0] for a in actions[start:i]], source=actions[start][1])
+                start = i
+
+    def _drop(self, reason: str, count: int) -> None:
+        self.counters[reason] = self.counters.get(reason, 0) + count
+        self.events_out.dropped(reason, count)
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def _arm_seq_timer(self) -> None:
+        # Pushpin starts a 1 s repeating check when the first item starts waiting.
+        if self._seq_timer is None and not self._stopped:
+            self._seq_timer = self.loop.call_later(EXPIRE_INTERVAL, self._seq_tick)
+
+    def _seq_tick(self) -> None:
+        self._seq_timer = None
+        try:
+            now = self.loop.time()
+            released = self.sequencer.expire(now)
+            if released:
+                for it in released:
+                    self.log.debug("timing out item channel=[%s] id=[%s]", it.channel, it.id)
+                src = self._sources
+                self._deliver([(it, src.pop(id(it), "timeout")) for it in released], now)
+        except Exception:  # a timer must never die
+            self.log.exception("pipeline: sequencer expiry failed")
+        if self.sequencer.has_pending():
+            self._arm_seq_timer()
+
+    def _arm_rate_timer(self) -> None:
+        when = self.limiter.deadline()
+        if when == self._rate_when:
+            return
+        if self._rate_timer is not None:
+            self._rate_timer.cancel()
+            self._rate_timer = None
+        self._rate_when = when
+        if when is not None and not self._stopped:
+            self._rate_timer = self.loop.call_at(when, self._rate_tick)
+
+    def _rate_tick(self) -> None:
+        self._rate_timer = None
+        self._rate_when = None
+        batch: list[_Action] = []
+
+        def execute(action: _Action) -> bool:
+            batch.append(action)
+            return True
+
+        try:
+            self.limiter.run(self.loop.time(), execute)
+            if batch:
+                self._publish(batch)
+        except Exception:
+            self.log.exception("pipeline: rate-limited delivery failed")
+        self._arm_rate_timer()
+
+    # -- subscriptions (Events) ----------------------------------------------------------------
+
+    def subscribed(self, channel: str, mode: Mode, first: bool) -> None:
+        counts = self._mode_counts.get(channel)
+        if counts is None:
+            counts = self._mode_counts[channel] = [0, 0, 0]
+        counts[_MODES.index(mode)] += 1
+        self._subs.add(channel)
+        if mode == "response":
+            self._lingering.pop(channel, None)  # a new long-poll ends the linger
+
+    def unsubscribed(self, channel: str, mode: Mode, last: bool) -> None:
+        counts = self._mode_counts.get(channel)
+        if counts is None:
+            return
+        i = _MODES.index(mode)
+        if counts[i] > 0:
+            counts[i] -= 1
+        if counts[i]:
+            return
+        if not any(counts):
+            del self._mode_counts[channel]
+        if mode == "response" and self.linger > 0:
+            if channel not in self._lingering:
+                self._lingering[channel] = self.loop.time() + self.linger
+                self._arm_linger_timer()
+        elif channel not in self._mode_counts:
+            self._remove_sub(channel)
+
+    def _remove_sub(self, channel: str) -> None:
+        if channel not in self._subs:
+            return
+        self._subs.discard(channel)
+        discarded = self.sequencer.channel_removed(channel)
+        for it in discarded:
+            self._sources.pop(id(it), None)
+        if discarded:
+            self._drop(DROP_UNSUBSCRIBED, len(discarded))
+
+    def _arm_linger_timer(self) -> None:
+        if self._linger_timer is not None or self._stopped or not self._lingering:
+            return
+        when = next(iter(self._lingering.values()))
+        self._linger_timer = self.loop.call_at(when, self._linger_tick)
+
+    def _linger_tick(self) -> None:
+        self._linger_timer = None
+        now = self.loop.time()
+        lingering = self._lingering
+        while lingering:
+            channel, when = next(iter(lingering.items()))
+            if when > now:
+                break
+            del lingering[channel]
+            if channel not in self._mode_counts:
+                self._remove_sub(channel)
+        self._arm_linger_timer()

@@ -1,0 +1,374 @@
+"""The publish pipeline (F32, F33, F34) on a real event loop with a fake engine."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+import gripd.io.pipeline as pipeline_mod
+from gripd.core.config import Config, default_config
+from gripd.core.publish import (
+    HttpResponseFormat,
+    HttpStreamFormat,
+    PublishItem,
+    WsMessageFormat,
+)
+from gripd.io.events import Events
+from gripd.io.pipeline import PublishPipeline
+
+
+class FakeEngine:
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[PublishItem], str]] = []
+        self.times: list[float] = []
+        self.recovered = 0
+
+    def publish(self, items: list[PublishItem], *, source: str) -> None:
+        self.calls.append((list(items), source))
+        self.times.extend(asyncio.get_running_loop().time() for _ in items)
+
+    def recover(self) -> None:
+        self.recovered += 1
+
+    @property
+    def ids(self) -> list[str | None]:
+        return [i.id for items, _ in self.calls for i in items]
+
+
+class Recorder(Events):
+    def __init__(self) -> None:
+        self.drops: list[tuple[str, int]] = []
+
+    def dropped(self, reason: str, count: int = 1) -> None:
+        self.drops.append((reason, count))
+
+
+def item(
+    id_: str | None,
+    prev: str | None = None,
+    ch: str = "c",
+    *,
+    no_seq: bool = False,
+    fmt: str = "stream",
+    size: int | None = None,
+) -> PublishItem:
+    p = PublishItem(channel=ch, id=id_, prev_id=prev, no_seq=no_seq, size=size)
+    body = f"{id_}\n".encode()
+    if fmt == "stream":
+        p.http_stream = HttpStreamFormat(content=body)
+    elif fmt == "response":
+        p.http_response = HttpResponseFormat(body=body)
+    else:
+        p.ws_message = WsMessageFormat(content=body)
+    return p
+
+
+def config(**kw: Any) -> Config:
+    base: dict[str, Any] = {
+        "message_rate": -1,
+        "message_hwm": -1,
+        "message_wait": 5000,
+        "id_cache_ttl": 0,
+    }
+    base.update(kw)
+    return dataclasses.replace(default_config("."), **base)
+
+
+Make = Callable[..., PublishPipeline]
+
+
+@pytest.fixture
+async def make(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Make]:
+    # Expiry is checked every 50 ms instead of Pushpin's 1 s, to keep the tests short.
+    monkeypatch.setattr(pipeline_mod, "EXPIRE_INTERVAL", 0.05)
+    made: list[PublishPipeline] = []
+
+    def _make(engine: FakeEngine, events: Events | None = None, **kw: Any) -> PublishPipeline:
+        p = PublishPipeline(config(**kw), engine, events_out=events)
+        made.append(p)
+        return p
+
+    yield _make
+    for p in made:
+        await p.stop()
+
+
+async def test_passes_items_through_by_default(make: Make) -> None:
+    eng = FakeEngine()
+    p = make(eng)
+    await p.start()
+    p.publish([item("1"), item("2")], source="http")
+    assert eng.calls == [([item("1"), item("2")], "http")]  # synchronously, one call
+
+
+async def test_reorders_only_with_subscribers(make: Make) -> None:
+    eng = FakeEngine()
+    p = make(eng)
+    await p.start()
+    # no subscriber: not sequenced, delivered as it comes, and no last-id is recorded
+    p.publish([item("1"), item("3", "2")], source="http")
+    assert eng.ids == ["1", "3"]
+    assert p.last_id("c") is None
+    p.subscribed("c", "stream", True)
+    assert p.has_subscribers("c")
+    eng.calls.clear()
+    p.publish([item("1")], source="http")  # first message on the channel: delivered
+    p.publish([item("3", "2")], source="zmq-pull")
+    p.publish([item("4", "3")], source="http")
+    assert eng.ids == ["1"]
+    p.publish([item("2", "1")], source="command")
+    assert eng.ids == ["1", "2", "3", "4"]
+    # each item keeps the source it came from
+    assert [(i.id, s) for items, s in eng.calls for i in items] == [
+        ("1", "http"),
+        ("2", "command"),
+        ("3", "zmq-pull"),
+        ("4", "http"),
+    ]
+
+
+async def test_no_seq_bypasses_reordering(make: Make) -> None:
+    eng = FakeEngine()
+    p = make(eng)
+    await p.start()
+    p.subscribed("c", "stream", True)
+    p.publish([item("1"), item("3", "2", no_seq=True)], source="http")
+    assert eng.ids == ["1", "3"]
+    assert p.last_id("c") == "1"
+
+
+async def test_gap_released_after_message_wait(make: Make) -> None:
+    eng = FakeEngine()
+    p = make(eng, message_wait=200)
+    await p.start()
+    p.subscribed("c", "stream", True)
+    loop = asyncio.get_running_loop()
+    p.publish([item("1")], source="http")
+    t0 = loop.time()
+    p.publish([item("3", "2")], source="http")
+    await asyncio.sleep(0.1)
+    assert eng.ids == ["1"]
+    await asyncio.sleep(0.3)
+    assert eng.ids == ["1", "3"]
+    assert 0.2 <= eng.times[-1] - t0 < 0.35  # message_wait plus at most one expiry tick
+    assert p.last_id("c") == "3"
+
+
+async def test_unsubscribe_discards_waiting_and_forgets_last_id(make: Make) -> None:
+    eng = FakeEngine()
+    rec = Recorder()
+    p = make(eng, rec, message_wait=100)
+    await p.start()
+    p.subscribed("c", "stream", True)
+    p.publish([item("1"), item("3", "2")], source="http")
+    p.unsubscribed("c", "stream", True)
+    assert not p.has_subscribers("c")
+    assert p.last_id("c") is None
+    assert p.counters == {"seq_unsubscribed": 1}
+    assert rec.drops == [("seq_unsubscribed", 1)]
+    await asyncio.sleep(0.3)
+    assert eng.ids == ["1"]  # the waiting item was never delivered
+
+
+async def test_long_poll_channel_lingers(make: Make) -> None:
+    eng = FakeEngine()
+    p = make(eng, subscription_linger=1)
+    await p.start()
+    p.subscribed("c", "response", True)
+    p.publish([item("1", fmt="response")], source="http")
+    p.unsubscribed("c", "response", True)
+    # between polls the channel still counts as subscribed, so its last-id survives
+    assert p.has_subscribers("c")
+    assert p.last_id("c") == "1"
+    p.subscribed("c", "response", True)  # polls again: the linger ends
+    p.unsubscribed("c", "response", True)
+    await asyncio.sleep(0.5)
+    assert p.has_subscribers("c")
+    await asyncio.sleep(0.8)
+    assert not p.has_subscribers("c")
+    assert p.last_id("c") is None
+
+
+async def test_stream_leaving_ends_a_lingering_channel(make: Make) -> None:
+    eng = FakeEngine()
+    p = make(eng, subscription_linger=60)
+    await p.start()
+    p.subscribed("c", "response", True)
+    p.subscribed("c", "stream", False)
+    p.unsubscribed("c", "response", False)
+    assert p.has_subscribers("c")
+    p.unsubscribed("c", "stream", True)  # Pushpin removes the sub at once here
+    assert not p.has_subscribers("c")
+
+
+async def test_other_modes_keep_the_channel(make: Make) -> None:
+    eng = FakeEngine()
+    p = make(eng)
+    await p.start()
+    p.subscribed("c", "ws", True)
+    p.subscribed("c", "stream", False)
+    p.unsubscribed("c", "ws", False)
+    assert p.has_subscribers("c")
+    p.unsubscribed("c", "stream", True)
+    assert not p.has_subscribers("c")
+    p.unsubscribed("c", "stream", True)  # unbalanced events are ignored
+
+
+async def test_dedup(make: Make) -> None:
+    eng = FakeEngine()
+    rec = Recorder()
+    p = make(eng, rec, id_cache_ttl=60)
+    await p.start()
+    p.publish([item("a"), item("a"), item("a", ch="d"), item(None), item(None)], source="http")
+    assert eng.ids == ["a", "a", None, None]
+    assert p.counters == {"duplicate_id": 1}
+    assert rec.drops == [("duplicate_id", 1)]
+
+
+async def test_sequencer_drops_are_counted(make: Make) -> None:
+    eng = FakeEngine()
+    p = make(eng)
+    await p.start()
+    p.subscribed("c", "stream", True)
+    p.publish([item("1"), item("3", "2"), item("3x", "2")], source="http")
+    assert p.counters == {"seq_same_prev_id": 1}
+
+
+async def test_rate_limit_spreads_deliveries(make: Make) -> None:
+    eng = FakeEngine()
+    p = make(eng, message_rate=10)  # one delivery per 100 ms
+    await p.start()
+    p.subscribed("c", "stream", True)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    p.publish([item(str(n)) for n in range(4)], source="http")
+    assert eng.ids == []  # queued; the first batch runs on the next loop pass
+    await asyncio.sleep(0.45)
+    assert eng.ids == ["0", "1", "2", "3"]
+    gaps = [b - a for a, b in zip(eng.times, eng.times[1:], strict=False)]
+    assert eng.times[0] - t0 < 0.05
+    assert all(0.09 <= g < 0.2 for g in gaps), gaps
+
+
+async def test_rate_counts_deliveries_not_items(make: Make) -> None:
+    eng = FakeEngine()
+    p = make(eng, message_rate=10)
+    await p.start()
+    for _ in range(3):
+        p.subscribed("c", "stream", False)
+    p.publish([item("0"), item("1")], source="http")
+    await asyncio.sleep(0.05)
+    assert eng.ids == ["0"]  # 3 deliveries: the next item waits 3 batches
+    await asyncio.sleep(0.2)
+    assert eng.ids == ["0"]
+    await asyncio.sleep(0.15)
+    assert eng.ids == ["0", "1"]
+
+
+async def test_items_nobody_receives_skip_the_queue(make: Make) -> None:
+    eng = FakeEngine()
+    p = make(eng, message_rate=1)
+    await p.start()
+    p.subscribed("c", "response", True)
+    p.publish([item("s", fmt="stream"), item("w", fmt="ws", ch="c")], source="http")
+    assert eng.ids == ["s", "w"]  # no stream or ws subscriber: weight 0
+
+
+async def test_hwm_drops_with_pushpin_log(make: Make, caplog: pytest.LogCaptureFixture) -> None:
+    eng = FakeEngine()
+    rec = Recorder()
+    p = make(eng, rec, message_rate=1, message_hwm=2)
+    await p.start()
+    p.subscribed("c", "stream", True)
+    with caplog.at_level(logging.WARNING, logger="gripd.pipeline"):
+        p.publish([item(str(n)) for n in range(4)], source="http")
+    assert p.counters == {"hwm": 2}
+    assert rec.drops == [("hwm", 1), ("hwm", 1)]
+    assert caplog.messages == ["exceeded publish hwm (2), dropping message"] * 2
+    await asyncio.sleep(0.05)
+    assert eng.ids == ["0"]
+
+
+async def test_hwm_without_rate_only_bounds_a_burst(make: Make) -> None:
+    eng = FakeEngine()
+    p = make(eng, message_hwm=3)
+    await p.start()
+    for _ in range(2):
+        p.subscribed("c", "stream", False)
+    # 2 deliveries per item: the second item would make 4 > 3
+    p.publish([item("0"), item("1")], source="http")
+    assert p.counters == {"hwm": 2}
+    await asyncio.sleep(0.01)
+    assert eng.ids == ["0"]
+    p.publish([item("2")], source="http")  # the queue drained: accepted again
+    await asyncio.sleep(0.01)
+    assert eng.ids == ["0", "2"]
+
+
+async def test_an_item_alone_is_never_dropped_by_hwm(make: Make) -> None:
+    eng = FakeEngine()
+    p = make(eng, message_hwm=2)
+    await p.start()
+    for _ in range(5):
+        p.subscribed("c", "stream", False)
+    p.publish([item("0")], source="http")
+    await asyncio.sleep(0.01)
+    assert eng.ids == ["0"]
+    assert p.counters == {}
+
+
+async def test_block_size_weights(make: Make) -> None:
+    eng = FakeEngine()
+    p = make(eng, message_rate=10, message_block_size=10)
+    await p.start()
+    p.subscribed("c", "stream", True)
+    p.publish([item("big", size=25), item("next")], source="http")  # 3 blocks, then 1
+    await asyncio.sleep(0.05)
+    assert eng.ids == ["big"]
+    await asyncio.sleep(0.35)
+    assert eng.ids == ["big", "next"]
+
+
+async def test_recover_clears_last_ids(make: Make) -> None:
+    eng = FakeEngine()
+    p = make(eng)
+    await p.start()
+    p.subscribed("c", "stream", True)
+    p.publish([item("1")], source="http")
+    p.recover()
+    assert eng.recovered == 1
+    assert p.last_id("c") is None
+    p.publish([item("5", "4")], source="http")
+    assert eng.ids == ["1", "5"]
+
+
+async def test_stop_cancels_timers(make: Make) -> None:
+    eng = FakeEngine()
+    p = make(eng, message_rate=1, message_wait=50)
+    await p.start()
+    p.subscribed("c", "stream", True)
+    p.publish([item("1"), item("2"), item("4", "3")], source="http")
+    await p.stop()
+    await asyncio.sleep(0.2)
+    assert eng.ids == []
+
+
+async def test_engine_failure_keeps_the_timer_alive(make: Make) -> None:
+    class Flaky(FakeEngine):
+        def publish(self, items: list[PublishItem], *, source: str) -> None:
+            if items[0].id == "0":
+                raise RuntimeError("boom")
+            super().publish(items, source=source)
+
+    eng = Flaky()
+    p = make(eng, message_rate=100)
+    await p.start()
+    p.subscribed("c", "stream", True)
+    p.publish([item(str(n)) for n in range(5)], source="http")
+    await asyncio.sleep(0.2)
+    assert eng.ids == ["3", "4"]  # the first batch (3 items) was lost with the error
