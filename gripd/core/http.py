@@ -109,8 +109,11 @@ def encode_head(code: int, reason: str, headers: Headers) -> bytes:
     return "".join(lines).encode("latin-1", "replace")
 
 
-def encode_full(resp: HttpResponse, *, method: str = "GET", keep_alive: bool = True) -> bytes:
-    """A whole response with ``Content-Length`` recomputed (F20, F22)."""
+def encode_full(
+    resp: HttpResponse, *, method: str = "GET", keep_alive: bool = True, http10: bool = False
+) -> bytes:
+    """A whole response with ``Content-Length`` recomputed (F20, F22). An HTTP/1.0 client
+    kept alive is told so with ``Connection: keep-alive`` (else it assumes close)."""
     headers = [
         (k, v)
         for k, v in resp.headers
@@ -120,6 +123,8 @@ def encode_full(resp: HttpResponse, *, method: str = "GET", keep_alive: bool = T
         headers.append(("Content-Length", str(len(resp.body))))
     if not keep_alive:
         headers.append(("Connection", "close"))
+    elif http10:
+        headers.append(("Connection", "keep-alive"))
     head = encode_head(resp.code, resp.reason, headers)
     if body_allowed(resp.code, method):
         return head + resp.body

@@ -360,7 +360,8 @@ class ClientConnection(asyncio.Protocol):
         """Send a whole response for the current request and finish it."""
         req = self._cur
         ka = keep_alive and (req.keep_alive if req is not None else False)
-        self.write(encode_full(resp, method=method, keep_alive=ka))
+        http10 = req is not None and req.http_version == "1.0"
+        self.write(encode_full(resp, method=method, keep_alive=ka, http10=http10))
         self.finish_response(ka)
 
     def send_error_and_close(self, resp: HttpResponse) -> None:

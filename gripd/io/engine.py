@@ -192,7 +192,12 @@ class Engine:
                         except PublishError as e:
                             log.info("publish channel=%s: %s", item.channel, e)
                             continue
-                        data = encode_full(out, method=s.req.method, keep_alive=s.req.keep_alive)
+                        data = encode_full(
+                            out,
+                            method=s.req.method,
+                            keep_alive=s.req.keep_alive,
+                            http10=s.req.http_version == "1.0",
+                        )
                         cache[s.resp_key] = data
                     s.deliver(data)
                     n += 1

@@ -89,7 +89,15 @@ class ResponseHold(_Hold):
         self.response = ins.response
         r = ins.response
         # Holds whose original responses are equal share one encoded publish (encode once).
-        self.resp_key = (r.code, r.reason, tuple(r.headers), r.body, req.method, req.keep_alive)
+        self.resp_key = (
+            r.code,
+            r.reason,
+            tuple(r.headers),
+            r.body,
+            req.method,
+            req.keep_alive,
+            req.http_version,
+        )
         self.body = body
         self.active = True
         self.timer: TimerHandle | None = engine.loop.call_later(ins.timeout, self._on_timeout)

@@ -63,6 +63,7 @@ class ProxySession:
         "_resp_headers",
         "_resp_reason",
         "_started",
+        "_t0",
         "_task",
         "_through",
         "_unsent",
@@ -114,6 +115,7 @@ class ProxySession:
         self._chunked = False
         self._keep_alive = True
         self._pass_bytes = 0
+        self._t0 = 0.0
 
     # -- start -------------------------------------------------------------------------------
 
@@ -208,6 +210,7 @@ class ProxySession:
             headers.append(("Content-Length", str(length)))
         path = rewrite_path(self.route, _origin_form(self.req.url))
         endpoints = self._endpoints()
+        self._t0 = self.app.loop.time()
         try:
             ex = await self.app.pool.open(
                 endpoints,
@@ -276,6 +279,7 @@ class ProxySession:
     def on_response_head(self, status: int, reason: str, headers: hdr.Headers) -> None:
         if self._closed:
             return
+        self.app.metrics.observe_origin_latency(self.app.loop.time() - self._t0)
         self._resp_code = status
         self._resp_reason = reason
         self._resp_headers = headers
@@ -343,6 +347,8 @@ class ProxySession:
                 keep_alive = False  # HTTP/1.0 client: the body ends when we close (F48)
         if not keep_alive:
             headers.append(("Connection", "close"))
+        elif req.http_version == "1.0":
+            headers.append(("Connection", "keep-alive"))
         self._keep_alive = keep_alive
         self._started = True
         self.conn.write(encode_head(code, self._resp_reason or reason_phrase(code), headers))

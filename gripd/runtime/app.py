@@ -27,9 +27,11 @@ from gripd.io.client import ClientConnection, Flusher, Request
 from gripd.io.control_http import start_control_server
 from gripd.io.engine import Engine
 from gripd.io.events import EventFanout
+from gripd.io.metrics import Metrics
 from gripd.io.origin import OriginPool
 from gripd.io.pipeline import PublishPipeline
 from gripd.io.proxy import ProxySession
+from gripd.io.stats import StatsPublisher
 from gripd.io.woh import WohPeer
 from gripd.io.ws_proxy import WsOriginPeer
 from gripd.io.ws_session import WsSession
@@ -82,6 +84,10 @@ class App:
         self.tokens = TokenCache()
         self._route_keys: dict[tuple[str, str], SigningKey | None] = {}
         self.events = EventFanout()
+        self.stats = StatsPublisher(config, loop=self.loop)  # Metrics reads its state
+        self.events.add(self.stats)
+        self.metrics = Metrics(config, stats=self.stats.state)
+        self.events.add(self.metrics)
         self.holds = Engine(self)
         # Every publish input goes through dedup, sequencing and rate limiting (F32–F34).
         self.pipeline = PublishPipeline(config, self.holds, events_out=self.events)
@@ -199,6 +205,8 @@ class App:
     async def start(self) -> None:
         self.load_routes()
         cfg = self.config
+        await self.stats.start()
+        await self.metrics.start()
         for listen in cfg.http_port:
             server = await self.loop.create_server(
                 lambda: ClientConnection(self),
@@ -246,6 +254,8 @@ class App:
         for conn in list(self.connections):
             conn.close()
         await self.pool.close()
+        await self.metrics.stop()
+        await self.stats.stop()
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2.0)

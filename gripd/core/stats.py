@@ -1,0 +1,551 @@
+"""Stats packets (F43) and the bookkeeping behind them and the Prometheus totals (F44).
+
+Pure: every method takes ``now`` (seconds, any monotonic origin) and returns the packets to
+publish; the adapter (``gripd.io.stats``) owns the socket and the timers.
+
+Behaviour follows Pushpin 1.36's ``StatsManager`` (SRC ``src/corelib/statsmanager.cpp``,
+``src/corelib/packet/statspacket.cpp``), checked against packets captured from a running
+Pushpin 1.36 handler:
+
+- Wire format: one frame ``<type> T<tnetstring>``, or ``<type> J<json>`` with the keys sorted and
+  no spaces (Qt's ``QJsonDocument::Compact`` of a ``QJsonObject``).
+- ``conn`` on open and on every refresh; ``{id, unavailable}`` on close.
+- ``sub`` when a (mode, channel) gains its first subscriber, when the subscriber count changes (at
+  the next refresh tick, not at once), on every refresh; ``{mode, channel, unavailable}`` when the
+  last one leaves - after ``subscription_linger`` for ``response`` mode (a long-poller likely
+  comes back), at once for the others.
+- A refresh is due ``3/4 * ttl`` after the last one (``SHOULD_PROCESS_TIME``).
+- ``message`` per delivery batch per transport; ``activity``/``counts`` are summed and flushed
+  ``ACTIVITY_DELAY`` after the first unflushed request.
+- ``report`` every ``stats_report_interval``: ``connections`` is the most connections seen since
+  the previous report, ``minutes`` counts each connection's first minute at once and then whole
+  minutes as they pass. A report that is empty after being sent is dropped until new activity, so
+  an idle proxy goes quiet. All report accounting is off when the interval is <= 0 (as Pushpin).
+
+gripd has one stats instance (no proxy/handler split) and no per-route reports: packets carry no
+``route`` unless given one, and everything is counted under the empty route.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gripd.core import tnetstring
+from gripd.core.errors import ConfigError
+
+StatsFormat = Literal["tnetstring", "json"]
+#: Field values a stats packet may hold.
+Value = str | bytes | int | bool
+#: ``(type, fields)``; ``type`` is ``conn``, ``sub``, ``message``, ``activity``, ``counts``,
+#: ``report``. Field order is Pushpin's ``toVariant`` order (it only matters for tnetstring bytes).
+Packet = tuple[str, dict[str, Value]]
+
+ACTIVITY_DELAY = 0.1  # ACTIVITY_TIMEOUT, 100 ms
+REFRESH_INTERVAL = 1.0  # the refresh timer of statsmanager.cpp
+MINUTE = 60.0
+
+#: The twelve byte/message counters every 1.36 report carries (always present, 0 when unused).
+REPORT_COUNTERS: tuple[str, ...] = (
+    "client-header-bytes-received",
+    "client-header-bytes-sent",
+    "client-content-bytes-received",
+    "client-content-bytes-sent",
+    "client-messages-received",
+    "client-messages-sent",
+    "server-header-bytes-received",
+    "server-header-bytes-sent",
+    "server-content-bytes-received",
+    "server-content-bytes-sent",
+    "server-messages-received",
+    "server-messages-sent",
+)
+
+
+# --- encoding -----------------------------------------------------------------------------------
+
+
+def encode_packet(packet: Packet, fmt: StatsFormat = "tnetstring") -> bytes:
+    """The single ZeroMQ frame for ``packet``: ``<type> T<tnetstring>`` or ``<type> J<json>``."""
+    ptype, fields = packet
+    if fmt == "json":
+        obj = {
+            k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
+            for k, v in fields.items()
+        }
+        text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return ptype.encode() + b" J" + text.encode()
+    return ptype.encode() + b" T" + tnetstring.dumps(fields)
+
+
+# --- packet builders (statspacket.cpp toVariant) -------------------------------------------------
+
+
+def _head(from_: str, route: str) -> dict[str, Value]:
+    d: dict[str, Value] = {}
+    if from_:
+        d["from"] = from_
+    if route:
+        d["route"] = route
+    return d
+
+
+def conn_packet(
+    from_: str, conn_id: str, *, type: str, peer: str, ssl: bool, ttl: int, route: str = ""
+) -> Packet:
+    """``conn``: a connection is there (sent on open and on each refresh)."""
+    d = _head(from_, route)
+    d["id"] = conn_id
+    d["type"] = "ws" if type == "ws" else "http"
+    if peer:
+        d["peer-address"] = peer
+    if ssl:
+        d["ssl"] = True
+    d["ttl"] = ttl
+    return ("conn", d)
+
+
+def conn_gone_packet(from_: str, conn_id: str, *, route: str = "") -> Packet:
+    """``conn`` with ``unavailable``: the connection closed."""
+    d = _head(from_, route)
+    d["id"] = conn_id
+    d["unavailable"] = True
+    return ("conn", d)
+
+
+def sub_packet(from_: str, mode: str, channel: str, *, ttl: int, subscribers: int) -> Packet:
+    """``sub``: (mode, channel) has ``subscribers`` local subscribers."""
+    d = _head(from_, "")
+    d["mode"] = mode
+    d["channel"] = channel
+    d["ttl"] = ttl
+    if subscribers >= 0:
+        d["subscribers"] = subscribers
+    return ("sub", d)
+
+
+def unsub_packet(from_: str, mode: str, channel: str) -> Packet:
+    """``sub`` with ``unavailable``: nobody holds (mode, channel) any more."""
+    d = _head(from_, "")
+    d["mode"] = mode
+    d["channel"] = channel
+    d["unavailable"] = True
+    return ("sub", d)
+
+
+def message_packet(
+    from_: str,
+    channel: str,
+    item_id: str | None,
+    transport: str,
+    count: int,
+    *,
+    blocks: int = -1,
+) -> Packet:
+    """``message``: an item went to ``count`` subscribers over ``transport``."""
+    d = _head(from_, "")
+    d["channel"] = channel
+    if item_id is not None:
+        d["item-id"] = item_id
+    d["count"] = max(count, 0)
+    if blocks >= 0:
+        d["blocks"] = blocks
+    d["transport"] = transport
+    return ("message", d)
+
+
+def activity_packet(from_: str, count: int, *, route: str = "") -> Packet:
+    """``activity``: ``count`` billable actions (requests) since the last one."""
+    d = _head(from_, route)
+    d["count"] = max(count, 0)
+    return ("activity", d)
+
+
+def counts_packet(from_: str, requests_received: int) -> Packet:
+    """``counts``: requests received since the last one (Pushpin's handler forwards these)."""
+    d = _head(from_, "")
+    if requests_received > 0:
+        d["requests-received"] = requests_received
+    return ("counts", d)
+
+
+@dataclass(slots=True)
+class Report:
+    """One route's report accumulator (statsmanager.cpp ``Report``); ``start`` in seconds."""
+
+    start: float
+    connections_max: int = 0
+    connections_max_stale: bool = True
+    minutes: int = 0
+    received: int = 0
+    sent: int = 0
+    http_response_sent: int = 0
+    blocks_received: int = -1
+    blocks_sent: int = -1
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        return (
+            self.connections_max == 0
+            and self.minutes == 0
+            and self.received == 0
+            and self.sent == 0
+            and self.http_response_sent == 0
+            and self.blocks_received <= 0
+            and self.blocks_sent <= 0
+            and not any(self.counters.values())
+        )
+
+
+def report_packet(from_: str, report: Report, now: float, *, route: str = "") -> Packet:
+    """``report`` for ``report`` as of ``now`` (``duration`` in ms since its start)."""
+    d = _head(from_, route)
+    d["connections"] = report.connections_max
+    d["minutes"] = report.minutes
+    d["received"] = report.received
+    d["sent"] = report.sent
+    d["http-response-sent"] = report.http_response_sent
+    if report.blocks_received >= 0:
+        d["blocks-received"] = report.blocks_received
+    if report.blocks_sent >= 0:
+        d["blocks-sent"] = report.blocks_sent
+    d["duration"] = max(round((now - report.start) * 1000), 0)
+    for name in REPORT_COUNTERS:
+        d[name] = report.counters.get(name, 0)
+    return ("report", d)
+
+
+# --- bookkeeping --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Totals:
+    """What Pushpin's Prometheus endpoint shows (its ``combinedReport``; F44)."""
+
+    request_received: int = 0
+    connection_connected: int = 0
+    connection_minute: int = 0
+    message_received: int = 0
+    message_sent: int = 0
+
+
+@dataclass(slots=True)
+class _Conn:
+    id: str
+    type: str
+    peer: str
+    ssl: bool
+    last_report: float
+    gen: int = 0
+
+
+@dataclass(slots=True)
+class _Sub:
+    mode: str
+    channel: str
+    count: int
+    lingering: bool = False
+    gen: int = 0
+
+
+_Key = tuple[str, str, str]  # ("c", id, "") or ("s", mode, channel)
+
+
+class StatsState:
+    """Connections, subscriptions and the report, as Pushpin's StatsManager keeps them.
+
+    ``ttl`` and ``linger`` values are whole seconds as in pushpin.conf; ``report_interval`` <= 0
+    turns report accounting off (and with it the Prometheus connection/message totals).
+    """
+
+    def __init__(
+        self,
+        *,
+        instance_id: str,
+        connection_ttl: int = 120,
+        subscription_ttl: int = 60,
+        subscription_linger: int = 60,
+        report_interval: int = 10,
+        now: float = 0.0,
+    ) -> None:
+        self.instance_id = instance_id
+        self.connection_ttl = connection_ttl
+        self.subscription_ttl = subscription_ttl
+        self.subscription_linger = subscription_linger
+        self.report_interval = report_interval
+        self.conns: dict[str, _Conn] = {}
+        self.subs: dict[tuple[str, str], _Sub] = {}
+        self.report: Report | None = None
+        self.totals = Totals()
+        self.activity = 0
+        self.requests = 0
+        self._due: list[tuple[float, int, _Key, int]] = []  # (due, seq, key, gen) heap
+        self._seq = 0
+        self._start = now
+
+    # -- scheduling --------------------------------------------------------------------------
+
+    def _schedule(self, key: _Key, obj: _Conn | _Sub, due: float) -> None:
+        obj.gen += 1
+        self._seq += 1
+        heapq.heappush(self._due, (due, self._seq, key, obj.gen))
+
+    @property
+    def _reporting(self) -> bool:
+        return self.report_interval > 0
+
+    def _get_report(self, now: float) -> Report:
+        if self.report is None:
+            self.report = Report(start=now)
+        return self.report
+
+    def _update_connections_max(self, now: float) -> None:
+        r = self._get_report(now)
+        n = len(self.conns)
+        if r.connections_max_stale:
+            r.connections_max = n
+            r.connections_max_stale = False
+        else:
+            r.connections_max = max(r.connections_max, n)
+        self.totals.connection_connected = r.connections_max
+
+    def _add_minutes(self, mins: int, now: float) -> None:
+        self._get_report(now).minutes += mins
+        self.totals.connection_minute += mins
+
+    def _update_minutes(self, c: _Conn, now: float) -> None:
+        mins = int((now - c.last_report) // MINUTE)
+        if mins > 0:
+            c.last_report += mins * MINUTE  # only advance by what was counted
+            self._add_minutes(mins, now)
+
+    # -- connections -------------------------------------------------------------------------
+
+    def connection_opened(
+        self, conn_id: str, now: float, *, type: str = "http", peer: str = "", ssl: bool = False
+    ) -> list[Packet]:
+        """A connection opened: its ``conn`` packet; counts its first minute at once."""
+        old = self.conns.pop(conn_id, None)
+        c = _Conn(conn_id, type, peer, ssl, old.last_report if old else now)
+        if old is not None:
+            c.gen = old.gen
+        self.conns[conn_id] = c
+        self._schedule(("c", conn_id, ""), c, now + self._conn_interval)
+        if self._reporting:
+            self._update_connections_max(now)
+            if old is None:  # minutes are rounded up: count one now (not when replacing)
+                self._add_minutes(1, now)
+        return [self._conn_packet(c)]
+
+    def connection_closed(self, conn_id: str, now: float) -> list[Packet]:
+        """A connection closed: ``conn`` with ``unavailable`` (nothing for an unknown id)."""
+        c = self.conns.pop(conn_id, None)
+        if c is None:
+            return []
+        c.gen += 1  # invalidate its scheduled refresh
+        if self._reporting:
+            self._update_minutes(c, now)
+            self._update_connections_max(now)
+        return [conn_gone_packet(self.instance_id, conn_id)]
+
+    def has_connection(self, conn_id: str) -> bool:
+        """Whether ``conn_id`` is open (Pushpin answers ``conncheck`` from this, F42)."""
+        return conn_id in self.conns
+
+    def _conn_packet(self, c: _Conn) -> Packet:
+        return conn_packet(
+            self.instance_id, c.id, type=c.type, peer=c.peer, ssl=c.ssl, ttl=self.connection_ttl
+        )
+
+    @property
+    def _conn_interval(self) -> float:
+        return self.connection_ttl * 0.75  # SHOULD_PROCESS_TIME
+
+    @property
+    def _sub_interval(self) -> float:
+        return self.subscription_ttl * 0.75
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    def subscribed(self, mode: str, channel: str, now: float) -> list[Packet]:
+        """One more subscriber of (mode, channel)."""
+        key = (mode, channel)
+        s = self.subs.get(key)
+        if s is None:
+            s = self.subs[key] = _Sub(mode, channel, 1)
+            self._schedule(("s", mode, channel), s, now + self._sub_interval)
+            return [self._sub_packet(s)]
+        return self._set_count(s, s.count + 1, now)
+
+    def unsubscribed(self, mode: str, channel: str, now: float) -> list[Packet]:
+        """One subscriber of (mode, channel) left."""
+        s = self.subs.get((mode, channel))
+        if s is None or s.count <= 0:
+            return []
+        if s.count > 1:
+            return self._set_count(s, s.count - 1, now)
+        s.count = 0
+        if mode == "response":
+            # linger the unsubscribe in case the client long-polls again
+            s.lingering = True
+            self._schedule(("s", mode, channel), s, now + self.subscription_linger)
+            return []
+        return self._remove_sub(s)
+
+    def _set_count(self, s: _Sub, count: int, now: float) -> list[Packet]:
+        old = s.count
+        s.count = count
+        if s.lingering:  # back from linger: announce at once
+            s.lingering = False
+            self._schedule(("s", s.mode, s.channel), s, now + self._sub_interval)
+            return [self._sub_packet(s)]
+        if count != old:  # announce the new count at the next refresh tick
+            self._schedule(("s", s.mode, s.channel), s, now)
+        return []
+
+    def _remove_sub(self, s: _Sub) -> list[Packet]:
+        del self.subs[(s.mode, s.channel)]
+        s.gen += 1
+        return [unsub_packet(self.instance_id, s.mode, s.channel)]
+
+    def _sub_packet(self, s: _Sub) -> Packet:
+        return sub_packet(
+            self.instance_id, s.mode, s.channel, ttl=self.subscription_ttl, subscribers=s.count
+        )
+
+    # -- messages and activity ---------------------------------------------------------------
+
+    def message_received(self, now: float) -> None:
+        """A publish item arrived (counted whether or not anyone holds its channel)."""
+        if self._reporting:
+            self._get_report(now).received += 1
+            self.totals.message_received += 1
+
+    def delivered(
+        self, channel: str, item_id: str | None, transport: str, count: int, now: float
+    ) -> list[Packet]:
+        """An item went to ``count`` subscribers over ``transport``: its ``message`` packet."""
+        if self._reporting and count > 0:
+            r = self._get_report(now)
+            r.sent += count
+            if transport == "http-response":
+                r.http_response_sent += count
+            self.totals.message_sent += count
+        return [message_packet(self.instance_id, channel, item_id, transport, count)]
+
+    def request_received(self, now: float) -> bool:
+        """A request arrived (activity and ``requests-received``). True when this starts a new
+        batch, i.e. the caller should call :meth:`flush_activity` ``ACTIVITY_DELAY`` later."""
+        start = self.activity == 0 and self.requests == 0
+        self.activity += 1
+        self.requests += 1
+        self.totals.request_received += 1
+        return start
+
+    def add_counter(self, name: str, count: int, now: float) -> None:
+        """Add to one of :data:`REPORT_COUNTERS` (bytes/messages to clients and origins)."""
+        if name not in REPORT_COUNTERS:
+            raise ValueError(f"unknown stats counter: {name}")
+        if self._reporting:
+            r = self._get_report(now)
+            r.counters[name] = r.counters.get(name, 0) + count
+
+    def flush_activity(self) -> list[Packet]:
+        """The pending ``activity`` and ``counts`` packets."""
+        out: list[Packet] = []
+        if self.activity:
+            out.append(activity_packet(self.instance_id, self.activity))
+        if self.requests:
+            out.append(counts_packet(self.instance_id, self.requests))
+        self.activity = 0
+        self.requests = 0
+        return out
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Packet]:
+        """Refreshes and linger expiries due at ``now`` (call every ``REFRESH_INTERVAL``)."""
+        out: list[Packet] = []
+        due = self._due
+        while due and due[0][0] <= now:
+            _, _, key, gen = heapq.heappop(due)
+            if key[0] == "c":
+                c = self.conns.get(key[1])
+                if c is None or c.gen != gen:
+                    continue
+                self._schedule(key, c, now + self._conn_interval)
+                if self._reporting:
+                    self._update_minutes(c, now)
+                out.append(self._conn_packet(c))
+            else:
+                s = self.subs.get((key[1], key[2]))
+                if s is None or s.gen != gen:
+                    continue
+                if s.lingering:
+                    out.extend(self._remove_sub(s))
+                else:
+                    self._schedule(key, s, now + self._sub_interval)
+                    out.append(self._sub_packet(s))
+        return out
+
+    def make_report(self, now: float) -> list[Packet]:
+        """The ``report`` packet (none while nothing happened since an empty one was sent)."""
+        r = self.report
+        if r is None or not self._reporting:
+            return []
+        if r.connections_max_stale:
+            self._update_connections_max(now)
+        p = report_packet(self.instance_id, r, now)
+        r.start = now
+        r.connections_max_stale = True
+        r.minutes = r.received = r.sent = r.http_response_sent = 0
+        r.blocks_received = r.blocks_sent = -1
+        r.counters.clear()
+        if r.is_empty():
+            self.report = None
+            self.totals.connection_connected = 0
+        return [p]
+
+
+def default_instance_id(pid: int) -> str:
+    """gripd's ``from`` value, ``gripd_<pid>`` (Pushpin: ``pushpin-handler_<pid>``)."""
+    return f"gripd_{pid}"
+
+
+@dataclass(frozen=True, slots=True)
+class PrometheusListen:
+    """Where the metrics endpoint listens: ``host``/``port``, or a UNIX socket ``path``."""
+
+    host: str | None = None
+    port: int = 0
+    path: str | None = None
+
+
+def parse_prometheus_port(value: str) -> PrometheusListen:
+    """``prometheus_port`` (F44): ``port``, ``addr:port`` or ``ipc://<path>``.
+
+    Raises ConfigError for a port that is not a number in 1-65535 (Pushpin would silently listen
+    on port 0, i.e. anywhere)."""
+    value = value.strip()
+    if value.startswith("ipc://"):
+        path = value[len("ipc://") :]
+        if not path:
+            raise ConfigError(f"prometheus_port: empty ipc path: {value!r}")
+        return PrometheusListen(path=path)
+    host: str | None = None
+    port_s = value
+    pos = value.rfind(":")
+    if pos >= 0:
+        host, port_s = value[:pos], value[pos + 1 :]
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        host = host or None
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ConfigError(f"prometheus_port: bad port: {value!r}") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"prometheus_port: bad port: {value!r}")
+    return PrometheusListen(host=host, port=port)

@@ -1,0 +1,268 @@
+"""The Prometheus endpoint (F44): Pushpin's five metrics, then gripd's own.
+
+Any request on ``prometheus_port`` (``port``, ``addr:port`` or ``ipc://<path>``) gets ``200``
+``text/plain`` with the exposition, and the connection is closed, as Pushpin 1.36 does
+(SRC ``src/corelib/statsmanager.cpp`` ``prometheus_requestReady``).
+
+Pushpin's five (``request_received``, ``connection_connected``, ``connection_minute``,
+``message_received``, ``message_sent``, each with ``prometheus_prefix``) are written by hand,
+byte for byte as Pushpin prints them: prometheus-client would add ``_total`` and ``_created``
+to counters, which would break dashboards built on Pushpin. Their values are the totals kept by
+:class:`gripd.core.stats.StatsState` (Pushpin's ``combinedReport``): ``connection_connected`` is
+the most connections seen since the last stats report, and the connection and message values
+stay 0 when ``stats_report_interval`` <= 0, as in Pushpin.
+
+gripd's own metrics come after them from a private ``CollectorRegistry`` (no process-global
+state) in the standard prometheus-client format, under the same prefix: connections by
+transport, subscriptions by mode, channels, publishes received by input, deliveries by
+transport, drops by reason, slow-client drops and the origin request latency histogram.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from gripd.core.config import Config
+from gripd.core.http import HttpResponse, encode_full
+from gripd.core.stats import PrometheusListen, StatsState, Totals, parse_prometheus_port
+from gripd.io.events import Delivery, Events, Mode, Transport
+
+log = logging.getLogger("gripd.metrics")
+
+MAX_REQUEST_HEAD = 8192  # Pushpin's SimpleHttpServer(8192, 8192)
+MAX_REQUEST_BODY = 8192
+READ_TIMEOUT = 10.0
+
+#: (name, type, help) in Pushpin's order and wording.
+PUSHPIN_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("request_received", "counter", "Number of requests received"),
+    ("connection_connected", "gauge", "Number of concurrent connections"),
+    ("connection_minute", "counter", "Number of minutes clients have been connected"),
+    ("message_received", "counter", "Number of messages received by the publish API"),
+    ("message_sent", "counter", "Number of messages sent to clients"),
+)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def _metric_name_prefix(prefix: str) -> str:
+    """``prefix`` made valid for metric names (Pushpin prints its five with the raw prefix)."""
+    clean = re.sub(r"[^A-Za-z0-9_:]", "_", prefix)
+    return "_" + clean if clean[:1].isdigit() else clean
+
+
+def pushpin_exposition(prefix: str, totals: Totals) -> str:
+    """Pushpin's five metrics as its handler prints them."""
+    values = {
+        "request_received": totals.request_received,
+        "connection_connected": totals.connection_connected,
+        "connection_minute": totals.connection_minute,
+        "message_received": totals.message_received,
+        "message_sent": totals.message_sent,
+    }
+    return "".join(
+        f"# HELP {prefix}{name} {help_}\n"
+        f"# TYPE {prefix}{name} {type_}\n"
+        f"{prefix}{name} {values[name]}\n"
+        for name, type_, help_ in PUSHPIN_METRICS
+    )
+
+
+class Metrics(Events):
+    """Prometheus metrics as an ``Events`` sink plus the HTTP endpoint serving them.
+
+    ``stats`` is the state whose totals give Pushpin's five metrics; its owner (normally the
+    :class:`gripd.io.stats.StatsPublisher`) feeds it events and drives its timers.
+    """
+
+    def __init__(self, config: Config, *, stats: StatsState) -> None:
+        self.config = config
+        self.stats = stats
+        self.prefix = config.prometheus_prefix
+        self.registry = CollectorRegistry(auto_describe=True)
+        p = _metric_name_prefix(self.prefix) + "gripd_"
+        reg = self.registry
+        self.connections = Gauge(
+            p + "connections", "Open client connections", ["transport"], registry=reg
+        )
+        self.subscriptions = Gauge(
+            p + "subscriptions",
+            "Subscriptions held (subscriber x channel)",
+            ["mode"],
+            registry=reg,
+        )
+        self.channels = Gauge(p + "channels", "Channels with local subscribers", registry=reg)
+        self.publishes = Counter(
+            p + "publish_received", "Publish items received, by input", ["source"], registry=reg
+        )
+        self.deliveries = Counter(
+            p + "delivered",
+            "Items delivered to subscribers, by transport",
+            ["transport"],
+            registry=reg,
+        )
+        self.drops = Counter(p + "dropped", "Items or deliveries dropped", ["reason"], registry=reg)
+        self.slow_clients = Counter(
+            p + "slow_client_drops",
+            "Deliveries dropped because the client could not keep up",
+            registry=reg,
+        )
+        self.origin_latency = Histogram(
+            p + "origin_request_duration_seconds",
+            "Time from sending a request to an origin until its response head",
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        # Known label values start at 0 so the series exist before the first event.
+        for t in ("http", "ws"):
+            self.connections.labels(t)
+        for m in ("response", "stream", "ws"):
+            self.subscriptions.labels(m)
+        for src in ("http", "zmq-pull", "zmq-sub", "command"):
+            self.publishes.labels(src)
+        for d in ("http-response", "http-stream", "ws-message"):
+            self.deliveries.labels(d)
+        self._conn_transport: dict[str, str] = {}
+        self._server: asyncio.Server | None = None
+        self._unix_path: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen on ``prometheus_port`` (nothing when it is empty)."""
+        value = self.config.prometheus_port
+        if not value:
+            return
+        where: PrometheusListen = parse_prometheus_port(value)
+        try:
+            if where.path is not None:
+                self._server = await asyncio.start_unix_server(
+                    self._serve, where.path, limit=MAX_REQUEST_HEAD
+                )
+                self._unix_path = where.path
+            else:
+                self._server = await asyncio.start_server(
+                    self._serve,
+                    host=where.host,
+                    port=where.port,
+                    reuse_address=True,
+                    limit=MAX_REQUEST_HEAD,
+                )
+        except OSError as e:
+            # Pushpin logs this and carries on; a gripd that can't be scraped should say so loudly.
+            raise OSError(f"unable to bind to prometheus port: {value}: {e}") from e
+        log.info("prometheus metrics on %s", value)
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+        if self._unix_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._unix_path)
+            self._unix_path = None
+
+    @property
+    def port(self) -> int | None:
+        """The bound TCP port (useful when configured as 0 in tests)."""
+        if self._server is None or not self._server.sockets:
+            return None
+        name = self._server.sockets[0].getsockname()
+        return int(name[1]) if isinstance(name, tuple) else None
+
+    # -- exposition --------------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """The whole scrape body."""
+        head = pushpin_exposition(self.prefix, self.stats.totals).encode()
+        return head + generate_latest(self.registry)
+
+    def observe_origin_latency(self, seconds: float) -> None:
+        """Record one origin request's latency (request sent → response head received)."""
+        self.origin_latency.observe(seconds)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            method = await asyncio.wait_for(_read_request(reader), READ_TIMEOUT)
+            if method is not None:
+                resp = HttpResponse(200, "OK", [("Content-Type", "text/plain")], self.exposition())
+                writer.write(encode_full(resp, method=method, keep_alive=False))
+                await writer.drain()
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            pass
+        except Exception:  # a scrape must never take the proxy down
+            log.exception("prometheus: error answering a scrape")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    # -- Events ------------------------------------------------------------------------------
+
+    def connection_opened(self, conn_id: str, peer: str, transport: Transport) -> None:
+        old = self._conn_transport.get(conn_id)
+        if old is not None:
+            self.connections.labels(old).dec()
+        self._conn_transport[conn_id] = transport
+        self.connections.labels(transport).inc()
+
+    def connection_closed(self, conn_id: str) -> None:
+        transport = self._conn_transport.pop(conn_id, None)
+        if transport is not None:
+            self.connections.labels(transport).dec()
+
+    def subscribed(self, channel: str, mode: Mode, first: bool) -> None:
+        self.subscriptions.labels(mode).inc()
+        if first:
+            self.channels.inc()
+
+    def unsubscribed(self, channel: str, mode: Mode, last: bool) -> None:
+        self.subscriptions.labels(mode).dec()
+        if last:
+            self.channels.dec()
+
+    def message_received(self, channel: str, source: str) -> None:
+        self.publishes.labels(source).inc()
+
+    def delivered(self, channel: str, item_id: str | None, transport: Delivery, count: int) -> None:
+        self.deliveries.labels(transport).inc(count)
+
+    def dropped(self, reason: str, count: int = 1) -> None:
+        self.drops.labels(reason).inc(count)
+        if reason == "slow_client":
+            self.slow_clients.inc(count)
+
+
+async def _read_request(reader: asyncio.StreamReader) -> str | None:
+    """Read one request head (and a small body); its method, or None when it is unusable."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.LimitOverrunError:
+        return None
+    if len(head) > MAX_REQUEST_HEAD:
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        return None
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            try:
+                length = int(value.strip())
+            except ValueError:
+                return None
+    if length < 0 or length > MAX_REQUEST_BODY:
+        return None
+    if length:
+        await reader.readexactly(length)
+    return parts[0]

@@ -1,0 +1,206 @@
+"""The stats PUB socket (F43): turns engine and listener events into Pushpin's stats packets.
+
+``StatsPublisher`` is an :class:`~gripd.io.events.Events` sink. The bookkeeping is the pure
+:class:`gripd.core.stats.StatsState`; this adapter owns the clock (``loop.time()``), the three
+timers Pushpin's StatsManager has (refresh every second, report every
+``stats_report_interval``, activity flush 100 ms after the first request) and the PUB socket.
+
+The state is kept even when ``stats_spec`` is empty, because the Prometheus endpoint (F44) reads
+its totals (``Metrics(..., stats=publisher.state)``), as Pushpin creates its StatsManager when
+either a stats spec or a Prometheus port is set.
+
+- ``from`` is ``gripd_<pid>`` (Pushpin's handler says ``pushpin-handler_<pid>``; no consumer we
+  know parses it, and claiming to be Pushpin would mislead whoever reads the stream).
+- A connection's stats id is ``<from>:<conn id>`` (Pushpin: ``<condure id>:<request id>``). It is
+  what ``conncheck`` (F42) must be asked with: pass :meth:`StatsPublisher.check_connection`.
+- Pushpin counts an HTTP *request* as a connection; gripd's events are per TCP connection, so a
+  keep-alive connection carrying several requests is one ``conn``. ``peer-address`` is the socket
+  peer (Pushpin uses the X-Forwarded-For-derived address); ``ssl`` is never set.
+- The PUB socket is a plain (non-asyncio) pyzmq socket sent with NOBLOCK: PUB never blocks, it
+  drops at the high-water mark (200000, Pushpin's OUT_HWM), so a slow stats reader can't stall
+  the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import zmq
+
+from gripd.core.config import Config
+from gripd.core.stats import (
+    ACTIVITY_DELAY,
+    REFRESH_INTERVAL,
+    Packet,
+    StatsFormat,
+    StatsState,
+    default_instance_id,
+    encode_packet,
+)
+from gripd.io.events import Delivery, Events, Mode, Transport
+
+log = logging.getLogger("gripd.stats")
+
+OUT_HWM = 200_000
+
+
+def _ensure_ipc_dir(spec: str) -> None:
+    if spec.startswith("ipc://"):
+        d = os.path.dirname(spec[len("ipc://") :])
+        if d:
+            os.makedirs(d, exist_ok=True)
+
+
+class StatsPublisher(Events):
+    """Publishes stats packets on ``config.stats_spec`` and keeps the stats state."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        instance_id: str | None = None,
+        refresh_interval: float = REFRESH_INTERVAL,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.config = config
+        self.loop = loop or asyncio.get_running_loop()
+        self.instance_id = instance_id or default_instance_id(os.getpid())
+        self.format: StatsFormat = "json" if config.stats_format == "json" else "tnetstring"
+        self.refresh_interval = refresh_interval
+        self.state = StatsState(
+            instance_id=self.instance_id,
+            connection_ttl=config.stats_connection_ttl,
+            subscription_ttl=config.stats_subscription_ttl,
+            subscription_linger=config.subscription_linger,
+            report_interval=config.stats_report_interval,
+            now=self.loop.time(),
+        )
+        self.sent = 0  # packets handed to the socket
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._sock: zmq.Socket[bytes] | None = None
+        self._refresh_timer: asyncio.TimerHandle | None = None
+        self._report_timer: asyncio.TimerHandle | None = None
+        self._activity_timer: asyncio.TimerHandle | None = None
+        self._running = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the PUB socket (when ``stats_spec`` is set) and start the timers."""
+        spec = self.config.stats_spec
+        if spec:
+            self._ctx = zmq.Context()
+            sock = self._ctx.socket(zmq.PUB)
+            sock.setsockopt(zmq.SNDHWM, OUT_HWM)
+            sock.setsockopt(zmq.LINGER, 0)
+            try:
+                _ensure_ipc_dir(spec)
+                sock.bind(spec)
+            except (zmq.ZMQError, OSError) as e:
+                sock.close(0)
+                self._ctx.term()
+                self._ctx = None
+                raise OSError(f"unable to bind stats socket {spec}: {e}") from e
+            self._sock = sock
+            log.info("stats on %s (%s)", spec, self.format)
+        self._running = True
+        self._arm_refresh()
+        if self.config.stats_report_interval > 0:
+            self._arm_report()
+
+    async def stop(self) -> None:
+        """Stop the timers and close the socket (pending packets are dropped, linger 0)."""
+        self._running = False
+        for t in (self._refresh_timer, self._report_timer, self._activity_timer):
+            if t is not None:
+                t.cancel()
+        self._refresh_timer = self._report_timer = self._activity_timer = None
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def _arm_refresh(self) -> None:
+        if self._running:
+            self._refresh_timer = self.loop.call_later(self.refresh_interval, self._on_refresh)
+
+    def _arm_report(self) -> None:
+        if self._running:
+            interval = float(self.config.stats_report_interval)
+            self._report_timer = self.loop.call_later(interval, self._on_report)
+
+    def _on_refresh(self) -> None:
+        self._send(self.state.tick(self.loop.time()))
+        self._arm_refresh()
+
+    def _on_report(self) -> None:
+        self._send(self.state.make_report(self.loop.time()))
+        self._arm_report()
+
+    def _on_activity(self) -> None:
+        self._activity_timer = None
+        self._send(self.state.flush_activity())
+
+    # -- output ------------------------------------------------------------------------------
+
+    def _send(self, packets: list[Packet]) -> None:
+        sock = self._sock
+        if sock is None or not packets:
+            return
+        for p in packets:
+            frame = encode_packet(p, self.format)
+            try:
+                sock.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                continue  # at the HWM PUB drops; so do we
+            except zmq.ZMQError as e:
+                log.warning("stats: send failed: %s", e)
+                continue
+            self.sent += 1
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("stats: OUT %s", frame[:200])
+
+    # -- identity ----------------------------------------------------------------------------
+
+    def stats_conn_id(self, conn_id: str) -> str:
+        """The ``id`` a connection has in ``conn`` packets and ``conncheck``."""
+        return f"{self.instance_id}:{conn_id}"
+
+    def check_connection(self, cid: str) -> bool:
+        """Whether ``cid`` (a stats connection id) is still open (F42 ``conncheck``)."""
+        return self.state.has_connection(cid)
+
+    # -- Events ------------------------------------------------------------------------------
+
+    def connection_opened(self, conn_id: str, peer: str, transport: Transport) -> None:
+        self._send(
+            self.state.connection_opened(
+                self.stats_conn_id(conn_id), self.loop.time(), type=transport, peer=peer
+            )
+        )
+
+    def connection_closed(self, conn_id: str) -> None:
+        self._send(self.state.connection_closed(self.stats_conn_id(conn_id), self.loop.time()))
+
+    def request_received(self) -> None:
+        self.state.request_received(self.loop.time())
+        if self._running and self._activity_timer is None:
+            self._activity_timer = self.loop.call_later(ACTIVITY_DELAY, self._on_activity)
+
+    def subscribed(self, channel: str, mode: Mode, first: bool) -> None:
+        self._send(self.state.subscribed(mode, channel, self.loop.time()))
+
+    def unsubscribed(self, channel: str, mode: Mode, last: bool) -> None:
+        self._send(self.state.unsubscribed(mode, channel, self.loop.time()))
+
+    def message_received(self, channel: str, source: str) -> None:
+        self.state.message_received(self.loop.time())
+
+    def delivered(self, channel: str, item_id: str | None, transport: Delivery, count: int) -> None:
+        self._send(self.state.delivered(channel, item_id, transport, count, self.loop.time()))

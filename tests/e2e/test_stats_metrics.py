@@ -1,0 +1,319 @@
+"""Stats socket (F43) and Prometheus endpoint (F44), differential against Pushpin 1.36.
+
+Both legs get the same pushpin.conf (stats on ``ipc://{rundir}/{ipc_prefix}stats``, a
+``prometheus_port`` in ``[handler]``) and the same scenario through the built-in ``test`` route:
+a stream hold on channel ``a``, a long-poll on ``b``, one publish to each, then the stream client
+leaves. The assertions are shared.
+
+Until ``StatsPublisher`` and ``Metrics`` are wired into ``App``, the gripd leg runs an in-process
+``App`` with the two components added to ``app.events`` here (``_GRIPD_WIRED = False``). After
+wiring, set ``_GRIPD_WIRED = True`` so the leg runs the real ``python -m gripd`` process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+import zmq.asyncio
+
+from gripd.core import tnetstring
+from gripd.core.config import load_config
+from tests.conftest import TIME_SCALE, StartFn
+from tests.support.procs import Impl, base_conf, free_ports, merge_conf, render_conf
+from tests.support.rawhttp import RawResponse, open_request
+
+_GRIPD_WIRED = True
+
+Frame = tuple[str, dict[str, Any]]
+
+
+@dataclass
+class Proxy:
+    impl: Impl
+    http_port: int
+    control_port: int
+    stats_spec: str
+    prom_port: int
+    close: Callable[[], Awaitable[None]]
+    extra: list[Any] = field(default_factory=list)
+
+
+def _conf(prom_port: int, fmt: str) -> dict[str, dict[str, str]]:
+    return {
+        "handler": {
+            "prometheus_port": f"127.0.0.1:{prom_port}",
+            "prometheus_prefix": "pp_",
+            "stats_format": fmt,
+            "stats_report_interval": "1",
+        }
+    }
+
+
+async def _start_inprocess(tmp: Path, conf: dict[str, dict[str, str]]) -> Proxy:
+    """gripd in this process with the stats and metrics components wired here."""
+    from gripd.io.metrics import Metrics
+    from gripd.io.stats import StatsPublisher
+    from gripd.runtime.app import App
+
+    rundir = Path(tempfile.mkdtemp(prefix="gp-run-"))
+    http_port, control_port, pull_port, command_port, sub_port = free_ports(5)
+    full = merge_conf(
+        base_conf(
+            rundir=rundir,
+            logdir=tmp,
+            http_port=http_port,
+            control_port=control_port,
+            pull_port=pull_port,
+            command_port=command_port,
+            sub_port=sub_port,
+        ),
+        conf,
+    )
+    text = render_conf(full)
+    conf_path = tmp / "pushpin.conf"
+    conf_path.write_text(text)
+    cfg = load_config(text, path=str(conf_path), read_file=lambda p: Path(p).read_text())
+    app = App(cfg, route_lines=["* test"])
+    stats = StatsPublisher(cfg)
+    metrics = Metrics(cfg, stats=stats.state)
+    app.events.add(stats)
+    app.events.add(metrics)
+    await stats.start()
+    await metrics.start()
+    await app.start()
+
+    async def close() -> None:
+        await app.stop()
+        await metrics.stop()
+        await stats.stop()
+        shutil.rmtree(rundir, ignore_errors=True)
+
+    prom = int(conf["handler"]["prometheus_port"].rsplit(":", 1)[1])
+    return Proxy("gripd", http_port, control_port, cfg.stats_spec, prom, close)
+
+
+@pytest.fixture
+async def proxy(
+    impl: Impl, start: StartFn, tmp_path: Path
+) -> AsyncIterator[Callable[[str], Awaitable[Proxy]]]:
+    closers: list[Proxy] = []
+
+    async def _make(fmt: str) -> Proxy:
+        (prom_port,) = free_ports(1)
+        conf = _conf(prom_port, fmt)
+        if impl == "gripd" and not _GRIPD_WIRED:
+            p = await _start_inprocess(tmp_path, conf)
+        else:
+            s = await start(impl, ["* test"], conf=conf)
+            rundir = s.tmp_rundir or (s.workdir / "run")
+
+            async def _noop() -> None:
+                return None
+
+            p = Proxy(
+                impl, s.http_port, s.control_port, f"ipc://{rundir}/gp-stats", prom_port, _noop
+            )
+        closers.append(p)
+        return p
+
+    yield _make
+    for p in closers:
+        await p.close()
+
+
+def _decode(frame: bytes) -> Frame:
+    ptype, _, rest = frame.partition(b" ")
+    if rest[:1] == b"J":
+        return ptype.decode(), json.loads(rest[1:])
+    obj = tnetstring.loads(rest[1:])
+    assert isinstance(obj, dict)
+    return ptype.decode(), {
+        k.decode(): (v.decode() if isinstance(v, bytes) else v) for k, v in obj.items()
+    }
+
+
+class StatsReader:
+    """Collects every stats frame in the background."""
+
+    def __init__(self, spec: str) -> None:
+        self.ctx = zmq.asyncio.Context()
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(spec)
+        self.frames: list[bytes] = []
+        self.packets: list[Frame] = []
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            parts = await self.sock.recv_multipart()
+            assert len(parts) == 1
+            self.frames.append(parts[0])
+            self.packets.append(_decode(parts[0]))
+
+    async def wait(self, pred: Callable[[Frame], bool], timeout: float = 10.0) -> Frame:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout * TIME_SCALE
+        while loop.time() < deadline:
+            for p in self.packets:
+                if pred(p):
+                    return p
+            await asyncio.sleep(0.02)
+        raise TimeoutError(f"no matching stats packet in {self.packets}")
+
+    async def close(self) -> None:
+        self._task.cancel()
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def _scrape(port: int) -> tuple[int, str, str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.status, r.headers["Content-Type"], r.read().decode()
+
+
+def _pushpin_values(body: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for ln in body.splitlines():
+        if ln.startswith("pp_") and not ln.startswith("pp_gripd_"):
+            name, value = ln.split(" ")
+            out[name] = int(value)
+    return out
+
+
+def _get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: example.com\r\n\r\n".encode()
+
+
+def _publish(port: int, items: list[dict[str, Any]]) -> int:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/publish/",
+        data=json.dumps({"items": items}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return int(r.status)
+
+
+def _is(ptype: str, **match: Any) -> Callable[[Frame], bool]:
+    return lambda p: p[0] == ptype and all(p[1].get(k) == v for k, v in match.items())
+
+
+@pytest.mark.parametrize("fmt", ["tnetstring", "json"])
+async def test_stats_and_metrics(proxy: Callable[[str], Awaitable[Proxy]], fmt: str) -> None:
+    p = await proxy(fmt)
+    reader = StatsReader(p.stats_spec)
+    stream: RawResponse | None = None
+    try:
+        await asyncio.sleep(0.3 * TIME_SCALE)  # let the SUB connect (PUB drops until then)
+        status, ctype, before_body = await asyncio.to_thread(_scrape, p.prom_port)
+        assert (status, ctype) == (200, "text/plain")
+        before = _pushpin_values(before_body)
+        # F44: Pushpin's five lines, in order, HELP/TYPE exactly
+        heads = [ln for ln in before_body.splitlines() if ln.startswith("# ")][:10]
+        assert heads == [
+            "# HELP pp_request_received Number of requests received",
+            "# TYPE pp_request_received counter",
+            "# HELP pp_connection_connected Number of concurrent connections",
+            "# TYPE pp_connection_connected gauge",
+            "# HELP pp_connection_minute Number of minutes clients have been connected",
+            "# TYPE pp_connection_minute counter",
+            "# HELP pp_message_received Number of messages received by the publish API",
+            "# TYPE pp_message_received counter",
+            "# HELP pp_message_sent Number of messages sent to clients",
+            "# TYPE pp_message_sent counter",
+        ]
+
+        stream = await open_request(p.http_port, _get("/stream?channel=a"))
+        await stream.read_body_until(b"[stream opened]\n")
+        r, w = await asyncio.open_connection("127.0.0.1", p.http_port)
+        w.write(_get("/response?channel=b"))  # the head comes with the publish
+        poll = RawResponse(r, w)
+        await reader.wait(_is("sub", mode="stream", channel="a", subscribers=1))
+        await reader.wait(_is("sub", mode="response", channel="b", subscribers=1))
+        conn = await reader.wait(_is("conn", type="http"))
+        assert conn[1]["peer-address"] == "127.0.0.1" and conn[1]["ttl"] == 120
+        await asyncio.sleep(0.2 * TIME_SCALE)
+        _, _, mid_body = await asyncio.to_thread(_scrape, p.prom_port)
+        # the peak since the last stats report, with both requests held (Pushpin counts
+        # requests in flight, gripd TCP connections: the same here)
+        assert _pushpin_values(mid_body)["pp_connection_connected"] >= 2
+
+        stream_item = {"channel": "a", "id": "i1", "formats": {"http-stream": {"content": "hi\n"}}}
+        assert await asyncio.to_thread(_publish, p.control_port, [stream_item]) == 200
+        body_item = {"channel": "b", "formats": {"http-response": {"body": "yo\n"}}}
+        assert await asyncio.to_thread(_publish, p.control_port, [body_item]) == 200
+        await stream.read_body_until(b"hi\n")
+        assert await poll.read_to_end() == b"yo\n"
+        poll.close()
+
+        m = await reader.wait(_is("message", channel="a"))
+        assert {k: m[1].get(k) for k in ("item-id", "count", "transport")} == {
+            "item-id": "i1",
+            "count": 1,
+            "transport": "http-stream",
+        }
+        m = await reader.wait(_is("message", channel="b"))
+        assert "item-id" not in m[1]
+        assert (m[1]["count"], m[1]["transport"]) == (1, "http-response")
+        await reader.wait(_is("activity"))
+
+        report = await reader.wait(lambda f: f[0] == "report" and f[1].get("sent", 0) >= 2)
+        assert report[1]["received"] == 2 and report[1]["http-response-sent"] == 1
+        report_keys = set(report[1])
+
+        stream.close()
+        stream = None
+        await reader.wait(_is("sub", mode="stream", channel="a", unavailable=True))
+        await reader.wait(_is("conn", unavailable=True))
+
+        await asyncio.sleep(2.5 * TIME_SCALE)  # two report intervals: the peak drops to 0
+        _, _, after_body = await asyncio.to_thread(_scrape, p.prom_port)
+        after = _pushpin_values(after_body)
+        delta = {k: after[k] - before[k] for k in before}
+        assert delta["pp_request_received"] == 2
+        assert delta["pp_message_received"] == 2
+        assert delta["pp_message_sent"] == 2
+        assert delta["pp_connection_minute"] >= 2
+        assert after["pp_connection_connected"] == 0
+
+        # every packet is single-part, in the configured format, with a ``from``
+        tag = b"J" if fmt == "json" else b"T"
+        assert all(f.split(b" ", 1)[1][:1] == tag for f in reader.frames)
+        assert all("from" in f for _, f in reader.packets)
+        assert report_keys == {
+            "from",
+            "connections",
+            "minutes",
+            "received",
+            "sent",
+            "http-response-sent",
+            "duration",
+            "client-header-bytes-received",
+            "client-header-bytes-sent",
+            "client-content-bytes-received",
+            "client-content-bytes-sent",
+            "client-messages-received",
+            "client-messages-sent",
+            "server-header-bytes-received",
+            "server-header-bytes-sent",
+            "server-content-bytes-received",
+            "server-content-bytes-sent",
+            "server-messages-received",
+            "server-messages-sent",
+        }
+    finally:
+        if stream is not None:
+            stream.close()
+        await reader.close()
