@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 from websockets.frames import Opcode
 
-from gripd.core.errors import PublishError
-from gripd.core.http import encode_chunk, encode_full
-from gripd.core.instruct import Instruct
+from gripd.core.errors import InstructError, PublishError
+from gripd.core.http import HttpResponse, encode_chunk, encode_full
+from gripd.core.instruct import Instruct, parse_instruct
 from gripd.core.publish import PublishItem, apply_http_response
 from gripd.core.registry import Registry
 from gripd.io.events import Events
@@ -26,12 +26,13 @@ from gripd.io.ws_client import encode_message
 from gripd.io.ws_session import WsSession
 
 if TYPE_CHECKING:
-    from gripd.core.http import HttpResponse
     from gripd.core.routes import Route
     from gripd.io.client import ClientConnection, Request
     from gripd.runtime.app import App
 
 log = logging.getLogger("gripd.engine")
+
+FIRST_SUBSCRIPTION_DELAY = 1.0  # Pushpin's SUBSCRIBED_DELAY (F22)
 
 Hold = ResponseHold | StreamHold | WsSession
 _WS_OPCODES = {
@@ -78,6 +79,15 @@ class Engine:
         conn.set_handler(hold)
         self._subscribe(hold)
         self.counters.response_holds += 1
+        # F23: a prev-id that disagrees with the channel's known last id: retry at once.
+        conflict = False
+        for ch, pid in hold.prev_ids.items():
+            last = self.app.pipeline.last_id(ch) if pid is not None else None
+            if last is not None and last != pid:
+                self.app.pipeline.forget_last_id(ch)
+                conflict = True
+        if conflict:
+            self.loop.call_soon(hold.retry)
         self._log_subscribe(req, hold.channels)
 
     def write_stream_head(self, conn: ClientConnection, resp: HttpResponse, chunked: bool) -> None:
@@ -106,9 +116,68 @@ class Engine:
 
     def _subscribe(self, hold: Hold) -> None:
         first = self.registry.subscribe(hold, hold.channels)
+        # A channel whose last long-poll left less than subscription_linger ago still has its
+        # subscription (Pushpin), so a retried hold does not count as a first subscriber.
+        new = [ch for ch in first if not self.app.pipeline.has_subscribers(ch)]
         events = self.events
         for ch in hold.channels:
             events.subscribed(ch, hold.mode, ch in first)
+        if new and self.app.config.update_on_first_subscription:
+            for ch in new:
+                self.loop.call_later(FIRST_SUBSCRIPTION_DELAY, self._first_subscription, ch)
+
+    def _first_subscription(self, channel: str) -> None:
+        """F22: ~1 s after a channel's first subscriber, update its sessions, closing the race
+        between a backend's subscribe and its publish (``update_on_first_subscription``)."""
+        for s in self.registry.subscribers(channel):
+            if isinstance(s, ResponseHold):
+                s.retry()
+            elif isinstance(s, StreamHold):
+                s.update()
+
+    def resubscribe(self, hold: StreamHold, channels: list[str]) -> None:
+        """A next link's stream hold changed the channel set (F25)."""
+        old = set(hold.channels)
+        new = set(channels)
+        gone = [c for c in hold.channels if c not in new]
+        added = [c for c in channels if c not in old]
+        hold.channels = list(channels)
+        if gone:
+            last = self.registry.unsubscribe(hold, gone)
+            for ch in gone:
+                self.events.unsubscribed(ch, "stream", ch in last)
+        if added:
+            first = self.registry.subscribe(hold, added)
+            for ch in added:
+                self.events.subscribed(ch, "stream", ch in first)
+
+    def apply_link_response(self, hold: StreamHold, resp: HttpResponse) -> None:
+        """F25: append a next link's body and follow its instructions."""
+        if not hold.active:
+            return
+        try:
+            ins = parse_instruct(
+                resp.code,
+                resp.reason,
+                resp.headers,
+                resp.body,
+                channel_prefix=hold.route.prefix,
+                connection_subscription_max=self.app.config.connection_subscription_max,
+            )
+        except InstructError as e:
+            hold.fail(f"Failed to parse next link instructions: {e}")
+            return
+        hold.write(ins.response.body)
+        if ins.hold_mode == "response":
+            hold.fail("Next link returned non-stream hold.")
+        elif ins.hold_mode == "stream":
+            self.resubscribe(hold, [c.name for c in ins.channels])
+            hold._apply_stream_instruct(ins)
+        elif ins.next_link is not None:
+            hold._apply_stream_instruct(ins)
+            hold.update()  # no hold, another link: keep following (F25)
+        else:
+            hold.close_stream()  # no link and no hold: the response ends
 
     def unsubscribe(self, hold: Hold) -> None:
         last = self.registry.unsubscribe(hold)
@@ -116,13 +185,20 @@ class Engine:
         for ch in hold.channels:
             events.unsubscribed(ch, hold.mode, ch in last)
 
-    def retry(self, conn: ClientConnection, req: Request, route: Route, body: list[bytes]) -> None:
+    def retry(
+        self,
+        conn: ClientConnection,
+        req: Request,
+        route: Route,
+        body: list[bytes],
+        last_ids: list[tuple[str, str]],
+    ) -> None:
         """Send a held request to the origin again, on the same client connection (F27)."""
         from gripd.io.proxy import ProxySession  # circular: proxy starts holds
 
         if conn.closed:
             return
-        ProxySession(self.app, conn, req, route, retry=True, body=body).start()
+        ProxySession(self.app, conn, req, route, retry=True, body=body, last_ids=last_ids).start()
 
     def slow_client(self, hold: StreamHold | WsSession) -> None:
         self.counters.drops_slow_client += 1
@@ -166,13 +242,25 @@ class Engine:
                 raw = stream.content
                 chunk = encode_chunk(raw)
                 now = self.loop.time()
+                ch = item.channel
                 for s in subs:
-                    if isinstance(s, StreamHold) and s.deliver(chunk, raw, now):
+                    if not isinstance(s, StreamHold):
+                        continue
+                    if not s.follows(ch, item.prev_id, item.id):
+                        self.app.pipeline.forget_last_id(ch)
+                        s.update()  # F26: out of sequence: re-fetch the link
+                        continue
+                    if s.deliver(chunk, raw, now, ch):
                         n += 1
             elif stream.action == "close":
                 for s in subs:
                     if isinstance(s, StreamHold):
                         s.close_stream()
+                        n += 1
+            elif stream.action == "hint":
+                for s in subs:
+                    if isinstance(s, StreamHold):
+                        s.update()  # F24: fetch the next link, if any
                         n += 1
             if n:
                 self.events.delivered(item.channel, item.id, "http-stream", n)
@@ -184,6 +272,10 @@ class Engine:
                 cache: dict[object, bytes] = {}
                 for s in subs:
                     if not isinstance(s, ResponseHold):
+                        continue
+                    if not s.follows(item.channel, item.prev_id, item.id):
+                        self.app.pipeline.forget_last_id(item.channel)
+                        s.retry()  # F23: out of sequence for this hold
                         continue
                     data = cache.get(s.resp_key)
                     if data is None:
@@ -234,8 +326,10 @@ class Engine:
         return sent
 
     def recover(self) -> None:
-        """F27 ``recover``: retry every response hold (stream next links come later)."""
+        """F27 ``recover``: retry every response hold, re-fetch every stream's next link."""
         for ch in self.registry.channels():
             for s in self.registry.subscribers(ch):
                 if isinstance(s, ResponseHold):
                     s.retry()
+                elif isinstance(s, StreamHold):
+                    s.update()

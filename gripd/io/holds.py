@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final
 from gripd.core.headers import Headers
 from gripd.core.http import LAST_CHUNK, HttpResponse, encode_chunk, encode_head
 from gripd.core.instruct import Instruct
+from gripd.io.nextlink import LinkState
 
 if TYPE_CHECKING:
     from gripd.core.routes import Route
@@ -64,6 +65,7 @@ class ResponseHold(_Hold):
         "channels",
         "conn",
         "engine",
+        "prev_ids",
         "req",
         "resp_key",
         "response",
@@ -86,6 +88,8 @@ class ResponseHold(_Hold):
         self.req = req
         self.route = route
         self.channels = [c.name for c in ins.channels]
+        # F23: the id each channel's next publish must follow (None: no sequencing asked)
+        self.prev_ids: dict[str, str | None] = {c.name: c.prev_id for c in ins.channels}
         self.response = ins.response
         r = ins.response
         # Holds whose original responses are equal share one encoded publish (encode once).
@@ -125,11 +129,24 @@ class ResponseHold(_Hold):
         self.conn.send_response(self.response, self.req.method)
 
     def retry(self) -> None:
-        """Re-send the original request to the origin (``action: hint``, F22/F27)."""
+        """Re-send the original request to the origin (``action: hint``, F22/F27), with
+        ``Grip-Last`` for the channels that carry a prev-id (names without the route prefix)."""
         if not self.active:
             return
         self._stop()
-        self.engine.retry(self.conn, self.req, self.route, self.body)
+        n = len(self.route.prefix)
+        last = [(ch[n:], pid) for ch, pid in self.prev_ids.items() if pid is not None]
+        self.engine.retry(self.conn, self.req, self.route, self.body, last)
+
+    def follows(self, channel: str, prev_id: str | None, item_id: str | None) -> bool:
+        """F23: False when a publish does not follow this hold's expected id (retry then)."""
+        expected = self.prev_ids.get(channel)
+        if expected is None:
+            return True
+        if prev_id != expected:
+            return False
+        self.prev_ids[channel] = item_id
+        return True
 
 
 class StreamHold(_Hold):
@@ -147,6 +164,8 @@ class StreamHold(_Hold):
         "ka_timeout",
         "ka_timer",
         "last_write",
+        "link",
+        "prev_ids",
         "req",
         "route",
     )
@@ -171,25 +190,49 @@ class StreamHold(_Hold):
         self.dropped = 0
         self.last_write = engine.loop.time()
         self.ka_timer: TimerHandle | None = None
+        self.ka_data = b""
+        self.ka_timeout = 0.0
+        self.ka_interval = False
+        # Reliability state exists only for streams that use it (F25/F26): idle streams stay small.
+        self.link: LinkState | None = None
+        self.prev_ids: dict[str, str | None] | None = None
+        self._apply_stream_instruct(ins)
+
+    def _apply_stream_instruct(self, ins: Instruct) -> None:
+        """Keep-alive, next link and prev-ids of an initial or next-link stream hold."""
+        if any(c.prev_id is not None for c in ins.channels):
+            self.prev_ids = {c.name: c.prev_id for c in ins.channels}
+        else:
+            self.prev_ids = None
+        if ins.next_link is not None:
+            if self.link is None:
+                self.link = LinkState(self)
+            self.link.set(ins.next_link, self.req, self.conn)
+        elif self.link is not None:
+            self.link.cancel()
+            self.link = None
         ka = ins.keep_alive
+        if self.ka_timer is not None:
+            self.ka_timer.cancel()
+            self.ka_timer = None
+        engine = self.engine
+        chunked = self.chunked
         if ka is not None and ka.data:
             self.ka_data = encode_chunk(ka.data) if chunked else ka.data
             self.ka_timeout = float(ka.timeout)
             self.ka_interval = ka.mode == "interval"
             self.ka_timer = engine.loop.call_later(self.ka_timeout - _jitter(), self._on_keep_alive)
-        else:
-            self.ka_data = b""
-            self.ka_timeout = 0.0
-            self.ka_interval = False
 
     def _stop(self) -> None:
         self.active = False
         if self.ka_timer is not None:
             self.ka_timer.cancel()
             self.ka_timer = None
+        if self.link is not None:
+            self.link.cancel()
         self.engine.unsubscribe(self)
 
-    def deliver(self, chunk: bytes, raw: bytes, now: float) -> bool:
+    def deliver(self, chunk: bytes, raw: bytes, now: float, channel: str = "") -> bool:
         """Queue one published piece (already framed); False when dropped for a slow client."""
         if not self.active:
             return False
@@ -200,7 +243,43 @@ class StreamHold(_Hold):
             return False
         conn.queue(chunk if self.chunked else raw)
         self.last_write = now
+        if self.link is not None:
+            self.link.seen.add(channel)
         return True
+
+    def write(self, data: bytes) -> None:
+        """Append bytes of the engine's own making (a next link's body)."""
+        if self.active and data:
+            self.conn.queue(encode_chunk(data) if self.chunked else data)
+            self.last_write = self.engine.loop.time()
+
+    def follows(self, channel: str, prev_id: str | None, item_id: str | None) -> bool:
+        """F26: False when a publish does not follow the expected id (re-fetch the link)."""
+        if self.prev_ids is None:
+            return True
+        expected = self.prev_ids.get(channel)
+        if expected is None:
+            return True
+        if prev_id != expected:
+            return False
+        self.prev_ids[channel] = item_id
+        return True
+
+    def update(self) -> None:
+        """Hint, recover, first subscription, prev-id mismatch: fetch the next link (F25)."""
+        if self.active and self.link is not None:
+            self.link.fetch()
+
+    def fail(self, message: str) -> None:
+        """F47: a held stream that errors: debug routes append the message, then it ends."""
+        if not self.active:
+            return
+        if self.route.debug or self.engine.app.config.debug:
+            self.write(f"\n\n{message}\n".encode())
+            self.close_stream()
+        else:
+            self._stop()
+            self.conn.abort()
 
     def close_stream(self) -> None:
         """``action: close`` (F24): end the response cleanly."""

@@ -727,3 +727,69 @@ def _encode_head(method: str, target: str, headers: Headers) -> bytes:
         parts.append(f"{k}: {v}\r\n")
     parts.append("\r\n")
     return "".join(parts).encode("latin-1", "replace")
+
+
+class _Collect:
+    """ResponseHandler that buffers one whole response, up to ``limit`` body bytes."""
+
+    def __init__(self, fut: asyncio.Future[tuple[int, str, Headers, bytes]], limit: int) -> None:
+        self.fut = fut
+        self.limit = limit
+        self.head: tuple[int, str, Headers] = (0, "", [])
+        self.body: list[bytes] = []
+        self.size = 0
+
+    def on_response_head(self, status: int, reason: str, headers: Headers) -> None:
+        self.head = (status, reason, headers)
+
+    def on_response_body(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            if not self.fut.done():
+                self.fut.set_exception(OriginError("response body too large"))
+            return
+        self.body.append(data)
+
+    def on_response_end(self) -> None:
+        if not self.fut.done():
+            self.fut.set_result((*self.head, b"".join(self.body)))
+
+    def on_error(self, exc: OriginError) -> None:
+        if not self.fut.done():
+            self.fut.set_exception(exc)
+
+
+async def fetch(
+    pool: OriginPool,
+    endpoints: Sequence[Endpoint],
+    method: str,
+    target: str,
+    headers: Headers,
+    body: bytes = b"",
+    *,
+    limit: int,
+) -> tuple[int, str, Headers, bytes]:
+    """One whole request/response (status, reason, headers, body) for the engine's own
+    requests: WebSocket-over-HTTP events, next links. Raises ``OriginError``."""
+    fut: asyncio.Future[tuple[int, str, Headers, bytes]] = (
+        asyncio.get_running_loop().create_future()
+    )
+    framing: BodyFraming = "length" if body or method == "POST" else "none"
+    hs = [*headers, ("Content-Length", str(len(body)))] if framing == "length" else headers
+    ex = await pool.open(
+        endpoints,
+        method,
+        target,
+        hs,
+        _Collect(fut, limit),
+        body_framing=framing,
+        content_length=len(body),
+    )
+    if body:
+        ex.send_body(body)
+    ex.end_body()
+    try:
+        return await fut
+    except BaseException:
+        ex.abort()
+        raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from gripd.core import headers as hdr
@@ -70,6 +71,7 @@ class ProxySession:
         "_unsent_size",
         "app",
         "conn",
+        "last_ids",
         "req",
         "retry",
         "route",
@@ -87,6 +89,7 @@ class ProxySession:
         trusted: bool = False,
         retry: bool = False,
         body: list[bytes] | None = None,
+        last_ids: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.app = app
         self.conn = conn
@@ -94,6 +97,7 @@ class ProxySession:
         self.route = route
         self.trusted = trusted
         self.retry = retry
+        self.last_ids = last_ids  # Grip-Last on retries (F23, F27)
         self.target_label = ""
         self._exchange: OriginExchange | None = None
         self._task: asyncio.Task[None] | None = None
@@ -186,7 +190,13 @@ class ProxySession:
         if not self.route.no_grip and not self.trusted:
             token = app.grip_sig_token(self.route)
         h = origin_request_headers(
-            info, self.route, target, app.forward, token=token, trusted=self.trusted
+            info,
+            self.route,
+            target,
+            app.forward,
+            token=token,
+            trusted=self.trusted,
+            last_ids=self.last_ids,
         )
         return hdr.remove(h, "content-length", "transfer-encoding")
 

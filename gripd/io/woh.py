@@ -42,6 +42,7 @@ from gripd.core.wsevents import (
     woh_client_101_headers,
     woh_request_headers,
 )
+from gripd.io.origin import fetch
 from gripd.io.ws_proxy import endpoints_for, origin_form, ws_origin_headers
 
 if TYPE_CHECKING:
@@ -51,36 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gripd.woh")
 
 MAX_RETRIES = 5  # F40
-
-
-class _Collect:
-    """ResponseHandler that buffers one whole origin response (≤ RESPONSE_BODY_MAX)."""
-
-    def __init__(self, fut: asyncio.Future[HttpResponse]) -> None:
-        self.fut = fut
-        self.resp = HttpResponse()
-        self.body: list[bytes] = []
-        self.size = 0
-
-    def on_response_head(self, status: int, reason: str, headers: hdr.Headers) -> None:
-        self.resp = HttpResponse(status, reason or reason_phrase(status), headers)
-
-    def on_response_body(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > RESPONSE_BODY_MAX:
-            if not self.fut.done():
-                self.fut.set_exception(OriginError("response body too large"))
-            return
-        self.body.append(data)
-
-    def on_response_end(self) -> None:
-        if not self.fut.done():
-            self.resp.body = b"".join(self.body)
-            self.fut.set_result(self.resp)
-
-    def on_error(self, exc: OriginError) -> None:
-        if not self.fut.done():
-            self.fut.set_exception(exc)
 
 
 class WohPeer:
@@ -101,6 +72,7 @@ class WohPeer:
 
     def start(self) -> None:
         self.s.link = self
+        self.app.woh_peers[self.cid] = self
         self._send([WsEvent("OPEN", None)])
 
     # -- OriginLink (what the session sends) -------------------------------------------------
@@ -123,6 +95,7 @@ class WohPeer:
         if self.gone:
             return
         self.gone = True
+        self.app.woh_peers.pop(self.cid, None)
         if self.ka_timer is not None:
             self.ka_timer.cancel()
         if self.opened and not self.closing:
@@ -157,23 +130,20 @@ class WohPeer:
     def _headers(self, body: bytes) -> hdr.Headers:
         grip = not self.s.route.no_grip and not self.s.trusted
         base = ws_origin_headers(self.app, self.s, ws=False)
-        return woh_request_headers(base, self.s.meta, self.cid, len(body), grip=grip)
+        return woh_request_headers(base, self.s.meta, self.cid, None, grip=grip)
 
     async def _request(self, events: list[WsEvent]) -> HttpResponse:
         body = encode_events(events)
-        fut: asyncio.Future[HttpResponse] = self.app.loop.create_future()
-        ex = await self.app.pool.open(
+        code, reason, headers, data = await fetch(
+            self.app.pool,
             endpoints_for(self.s),
             "POST",
             self.path,
             self._headers(body),
-            _Collect(fut),
-            body_framing="length",
-            content_length=len(body),
+            body,
+            limit=RESPONSE_BODY_MAX,
         )
-        ex.send_body(body)
-        ex.end_body()
-        return await fut
+        return HttpResponse(code, reason or reason_phrase(code), headers, data)
 
     async def _run(self, events: list[WsEvent]) -> None:
         first = not self.opened

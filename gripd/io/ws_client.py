@@ -52,7 +52,16 @@ class WsPeerHandler(TypingProtocol):
 class WsEndpoint:
     """One side of a WebSocket: parse incoming bytes, serialize outgoing messages."""
 
-    __slots__ = ("_frags", "_is_text", "closed", "handler", "proto", "write", "write_eof")
+    __slots__ = (
+        "_frags",
+        "_is_text",
+        "closed",
+        "handler",
+        "last_frames",
+        "proto",
+        "write",
+        "write_eof",
+    )
 
     def __init__(
         self,
@@ -70,6 +79,9 @@ class WsEndpoint:
         self._frags: list[bytes] = []
         self._is_text = False
         self.closed = False
+        # Frames the message being reported came in: F38 ignores a ``c:`` control message
+        # unless it was a single frame, so the origin side needs to know.
+        self.last_frames = 1
 
     def feed(self, data: bytes) -> None:
         proto = self.proto
@@ -91,6 +103,7 @@ class WsEndpoint:
         h = self.handler
         if op is Opcode.TEXT or op is Opcode.BINARY:
             if frame.fin:
+                self.last_frames = 1
                 self._message(op is Opcode.TEXT, bytes(frame.data))
             else:
                 self._is_text = op is Opcode.TEXT
@@ -99,6 +112,7 @@ class WsEndpoint:
             self._frags.append(bytes(frame.data))
             if frame.fin:
                 data = b"".join(self._frags)
+                self.last_frames = len(self._frags)
                 self._frags = []
                 self._message(self._is_text, data)
         elif op is Opcode.PING:

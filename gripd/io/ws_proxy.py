@@ -103,7 +103,9 @@ class WsOriginPeer:
         self.session.origin_gone()
 
     def on_ws_message(self, is_text: bool, data: bytes) -> None:
-        self.session.origin_message(is_text, data)
+        ws = self.link.ws
+        single = ws is None or ws.last_frames == 1
+        self.session.origin_message(is_text, data, single_frame=single)
 
     def on_ws_ping(self, data: bytes) -> None:
         self.session.origin_ping(data)

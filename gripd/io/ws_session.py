@@ -219,22 +219,31 @@ class WsSession:
 
     # -- messages from the origin ------------------------------------------------------------
 
-    def origin_message(self, is_text: bool, data: bytes) -> None:
+    def origin_message(self, is_text: bool, data: bytes, *, single_frame: bool = True) -> None:
+        """A message from the origin; ``single_frame`` False when it came fragmented (a
+        fragmented ``c:`` message is not a control message, F38)."""
         client = self.client
         if client is None:
             return
         if not self.grip:
-            client.send(is_text, data)
+            self._send_client(is_text, data)
             return
-        kind, payload = classify_origin_message(data, is_text, self.prefix)
+        kind, payload = classify_origin_message(
+            data, is_text, self.prefix, single_frame=single_frame
+        )
         if kind == "control":
             assert payload is not None
             self._control(payload)
         elif kind == "relay":
             assert payload is not None
-            client.send(is_text, payload)
+            self._send_client(is_text, payload)
         else:
             log.debug("ws %s: dropping unprefixed message", self.req.url)
+
+    def _send_client(self, is_text: bool, data: bytes) -> None:
+        assert self.client is not None
+        self.client.send(is_text, data)
+        self.last_write = self.app.loop.time()  # traffic postpones an idle keep-alive (F39)
 
     def origin_ping(self, data: bytes) -> None:
         if self.client is not None:

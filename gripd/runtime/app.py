@@ -16,6 +16,8 @@ import signal
 import time
 from pathlib import Path
 
+import zmq.asyncio
+
 from gripd.core import headers as hdr
 from gripd.core.config import Config
 from gripd.core.errors import ConfigError
@@ -24,6 +26,7 @@ from gripd.core.http import text_response
 from gripd.core.routes import Route, RouteTable
 from gripd.core.sig import SigningKey, TokenCache, parse_key
 from gripd.io.client import ClientConnection, Flusher, Request
+from gripd.io.command import CommandServer
 from gripd.io.control_http import start_control_server
 from gripd.io.engine import Engine
 from gripd.io.events import EventFanout
@@ -35,6 +38,7 @@ from gripd.io.stats import StatsPublisher
 from gripd.io.woh import WohPeer
 from gripd.io.ws_proxy import WsOriginPeer
 from gripd.io.ws_session import WsSession
+from gripd.io.zmq_inputs import ZmqInputs
 
 log = logging.getLogger("gripd")
 
@@ -92,6 +96,24 @@ class App:
         # Every publish input goes through dedup, sequencing and rate limiting (F32–F34).
         self.pipeline = PublishPipeline(config, self.holds, events_out=self.events)
         self.events.add(self.pipeline)
+        self.zmq = zmq.asyncio.Context()
+        self.zmq_inputs = ZmqInputs(
+            config,
+            self.pipeline,
+            has_channel=self.holds.registry.has_channel,
+            events_out=self.events,
+            context=self.zmq,
+        )
+        self.events.add(self.zmq_inputs)
+        self.command = CommandServer(
+            config,
+            sink=self.pipeline,
+            recover=self.pipeline.recover,
+            is_connected=self.stats.check_connection,
+            refresh=self.refresh_woh,
+            context=self.zmq,
+        )
+        self.woh_peers: dict[str, WohPeer] = {}  # WebSocket-over-HTTP sessions by Connection-Id
         self.servers: list[asyncio.Server] = []
         self._stopping = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
@@ -153,6 +175,20 @@ class App:
             )
             return
         ProxySession(self, conn, req, route, trusted=trusted).start()
+
+    def refresh_woh(self, args: dict[str, str]) -> bool:
+        """The ``refresh`` command (F42): WebSocket-over-HTTP sessions send a request now;
+        False when the named connection is unknown."""
+        if "cid" in args:
+            peer = self.woh_peers.get(args["cid"])
+            if peer is None:
+                return False
+            peer.refresh()
+            return True
+        for s in self.holds.registry.subscribers(args.get("channel", "")):
+            if isinstance(s, WsSession) and isinstance(s.link, WohPeer):
+                s.link.refresh()
+        return True
 
     def open_ws_origin(self, session: WsSession) -> None:
         """Connect a client WebSocket to its route's origin (F37, F40)."""
@@ -218,6 +254,8 @@ class App:
             self.servers.append(server)
             log.info("listening on %s:%d", listen.addr or "*", listen.port)
         await self.pipeline.start()
+        await self.zmq_inputs.start()
+        await self.command.start()
         control = await start_control_server(
             self.pipeline,
             cfg.push_in_http_addr,
@@ -249,6 +287,8 @@ class App:
         if self._watch_task is not None:
             self._watch_task.cancel()
         await self.pipeline.stop()
+        await self.command.stop()
+        await self.zmq_inputs.stop()
         for server in self.servers:
             server.close()
         for conn in list(self.connections):
@@ -256,6 +296,7 @@ class App:
         await self.pool.close()
         await self.metrics.stop()
         await self.stats.stop()
+        self.zmq.term()
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2.0)

@@ -305,7 +305,9 @@ async def test_default_config_with_id(
         assert time.monotonic() < deadline, f"not ready; log:\n{log.read_text()}"
         await asyncio.sleep(0.05)
 
-    assert listening_ports(proc.pid) == {http, control}  # 7999 replaced, 5561 shifted
+    # 7999 replaced; the control API (5561), ZeroMQ PULL (5560), SUB (5562) and command (5563)
+    # sockets all shifted by --id 7 (port offset 70, F1).
+    assert listening_ports(proc.pid) == {http, control, 5630, 5632, 5633}
     if source == "embedded":
         assert "using the embedded default" in log.read_text()
     stream = await open_request(http, get("/stream"))  # channel defaults to `test` (F50)
@@ -339,7 +341,8 @@ async def test_port_flag_replaces_http_port(tmp_path: Path, start: StartFn) -> N
     (port,) = free_ports(1)
     s = await start("gripd", ["* test"], extra_args=[f"--port=127.0.0.1:{port}"], probe=False)
     await wait_body(port, TEST_HELLO, 5)
-    assert listening_ports(s.proc.pid) == {port, s.control_port}
+    zmq_ports = {s.zmq_pull_port, s.sub_port, s.command_port}
+    assert listening_ports(s.proc.pid) == {port, s.control_port, *zmq_ports}
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", s.http_port), timeout=2).close()
 

@@ -1,0 +1,164 @@
+"""Next links ("GRIP Next", F25): the engine's own GET of a ``Grip-Link: <url>; rel=next``.
+
+The link is fetched through the original route (Pushpin 1.35+), with ``Grip-Last`` headers for
+the channels that carry prev-ids, and the response is returned whole for the stream hold to
+append and to read new instructions from. Failures (connect errors, non-2xx) are retried with
+backoff 1, 2, 4, 8, 16 s plus up to 1 s of jitter, as long as nothing of that link was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import TYPE_CHECKING
+from urllib.parse import urljoin, urlsplit
+
+from gripd.core.errors import OriginError
+from gripd.core.forward import ClientRequestInfo, origin_request_headers
+from gripd.core.http import HttpResponse, reason_phrase
+from gripd.io.origin import Endpoint, fetch
+
+if TYPE_CHECKING:
+    from gripd.core.instruct import NextLink
+    from gripd.core.routes import Route
+    from gripd.io.client import ClientConnection, Request
+    from gripd.io.holds import StreamHold
+    from gripd.runtime.app import App
+
+RETRY_DELAYS = (1, 2, 4, 8, 16)
+MAX_LINK_RESPONSE = 1_000_000
+
+
+def resolve(base: str, link: str) -> str:
+    """The absolute URL of ``link`` relative to ``base`` (the request URL)."""
+    return urljoin(base, link)
+
+
+async def fetch_link(
+    app: App,
+    route: Route,
+    url: str,
+    peer_ip: str,
+    last_ids: list[tuple[str, str]],
+) -> HttpResponse:
+    """GET ``url`` through ``route``'s targets; raise ``OriginError`` when every try failed."""
+    parts = urlsplit(url)
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    host = parts.netloc
+    target = route.targets[0]
+    info = ClientRequestInfo(
+        method="GET",
+        path=path,
+        headers=[("Host", host)],
+        peer_ip=peer_ip,
+        tls=parts.scheme in ("https", "wss"),
+    )
+    token = None if route.no_grip else app.grip_sig_token(route)
+    headers = origin_request_headers(
+        info,
+        route,
+        target,
+        app.forward,
+        token=token,
+        trusted=False,
+        last_ids=last_ids,
+        internal=True,
+    )
+    endpoints = [
+        Endpoint(t.host, t.port, t.ssl, t.insecure, (t.host_header or host.split(":")[0]))
+        for t in route.targets
+        if t.kind == "host"
+    ]
+    if not endpoints:
+        raise OriginError("next link: route has no host targets")
+    last_error: OriginError | None = None
+    for attempt in range(len(RETRY_DELAYS) + 1):
+        if attempt:
+            await asyncio.sleep(RETRY_DELAYS[attempt - 1] + random.random())
+        t0 = time.monotonic()
+        try:
+            code, reason, rheaders, body = await fetch(
+                app.pool, endpoints, "GET", path, headers, limit=MAX_LINK_RESPONSE
+            )
+        except OriginError as e:
+            last_error = e
+            continue
+        finally:
+            app.metrics.observe_origin_latency(time.monotonic() - t0)
+        if 200 <= code < 300:
+            return HttpResponse(code, reason or reason_phrase(code), rheaders, body)
+        last_error = OriginError(f"next link answered {code}")
+    raise last_error or OriginError("Failed to retrieve next link.")
+
+
+class LinkState:
+    """A stream hold's next link: the URL, its periodic re-fetch, the fetch in flight."""
+
+    __slots__ = ("hold", "pending", "seen", "task", "timeout", "timer", "url")
+
+    def __init__(self, hold: StreamHold) -> None:
+        self.hold = hold
+        self.url = ""
+        self.timeout = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.seen: set[str] = set()
+        self.pending = False
+
+    def set(self, link: NextLink, req: Request, conn: ClientConnection) -> None:
+        base = self.url
+        if not base:
+            host = next((v for k, v in req.headers if k.lower() == "host"), "localhost")
+            base = f"http://{host}{req.url}" if req.url.startswith("/") else req.url
+        self.url = resolve(base, link.url)
+        self.timeout = link.timeout
+        self._arm()
+
+    def _arm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.timeout > 0:
+            self.seen.clear()
+            loop = self.hold.engine.loop
+            self.timer = loop.call_later(self.timeout, self._periodic)
+
+    def _periodic(self) -> None:
+        """F25: re-fetch every ``timeout`` s unless every channel saw a message meanwhile."""
+        self.timer = None
+        if not all(ch in self.seen for ch in self.hold.channels):
+            self.fetch()
+        self._arm()
+
+    def fetch(self) -> None:
+        if self.task is not None:
+            self.pending = True
+            return
+        self.task = self.hold.engine.loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        hold = self.hold
+        n = len(hold.route.prefix)
+        last = [(ch[n:], pid) for ch, pid in (hold.prev_ids or {}).items() if pid is not None]
+        try:
+            resp = await fetch_link(hold.engine.app, hold.route, self.url, hold.conn.peer, last)
+        except OriginError:
+            self.task = None
+            hold.fail("Failed to retrieve next link.")
+            return
+        self.task = None
+        hold.engine.apply_link_response(hold, resp)
+        if self.pending and hold.active:
+            self.pending = False
+            self.fetch()
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        self.task = None
