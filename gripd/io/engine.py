@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING
 
 from websockets.frames import Opcode
 
-from gripd.core.errors import InstructError, PublishError
-from gripd.core.http import HttpResponse, encode_chunk, encode_full
+from gripd.core.errors import InstructError
+from gripd.core.http import HttpResponse, encode_chunk
 from gripd.core.instruct import Instruct, parse_instruct
-from gripd.core.publish import PublishItem, apply_http_response
+from gripd.core.publish import PublishItem
 from gripd.core.registry import Registry
 from gripd.io.events import Events
+from gripd.io.fanout import publish_response, publish_stream, publish_ws
 from gripd.io.holds import ResponseHold, StreamHold, stream_head
-from gripd.io.ws_client import encode_message
 from gripd.io.ws_session import WsSession
 
 if TYPE_CHECKING:
@@ -105,6 +105,7 @@ class Engine:
         chunked: bool,
         *,
         head_sent: bool = False,
+        follow: bool = False,
     ) -> None:
         if not head_sent:
             self.write_stream_head(conn, ins.response, chunked)
@@ -112,6 +113,18 @@ class Engine:
         conn.set_handler(hold)
         self._subscribe(hold)
         self.counters.stream_holds += 1
+        if follow:
+            hold.update()
+            return
+        # F26: on the first hold, a prev-id that disagrees with the known last id re-fetches.
+        conflict = False
+        for ch, pid in (hold.prev_ids or {}).items():
+            last = self.app.pipeline.last_id(ch) if pid is not None else None
+            if last is not None and last != pid:
+                self.app.pipeline.forget_last_id(ch)
+                conflict = True
+        if conflict:
+            hold.update()
         self._log_subscribe(req, hold.channels)
 
     def _subscribe(self, hold: Hold) -> None:
@@ -235,90 +248,18 @@ class Engine:
         if not subs:
             return 0
         sent = 0
-        stream = item.http_stream
-        if stream is not None:
-            n = 0
-            if stream.action == "send":
-                raw = stream.content
-                chunk = encode_chunk(raw)
-                now = self.loop.time()
-                ch = item.channel
-                for s in subs:
-                    if not isinstance(s, StreamHold):
-                        continue
-                    if not s.follows(ch, item.prev_id, item.id):
-                        self.app.pipeline.forget_last_id(ch)
-                        s.update()  # F26: out of sequence: re-fetch the link
-                        continue
-                    if s.deliver(chunk, raw, now, ch):
-                        n += 1
-            elif stream.action == "close":
-                for s in subs:
-                    if isinstance(s, StreamHold):
-                        s.close_stream()
-                        n += 1
-            elif stream.action == "hint":
-                for s in subs:
-                    if isinstance(s, StreamHold):
-                        s.update()  # F24: fetch the next link, if any
-                        n += 1
+        if item.http_stream is not None:
+            n = publish_stream(self, item, subs)
             if n:
                 self.events.delivered(item.channel, item.id, "http-stream", n)
             sent += n
-        resp = item.http_response
-        if resp is not None:
-            n = 0
-            if resp.action == "send":
-                cache: dict[object, bytes] = {}
-                for s in subs:
-                    if not isinstance(s, ResponseHold):
-                        continue
-                    if not s.follows(item.channel, item.prev_id, item.id):
-                        self.app.pipeline.forget_last_id(item.channel)
-                        s.retry()  # F23: out of sequence for this hold
-                        continue
-                    data = cache.get(s.resp_key)
-                    if data is None:
-                        try:
-                            out = apply_http_response(s.response, resp)
-                        except PublishError as e:
-                            log.info("publish channel=%s: %s", item.channel, e)
-                            continue
-                        data = encode_full(
-                            out,
-                            method=s.req.method,
-                            keep_alive=s.req.keep_alive,
-                            http10=s.req.http_version == "1.0",
-                        )
-                        cache[s.resp_key] = data
-                    s.deliver(data)
-                    n += 1
-            elif resp.action == "hint":
-                for s in subs:
-                    if isinstance(s, ResponseHold):
-                        s.retry()
-                        n += 1
+        if item.http_response is not None:
+            n = publish_response(self, item, subs)
             if n:
                 self.events.delivered(item.channel, item.id, "http-response", n)
             sent += n
-        ws = item.ws_message
-        if ws is not None:
-            n = 0
-            if ws.action == "send":
-                op = _WS_OPCODES.get(ws.type, Opcode.TEXT)
-                data = ws.content
-                if op in (Opcode.PING, Opcode.PONG):
-                    data = data[:125]  # control frames carry at most 125 bytes (RFC 6455 5.5)
-                frame = encode_message(op, data)
-                now = self.loop.time()
-                for s in subs:
-                    if isinstance(s, WsSession) and s.deliver(frame, now):
-                        n += 1
-            elif ws.action == "close":
-                for s in subs:
-                    if isinstance(s, WsSession):
-                        s.close_ws(ws.code, ws.reason or "")
-                        n += 1
+        if item.ws_message is not None:
+            n = publish_ws(self, item, subs)
             if n:
                 self.events.delivered(item.channel, item.id, "ws-message", n)
             sent += n

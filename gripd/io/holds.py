@@ -13,7 +13,7 @@ from asyncio import TimerHandle
 from typing import TYPE_CHECKING, Final
 
 from gripd.core.headers import Headers
-from gripd.core.http import LAST_CHUNK, HttpResponse, encode_chunk, encode_head
+from gripd.core.http import LAST_CHUNK, HttpResponse, encode_chunk, encode_head, text_response
 from gripd.core.instruct import Instruct
 from gripd.io.nextlink import LinkState
 
@@ -65,6 +65,8 @@ class ResponseHold(_Hold):
         "channels",
         "conn",
         "engine",
+        "filters",
+        "meta",
         "prev_ids",
         "req",
         "resp_key",
@@ -90,6 +92,8 @@ class ResponseHold(_Hold):
         self.channels = [c.name for c in ins.channels]
         # F23: the id each channel's next publish must follow (None: no sequencing asked)
         self.prev_ids: dict[str, str | None] = {c.name: c.prev_id for c in ins.channels}
+        self.filters = channel_filters(ins)
+        self.meta = ins.meta
         self.response = ins.response
         r = ins.response
         # Holds whose original responses are equal share one encoded publish (encode once).
@@ -138,6 +142,15 @@ class ResponseHold(_Hold):
         last = [(ch[n:], pid) for ch, pid in self.prev_ids.items() if pid is not None]
         self.engine.retry(self.conn, self.req, self.route, self.body, last)
 
+    def fail(self, message: str) -> None:
+        """F47: a held response that errors gets 502 (the message on debug routes)."""
+        if not self.active:
+            return
+        self._stop()
+        debug = self.route.debug or self.engine.app.config.debug
+        body = (message if debug else "Error while proxying to origin.") + "\n"
+        self.conn.send_response(text_response(502, body), self.req.method)
+
     def follows(self, channel: str, prev_id: str | None, item_id: str | None) -> bool:
         """F23: False when a publish does not follow this hold's expected id (retry then)."""
         expected = self.prev_ids.get(channel)
@@ -159,12 +172,14 @@ class StreamHold(_Hold):
         "conn",
         "dropped",
         "engine",
+        "filters",
         "ka_data",
         "ka_interval",
         "ka_timeout",
         "ka_timer",
         "last_write",
         "link",
+        "meta",
         "prev_ids",
         "req",
         "route",
@@ -200,6 +215,8 @@ class StreamHold(_Hold):
 
     def _apply_stream_instruct(self, ins: Instruct) -> None:
         """Keep-alive, next link and prev-ids of an initial or next-link stream hold."""
+        self.filters = channel_filters(ins)
+        self.meta = ins.meta
         if any(c.prev_id is not None for c in ins.channels):
             self.prev_ids = {c.name: c.prev_id for c in ins.channels}
         else:
@@ -307,6 +324,12 @@ class StreamHold(_Hold):
                 self.last_write = now
             delay = self.ka_timeout - _jitter()
         self.ka_timer = loop.call_later(max(delay, 0.05), self._on_keep_alive)
+
+
+def channel_filters(ins: Instruct) -> dict[str, list[str]] | None:
+    """Channel -> its filters (F35), or None when no channel has any (the common case)."""
+    out = {c.name: list(c.filters) for c in ins.channels if c.filters}
+    return out or None
 
 
 def stream_head(resp: HttpResponse, chunked: bool) -> bytes:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from gripd.core import headers as hdr
 from gripd.core.errors import InstructError, OriginConnectError, OriginError
+from gripd.core.filters import FilterError, process_initial_body
 from gripd.core.forward import ClientRequestInfo, origin_request_headers
 from gripd.core.http import (
     LAST_CHUNK,
@@ -410,12 +411,30 @@ class ProxySession:
         if ins.hold_mode is not None and self._body_over:
             self._fail_client(400, "Request too large to accept GRIP instruct.\n")
             return
+        if ins.hold_mode == "stream" and ins.next_link is None:
+            n = len(self.route.prefix)
+            for c in ins.channels:
+                if c.prev_id is not None:  # F26: reliable streams need a next link
+                    self._fail(f"channel '{c.name[n:]}' specifies prev-id, but no next link found")
+                    return
+        if any(c.filters for c in ins.channels) and (ins.response.body or not ins.hold_mode):
+            try:  # F35: build-id applies to the initial response body too
+                ins.response.body = process_initial_body(
+                    [c.filters for c in ins.channels], ins.meta, ins.response.body
+                )
+            except FilterError as e:
+                self._fail(str(e))
+                return
         self._log("accept")
         holds = self.app.holds
+        chunked = self.req.http_version == "1.1"
         if ins.hold_mode == "response":
             holds.start_response(self.conn, self.req, self.route, ins, self._body_buf)
         elif ins.hold_mode == "stream":
-            holds.start_stream(self.conn, self.req, self.route, ins, self.req.http_version == "1.1")
+            holds.start_stream(self.conn, self.req, self.route, ins, chunked)
+        elif ins.next_link is not None:
+            # F25: no hold but a next link: the response stays open and the link is followed.
+            holds.start_stream(self.conn, self.req, self.route, ins, chunked, follow=True)
         else:
             self.conn.send_response(ins.response, self.req.method)
 

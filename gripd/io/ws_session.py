@@ -114,6 +114,7 @@ class WsSession:
         self.channels: list[str] = []
         self.implicit: set[str] = set()
         self.meta: dict[str, str] = {}
+        self.filters: dict[str, list[str]] | None = None  # channel -> filters (F35)
         self.detached = False
         self.active = True
         self.dropped = 0
@@ -280,7 +281,12 @@ class WsSession:
             if len(self.channels) >= limit:
                 log.warning("ws %s: too many subscriptions", self.req.url)
                 return
-            self._subscribe(self.route.prefix + msg.channel)
+            ch = self.route.prefix + msg.channel
+            self._subscribe(ch)
+            if msg.filters:
+                if self.filters is None:
+                    self.filters = {}
+                self.filters[ch] = list(msg.filters)
         elif isinstance(msg, Unsubscribe):
             ch = self.route.prefix + msg.channel
             if ch not in self.implicit and ch in self.channels:

@@ -1,0 +1,189 @@
+"""Delivering one published item to the local subscribers of its channel (F22, F24, F30, F35).
+
+Each format is encoded once and the same bytes go to every subscriber (DESIGN "encode once");
+only a subscriber with content filters (``build-id``, ``var-subst``) gets its own copy.
+Delivery filters (``skip-self``, ``skip-users``, ``require-sub``) are checked before the action,
+as Pushpin does, so a dropped item is not acted on at all (hint and close included).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING
+
+from websockets.frames import Opcode
+
+from gripd.core.errors import PublishError
+from gripd.core.filters import (
+    FilterContext,
+    FilterError,
+    check_content_filters,
+    process_content,
+    send_allowed,
+)
+from gripd.core.http import encode_chunk, encode_full
+from gripd.core.publish import PublishItem, apply_http_response
+from gripd.io.holds import ResponseHold, StreamHold
+from gripd.io.ws_client import encode_message
+from gripd.io.ws_session import WsSession
+
+if TYPE_CHECKING:
+    from gripd.io.engine import Engine
+
+log = logging.getLogger("gripd.engine")
+
+_WS_OPCODES = {
+    "text": Opcode.TEXT,
+    "binary": Opcode.BINARY,
+    "ping": Opcode.PING,
+    "pong": Opcode.PONG,
+}
+_DROP = object()
+
+Sub = ResponseHold | StreamHold | WsSession
+
+
+def _context(s: Sub, item: PublishItem) -> FilterContext:
+    prev = getattr(s, "prev_ids", None) or {}
+    return FilterContext(
+        sub_meta=s.meta or {},
+        pub_meta=item.meta,
+        channels=None if isinstance(s, WsSession) else s.channels,  # F35: none for WS in 1.36
+        prev_ids={ch: pid for ch, pid in prev.items() if pid is not None},
+        route_prefix=s.route.prefix,
+    )
+
+
+def allowed(s: Sub, item: PublishItem) -> bool:
+    """Delivery filters of ``s`` for ``item``'s channel."""
+    fl = s.filters.get(item.channel) if s.filters else None
+    return not fl or send_allowed(fl, _context(s, item))
+
+
+def content_for(
+    s: Sub, item: PublishItem, content: bytes, content_filters: list[str] | None
+) -> bytes:
+    """The content ``s`` gets; raises FilterError (content-filter mismatch, filter errors)."""
+    fl = s.filters.get(item.channel) if s.filters else None
+    if content_filters is not None:
+        check_content_filters(content_filters, fl or [])
+    if not fl:
+        return content
+    return process_content(fl, _context(s, item), content)
+
+
+def publish_stream(engine: Engine, item: PublishItem, subs: list[object]) -> int:
+    fmt = item.http_stream
+    assert fmt is not None
+    ch = item.channel
+    n = 0
+    raw = fmt.content
+    chunk = encode_chunk(raw)
+    now = engine.loop.time()
+    for s in subs:
+        if not isinstance(s, StreamHold) or (s.filters and not allowed(s, item)):
+            continue
+        if fmt.action == "close":
+            s.close_stream()
+        elif fmt.action == "hint":
+            s.update()  # F24: fetch the next link, if any
+        else:
+            if not s.follows(ch, item.prev_id, item.id):
+                engine.app.pipeline.forget_last_id(ch)
+                s.update()  # F26: out of sequence: re-fetch the link
+                continue
+            if s.filters or fmt.content_filters is not None:
+                try:
+                    mine = content_for(s, item, raw, fmt.content_filters)
+                except FilterError as e:
+                    s.fail(str(e))
+                    continue
+                if not s.deliver(encode_chunk(mine), mine, now, ch):
+                    continue
+            elif not s.deliver(chunk, raw, now, ch):
+                continue
+        n += 1
+    return n
+
+
+def publish_response(engine: Engine, item: PublishItem, subs: list[object]) -> int:
+    fmt = item.http_response
+    assert fmt is not None
+    n = 0
+    cache: dict[object, bytes] = {}
+    for s in subs:
+        if not isinstance(s, ResponseHold) or (s.filters and not allowed(s, item)):
+            continue
+        if fmt.action == "hint":
+            s.retry()
+            n += 1
+            continue
+        if fmt.action != "send":
+            continue
+        if not s.follows(item.channel, item.prev_id, item.id):
+            engine.app.pipeline.forget_last_id(item.channel)
+            s.retry()  # F23: out of sequence for this hold
+            continue
+        mine = fmt
+        key: object = s.resp_key
+        if (s.filters or fmt.content_filters is not None) and fmt.body is not None:
+            try:
+                body = content_for(s, item, fmt.body, fmt.content_filters)
+            except FilterError as e:
+                s.fail(str(e))
+                continue
+            if body != fmt.body:
+                mine = dataclasses.replace(fmt, body=body)
+                key = _DROP  # not shared
+        data = cache.get(key) if key is not _DROP else None
+        if data is None:
+            try:
+                out = apply_http_response(s.response, mine)
+            except PublishError as e:
+                s.fail(str(e))
+                continue
+            data = encode_full(
+                out,
+                method=s.req.method,
+                keep_alive=s.req.keep_alive,
+                http10=s.req.http_version == "1.0",
+            )
+            if key is not _DROP:
+                cache[key] = data
+        s.deliver(data)
+        n += 1
+    return n
+
+
+def publish_ws(engine: Engine, item: PublishItem, subs: list[object]) -> int:
+    fmt = item.ws_message
+    assert fmt is not None
+    n = 0
+    op = _WS_OPCODES.get(fmt.type, Opcode.TEXT)
+    data = fmt.content
+    if op in (Opcode.PING, Opcode.PONG):
+        data = data[:125]  # control frames carry at most 125 bytes (RFC 6455 5.5)
+    frame = encode_message(op, data) if fmt.action == "send" else b""
+    now = engine.loop.time()
+    for s in subs:
+        if not isinstance(s, WsSession) or (s.filters and not allowed(s, item)):
+            continue
+        if fmt.action == "close":
+            s.close_ws(fmt.code, fmt.reason or "")
+        elif fmt.action == "send":
+            mine = frame
+            if s.filters or fmt.content_filters is not None:
+                try:
+                    content = content_for(s, item, data, fmt.content_filters)
+                except FilterError as e:
+                    log.debug("ws publish channel=%s dropped: %s", item.channel, e)
+                    continue
+                if content != data:
+                    mine = encode_message(op, content)
+            if not s.deliver(mine, now):
+                continue
+        else:
+            continue
+        n += 1
+    return n
