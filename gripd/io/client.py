@@ -24,6 +24,7 @@ from gripd.core.headers import Headers
 from gripd.core.http import HttpResponse, encode_full, text_response
 
 if TYPE_CHECKING:
+    from gripd.core.jsonp import JsonpRequest
     from gripd.runtime.app import App
 
 log = logging.getLogger("gripd.client")
@@ -48,6 +49,7 @@ class Request:
         "body_size",
         "headers",
         "http_version",
+        "jsonp",
         "keep_alive",
         "method",
         "upgrade",
@@ -63,6 +65,7 @@ class Request:
         self.http_version = http_version
         self.keep_alive = keep_alive
         self.upgrade = False
+        self.jsonp: JsonpRequest | None = None  # F46: set when JSON-P rewrote this request
         self.body_chunks: list[bytes] = []
         self.body_size = 0
         self.body_done = False

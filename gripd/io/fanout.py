@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from websockets.frames import Opcode
 
+from gripd.core.cors import apply_cors
 from gripd.core.errors import PublishError
 from gripd.core.filters import (
     FilterContext,
@@ -23,6 +24,7 @@ from gripd.core.filters import (
     send_allowed,
 )
 from gripd.core.http import encode_chunk, encode_full
+from gripd.core.jsonp import wrap_held_response
 from gripd.core.publish import PublishItem, apply_http_response
 from gripd.io.holds import ResponseHold, StreamHold
 from gripd.io.ws_client import encode_message
@@ -136,6 +138,9 @@ def publish_response(engine: Engine, item: PublishItem, subs: list[object]) -> i
             if body != fmt.body:
                 mine = dataclasses.replace(fmt, body=body)
                 key = _DROP  # not shared
+        aco = engine.app.aco(s.route)
+        if aco:
+            key = _DROP  # CORS/JSON-P answers depend on each client's request headers
         data = cache.get(key) if key is not _DROP else None
         if data is None:
             try:
@@ -143,6 +148,10 @@ def publish_response(engine: Engine, item: PublishItem, subs: list[object]) -> i
             except PublishError as e:
                 s.fail(str(e))
                 continue
+            if s.req.jsonp is not None:
+                out = wrap_held_response(out, s.req.jsonp)  # F46
+            elif aco:
+                out.headers = apply_cors(s.req.headers, out.headers)  # F45
             data = encode_full(
                 out,
                 method=s.req.method,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final
 from gripd.core.headers import Headers
 from gripd.core.http import LAST_CHUNK, HttpResponse, encode_chunk, encode_head, text_response
 from gripd.core.instruct import Instruct
+from gripd.core.jsonp import wrap_held_response
 from gripd.io.nextlink import LinkState
 
 if TYPE_CHECKING:
@@ -130,7 +131,10 @@ class ResponseHold(_Hold):
         if not self.active:
             return
         self._stop()
-        self.conn.send_response(self.response, self.req.method)
+        resp = self.response
+        if self.req.jsonp is not None:
+            resp = wrap_held_response(resp, self.req.jsonp)  # F46
+        self.conn.send_response(resp, self.req.method)
 
     def retry(self) -> None:
         """Re-send the original request to the origin (``action: hint``, F22/F27), with

@@ -14,11 +14,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from gripd.core import headers as hdr
+from gripd.core.cors import apply_cors
 from gripd.core.errors import InstructError, OriginConnectError, OriginError
 from gripd.core.filters import FilterError, process_initial_body
 from gripd.core.forward import ClientRequestInfo, origin_request_headers
 from gripd.core.http import (
     LAST_CHUNK,
+    HttpResponse,
     body_allowed,
     encode_chunk,
     encode_head,
@@ -26,6 +28,7 @@ from gripd.core.http import (
     text_response,
 )
 from gripd.core.instruct import Instruct, is_grip_response, parse_instruct
+from gripd.core.jsonp import wrap_response
 from gripd.core.routes import Route, Target, rewrite_path, test_target_path
 from gripd.core.testhandler import answer_test_request
 from gripd.io.origin import Endpoint, OriginExchange
@@ -306,6 +309,11 @@ class ProxySession:
         if self._mode == "pass":
             self._pass_bytes += len(data)
             self.conn.write(encode_chunk(data) if self._chunked else data)
+        elif self._mode == "jsonp":
+            self._grip_size += len(data)
+            self._grip_buf.append(data)
+            if self._grip_size > self.app.config.max_request_body:
+                self._fail("JSON-P response too large")
         elif self._through is not None:
             self.conn.write(encode_chunk(data) if self._chunked else data)
         else:
@@ -323,6 +331,13 @@ class ProxySession:
                 self.conn.write(LAST_CHUNK)
             self._log(f"code={self._resp_code} {self._pass_bytes}")
             self.conn.finish_response(self._keep_alive)
+        elif self._mode == "jsonp" and self.req.jsonp is not None:
+            resp = HttpResponse(
+                self._resp_code, self._resp_reason, self._resp_headers, b"".join(self._grip_buf)
+            )
+            self._grip_buf = []
+            self._log(f"code={resp.code} {len(resp.body)}")
+            self.conn.send_response(wrap_response(resp, self.req.jsonp), self.req.method)
         elif self._through is not None:
             self._log("accept")
             self.app.holds.start_stream(
@@ -348,7 +363,12 @@ class ProxySession:
     def _start_pass(self) -> None:
         req = self.req
         code = self._resp_code
+        if req.jsonp is not None:
+            self._mode = "jsonp"  # F46: buffered, then wrapped whole
+            return
         headers = [(k, v) for k, v in self._resp_headers if k.lower() not in _STRIP_PASS_RESPONSE]
+        if self.app.aco(self.route):
+            headers = apply_cors(req.headers, headers)  # F45
         keep_alive = req.keep_alive
         if body_allowed(code, req.method) and not hdr.contains(headers, "content-length"):
             if req.http_version == "1.1":
@@ -425,6 +445,8 @@ class ProxySession:
             except FilterError as e:
                 self._fail(str(e))
                 return
+        if self.app.aco(self.route) and not (ins.hold_mode == "response" and self.req.jsonp):
+            ins.response.headers = apply_cors(self.req.headers, ins.response.headers)  # F45
         self._log("accept")
         holds = self.app.holds
         chunked = self.req.http_version == "1.1"
@@ -451,6 +473,10 @@ class ProxySession:
             self._apply_grip(resp.code, resp.reason, resp.headers, resp.body)
         else:
             self._log(f"code={resp.code} {len(resp.body)}")
+            if self.req.jsonp is not None:
+                resp = wrap_response(resp, self.req.jsonp)  # F46
+            elif self.app.aco(self.route):
+                resp.headers = apply_cors(self.req.headers, resp.headers)  # F45
             self.conn.send_response(resp, self.req.method)
 
     # -- errors ------------------------------------------------------------------------------
@@ -473,7 +499,12 @@ class ProxySession:
             self.conn.abort()
             return
         self._closed = True
-        self.conn.send_response(text_response(code, body), self.req.method)
+        resp = text_response(code, body)
+        if self.req.jsonp is not None:
+            resp = wrap_response(resp, self.req.jsonp)  # F46: errors are wrapped too
+        elif self.app.aco(self.route):
+            resp.headers = apply_cors(self.req.headers, resp.headers)
+        self.conn.send_response(resp, self.req.method)
 
     # -- logging (F53) -----------------------------------------------------------------------
 

@@ -20,9 +20,11 @@ import zmq.asyncio
 
 from gripd.core import headers as hdr
 from gripd.core.config import Config
-from gripd.core.errors import ConfigError
+from gripd.core.cors import apply_cors
+from gripd.core.errors import ClientError, ConfigError
 from gripd.core.forward import ForwardSettings, client_is_tls, is_trusted_client
 from gripd.core.http import text_response
+from gripd.core.jsonp import JsonpConfig, parse_jsonp_request
 from gripd.core.routes import Route, RouteTable
 from gripd.core.sig import SigningKey, TokenCache, parse_key
 from gripd.io.client import ClientConnection, Flusher, Request
@@ -145,6 +147,10 @@ class App:
             return None
         return self.tokens.token(iss, key, time.time())
 
+    def aco(self, route: Route) -> bool:
+        """Auto cross-origin (CORS + JSON-P, F45/F46) for this route."""
+        return route.aco or self.config.auto_cross_origin
+
     def handle_request(self, conn: ClientConnection, req: Request) -> None:
         """Route a parsed request head and start whatever serves it."""
         host_header = hdr.get(req.headers, "host") or ""
@@ -164,6 +170,21 @@ class App:
         trusted = False
         if self.forward.upstream_key is not None:
             trusted = is_trusted_client(req.headers, self.forward, time.time())
+        if self.aco(route) and not req.upgrade:
+            try:  # F46: JSON-P turns a GET into the request its parameters describe
+                jr = parse_jsonp_request(
+                    req.method, req.url, req.headers, JsonpConfig.from_route(route)
+                )
+            except ClientError as e:
+                err = text_response(e.status, e.message + "\n")
+                err.headers = apply_cors(req.headers, err.headers)
+                conn.send_response(err, req.method)
+                return
+            if jr is not None:
+                req.method, req.url, req.headers, req.jsonp = jr.method, jr.uri, jr.headers, jr
+                if jr.body:
+                    req.body_chunks.append(jr.body)
+                    req.body_size += len(jr.body)
         if req.upgrade and "websocket" in (hdr.get(req.headers, "upgrade") or "").lower():
             WsSession(self, conn, req, route, trusted=trusted).start()
             return
