@@ -173,6 +173,9 @@ class Config:
     - ``max_request_body``: hard cap in bytes on a proxied request body (413/400 beyond it).
     - ``ws_max_message_size``: largest WebSocket message accepted from a client or a WebSocket
       origin; a bigger one closes that WebSocket with 1009 (RFC 6455).
+    - ``slow_client_policy``: ``drop`` (default: the message is dropped for that client) or
+      ``close`` (the client's connection is closed) when its output is over
+      ``client_write_buffer_max``; either way the connection id, route and peer are logged.
 
     ``extra`` holds every key seen (both files merged, main wins), per section, with templates and
     port offset applied, so new or unmodelled keys (``zurl_out_specs``, ``updates_check``...) stay
@@ -242,6 +245,7 @@ class Config:
     origin_response_timeout: float = 60.0
     max_request_body: int = 100_000_000
     ws_max_message_size: int = 1_048_576
+    slow_client_policy: str = "drop"
     extra: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
@@ -622,6 +626,7 @@ def load_config(
         origin_response_timeout=r.float_("gripd", "origin_response_timeout", 60.0),
         max_request_body=r.int_("gripd", "max_request_body", 100_000_000, minimum=0),
         ws_max_message_size=r.int_("gripd", "ws_max_message_size", 1_048_576, minimum=125),
+        slow_client_policy=_slow_policy(r),
         extra=extra,
     )
 
@@ -639,3 +644,10 @@ def default_config(cwd: str) -> Config:
 
     cfg = load_config(DEFAULT_PUSHPIN_CONF, path=None, read_file=no_file)
     return replace(cfg, config_dir=cwd, routesfile=None)
+
+
+def _slow_policy(r: _Reader) -> str:
+    value = r.str_("gripd", "slow_client_policy", "drop")
+    if value not in ("drop", "close"):
+        raise r.error("gripd", "slow_client_policy", f"must be drop or close (got {value!r})")
+    return value

@@ -154,10 +154,19 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else ""
         transport.set_write_buffer_limits(high=self.app.write_high_water)
+        if len(self.app.connections) >= self.app.config.client_maxconn:
+            # F3 client_maxconn: over the limit a new connection is closed at once.
+            self.closed = True
+            self.app.refused_connection(self.peer)
+            transport.abort()
+            return
         self.app.connections.add(self)
         self.app.events.connection_opened(self.id, self.peer, "http")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self not in self.app.connections:
+            self.closed = True
+            return  # refused in connection_made
         self.closed = True
         self.app.connections.discard(self)
         self.app.events.connection_closed(self.id)

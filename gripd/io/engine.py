@@ -23,6 +23,7 @@ from gripd.core.registry import Registry
 from gripd.io.events import Events
 from gripd.io.fanout import publish_response, publish_stream, publish_ws
 from gripd.io.holds import ResponseHold, StreamHold, stream_head
+from gripd.io.nextlink import post_gone
 from gripd.io.ws_session import WsSession
 
 if TYPE_CHECKING:
@@ -148,6 +149,11 @@ class Engine:
             elif isinstance(s, StreamHold):
                 s.update()
 
+    def send_gone(self, url: str, route: Route, peer: str) -> None:
+        """A held client with a ``rel=gone`` link went away: tell the origin, best effort
+        (one POST, no retries, failures only logged; Pushpin 1.41 behaviour)."""
+        self.loop.create_task(post_gone(self.app, route, url, peer))
+
     def resubscribe(self, hold: StreamHold, channels: list[str]) -> None:
         """A next link's stream hold changed the channel set (F25)."""
         old = set(hold.channels)
@@ -216,6 +222,15 @@ class Engine:
     def slow_client(self, hold: StreamHold | WsSession) -> None:
         self.counters.drops_slow_client += 1
         self.events.dropped("slow_client")
+        if self.app.config.slow_client_policy == "close":
+            log.warning(
+                "publish queue at max, closing: conn=%s route=%s peer=%s",
+                hold.conn.id,
+                hold.route.id,
+                hold.conn.peer,
+            )
+            hold.conn.abort()
+            return
         if hold.dropped == 1 or hold.dropped % 100 == 0:
             log.warning(
                 "publish queue at max, dropping: conn=%s route=%s peer=%s dropped=%d",

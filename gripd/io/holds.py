@@ -16,7 +16,7 @@ from gripd.core.headers import Headers
 from gripd.core.http import LAST_CHUNK, HttpResponse, encode_chunk, encode_head, text_response
 from gripd.core.instruct import Instruct
 from gripd.core.jsonp import wrap_held_response
-from gripd.io.nextlink import LinkState
+from gripd.io.nextlink import LinkState, resolve
 
 if TYPE_CHECKING:
     from gripd.core.routes import Route
@@ -36,6 +36,10 @@ class _Hold:
 
     __slots__ = ()
     active: bool
+    gone: str | None
+    engine: Engine
+    route: Route
+    conn: ClientConnection
 
     def _stop(self) -> None:
         raise NotImplementedError
@@ -49,6 +53,9 @@ class _Hold:
     def on_client_closed(self) -> None:
         if self.active:
             self._stop()
+            gone = self.gone
+            if gone:
+                self.engine.send_gone(gone, self.route, self.conn.peer)
 
     def on_client_pause_writing(self) -> None:
         pass
@@ -67,6 +74,7 @@ class ResponseHold(_Hold):
         "conn",
         "engine",
         "filters",
+        "gone",
         "meta",
         "prev_ids",
         "req",
@@ -95,6 +103,7 @@ class ResponseHold(_Hold):
         self.prev_ids: dict[str, str | None] = {c.name: c.prev_id for c in ins.channels}
         self.filters = channel_filters(ins)
         self.meta = ins.meta
+        self.gone = gone_link(ins, req)
         self.response = ins.response
         r = ins.response
         # Holds whose original responses are equal share one encoded publish (encode once).
@@ -177,6 +186,7 @@ class StreamHold(_Hold):
         "dropped",
         "engine",
         "filters",
+        "gone",
         "ka_data",
         "ka_interval",
         "ka_timeout",
@@ -215,6 +225,7 @@ class StreamHold(_Hold):
         # Reliability state exists only for streams that use it (F25/F26): idle streams stay small.
         self.link: LinkState | None = None
         self.prev_ids: dict[str, str | None] | None = None
+        self.gone = gone_link(ins, req)
         self._apply_stream_instruct(ins)
 
     def _apply_stream_instruct(self, ins: Instruct) -> None:
@@ -292,15 +303,15 @@ class StreamHold(_Hold):
             self.link.fetch()
 
     def fail(self, message: str) -> None:
-        """F47: a held stream that errors: debug routes append the message, then it ends."""
+        """F47: a held stream that errors: debug routes append the message, then it ends.
+
+        The end is clean (last chunk) with or without debug, as Pushpin's ``doError`` does
+        (verified on 1.36: a next link's response hold ends the stream normally)."""
         if not self.active:
             return
         if self.route.debug or self.engine.app.config.debug:
             self.write(f"\n\n{message}\n".encode())
-            self.close_stream()
-        else:
-            self._stop()
-            self.conn.abort()
+        self.close_stream()
 
     def close_stream(self) -> None:
         """``action: close`` (F24): end the response cleanly."""
@@ -328,6 +339,15 @@ class StreamHold(_Hold):
                 self.last_write = now
             delay = self.ka_timeout - _jitter()
         self.ka_timer = loop.call_later(max(delay, 0.05), self._on_keep_alive)
+
+
+def gone_link(ins: Instruct, req: Request) -> str | None:
+    """``Grip-Link: <url>; rel=gone`` (Pushpin 1.41): the absolute URL, or None."""
+    for rel, url in ins.other_links:
+        if rel == "gone" and url:
+            host = next((v for k, v in req.headers if k.lower() == "host"), "localhost")
+            return resolve(f"http://{host}{req.url}", url)
+    return None
 
 
 def channel_filters(ins: Instruct) -> dict[str, list[str]] | None:

@@ -9,6 +9,7 @@ backoff 1, 2, 4, 8, 16 s plus up to 1 s of jitter, as long as nothing of that li
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from typing import TYPE_CHECKING
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from gripd.io.client import ClientConnection, Request
     from gripd.io.holds import StreamHold
     from gripd.runtime.app import App
+
+log = logging.getLogger("gripd.nextlink")
 
 RETRY_DELAYS = (1, 2, 4, 8, 16)
 MAX_LINK_RESPONSE = 1_000_000
@@ -162,3 +165,25 @@ class LinkState:
         if self.task is not None and not self.task.done():
             self.task.cancel()
         self.task = None
+
+
+async def post_gone(app: App, route: Route, url: str, peer_ip: str) -> None:
+    """``rel=gone`` (Pushpin 1.41): one best-effort POST when the held client disconnects."""
+    parts = urlsplit(url)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    info = ClientRequestInfo(
+        method="POST", path=path, headers=[("Host", parts.netloc)], peer_ip=peer_ip, tls=False
+    )
+    token = None if route.no_grip else app.grip_sig_token(route)
+    headers = origin_request_headers(
+        info, route, route.targets[0], app.forward, token=token, trusted=False, internal=True
+    )
+    endpoints = [
+        Endpoint(t.host, t.port, t.ssl, t.insecure, (t.host_header or parts.hostname or t.host))
+        for t in route.targets
+        if t.kind == "host"
+    ]
+    try:
+        await fetch(app.pool, endpoints, "POST", path, headers, limit=MAX_LINK_RESPONSE)
+    except OriginError as e:
+        log.info("gone link %s failed: %s", url, e)

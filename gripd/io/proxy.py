@@ -64,6 +64,7 @@ class ProxySession:
         "_keep_alive",
         "_mode",
         "_pass_bytes",
+        "_released",
         "_resp_code",
         "_resp_headers",
         "_resp_reason",
@@ -124,6 +125,7 @@ class ProxySession:
         self._keep_alive = True
         self._pass_bytes = 0
         self._t0 = 0.0
+        self._released = retry  # retries do not count against max_open_requests
 
     # -- start -------------------------------------------------------------------------------
 
@@ -272,7 +274,13 @@ class ProxySession:
         if ex is not None:
             ex.end_body()
 
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.app.request_done()
+
     def on_client_closed(self) -> None:
+        self._release()
         self._closed = True
         ex, self._exchange = self._exchange, None
         if ex is not None:
@@ -323,6 +331,7 @@ class ProxySession:
                 self._grip_too_large()
 
     def on_response_end(self) -> None:
+        self._release()
         if self._closed:
             return
         self._exchange = None
@@ -465,6 +474,7 @@ class ProxySession:
     def _answer_test(self) -> None:
         if self._closed or self._mode:
             return
+        self._release()
         self._mode = "test"
         self.target_label = "test"
         path = test_target_path(self.route, _origin_form(self.req.url))
@@ -489,6 +499,7 @@ class ProxySession:
         self._fail_client(502, body)
 
     def _fail_client(self, code: int, body: str) -> None:
+        self._release()
         ex, self._exchange = self._exchange, None
         if ex is not None:
             ex.abort()
@@ -513,10 +524,25 @@ class ProxySession:
         return f"{self.req.method} http://{host}{self.req.url}"
 
     def _log(self, what: str) -> None:
-        if log.isEnabledFor(logging.INFO):
-            target = self.target_label or self.route.targets[0].label()
-            retry = " retry" if self.retry and what == "accept" else ""
-            log.info("%s -> %s %s%s", self._describe(), target, what, retry)
+        """Pushpin's request log line (F53, logutil.cpp ``logRequest``)."""
+        if not log.isEnabledFor(logging.INFO):
+            return
+        cfg = self.app.config
+        req = self.req
+        parts = [self._describe(), "->", self.target_label or self.route.targets[0].label()]
+        if cfg.log_from:
+            parts.append(f"from={self.conn.peer}")
+        if ref := hdr.get(req.headers, "referer"):
+            parts.append(f"ref={ref}")
+        if self.route.explicit_id:
+            parts.append(f"route={self.route.id}")
+        parts.append(what)
+        if self.retry:
+            parts.append("retry")
+        if cfg.log_user_agent and (ua := hdr.get(req.headers, "user-agent")):
+            parts.append(f"ua={ua}")
+        parts.extend(f"#{ch}={lid}" for ch, lid in self.last_ids)
+        log.info("%s", " ".join(parts))
 
 
 def _has_body(req: Request) -> bool:

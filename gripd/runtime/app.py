@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import time
+from collections import deque
 from pathlib import Path
 
 import zmq.asyncio
@@ -46,6 +47,15 @@ log = logging.getLogger("gripd")
 
 ROUTES_POLL_INTERVAL = 1.0  # F6: Pushpin reloads the routes file ~1 s after a change
 
+# F53: Pushpin answers a request carrying ``Pushpin-Check`` with its license notice; gripd
+# answers with its own (it is a different program, under Apache-2.0).
+CHECK_NOTICE = (
+    "gripd, a GRIP proxy compatible with Pushpin.\n"
+    "\n"
+    "Licensed under the Apache License, Version 2.0. You may obtain a copy of the\n"
+    "License at http://www.apache.org/licenses/LICENSE-2.0\n"
+)
+
 
 def _read_bytes(path: str) -> bytes:
     return Path(path).read_bytes()
@@ -68,6 +78,10 @@ class App:
         self._routes_stamp: tuple[int, int, int] | None = None
         self._conn_ids = itertools.count(1)
         self.connections: set[ClientConnection] = set()
+        self.refused = 0
+        self.open_requests = 0  # proxy sessions in flight (F4 max_open_requests)
+        self.waiting: deque[tuple[ClientConnection, Request, Route, bool]] = deque()
+        self._refused_logged = 0.0
         self.flusher = Flusher(self.loop)
         self.write_high_water = 256 * 1024
         self.pool = OriginPool(
@@ -86,6 +100,7 @@ class App:
             x_forwarded_for=tuple(config.x_forwarded_for),
             x_forwarded_for_trusted=tuple(config.x_forwarded_for_trusted),
             orig_headers_need_mark=tuple(config.orig_headers_need_mark),
+            accept_pushpin_route=config.accept_pushpin_route,
         )
         self.tokens = TokenCache()
         self._route_keys: dict[tuple[str, str], SigningKey | None] = {}
@@ -147,6 +162,19 @@ class App:
             return None
         return self.tokens.token(iss, key, time.time())
 
+    def refused_connection(self, peer: str) -> None:
+        now = time.monotonic()
+        self.refused += 1
+        if now - self._refused_logged > 5:
+            self._refused_logged = now
+            log.warning(
+                "client_maxconn (%d) reached: refused %d connection(s), last from %s",
+                self.config.client_maxconn,
+                self.refused,
+                peer,
+            )
+        self.events.dropped("client_maxconn")
+
     def aco(self, route: Route) -> bool:
         """Auto cross-origin (CORS + JSON-P, F45/F46) for this route."""
         return route.aco or self.config.auto_cross_origin
@@ -163,17 +191,21 @@ class App:
             rest = path.split("://", 1)[1]
             path = rest[rest.find("/") :] if "/" in rest else "/"
         tls = self.client_tls(req.headers)
-        route = self.routes.lookup(host, path, ws=req.upgrade, ssl=tls)
-        if route is None:
-            conn.send_response(text_response(502, f"No route for host: {host}\n"), req.method)
-            return
-        trusted = False
-        if self.forward.upstream_key is not None:
-            trusted = is_trusted_client(req.headers, self.forward, time.time())
-        if self.aco(route) and not req.upgrade:
+        route_id = ""
+        if self.config.accept_pushpin_route:  # F4: the client picks the route by id
+            route_id = (hdr.get(req.headers, "pushpin-route") or "").strip()
+        if route_id and not self.routes.is_id_shared(route_id):
+            route = self.routes.lookup_by_id(route_id)
+        else:
+            route = self.routes.lookup(host, path, ws=req.upgrade, ssl=tls)
+        # Pushpin's order (requestsession.cpp): JSON-P, then Pushpin-Check, then "no route".
+        if (self.config.auto_cross_origin or (route is not None and route.aco)) and not req.upgrade:
             try:  # F46: JSON-P turns a GET into the request its parameters describe
                 jr = parse_jsonp_request(
-                    req.method, req.url, req.headers, JsonpConfig.from_route(route)
+                    req.method,
+                    req.url,
+                    req.headers,
+                    JsonpConfig.from_route(route) if route is not None else JsonpConfig(),
                 )
             except ClientError as e:
                 err = text_response(e.status, e.message + "\n")
@@ -185,6 +217,15 @@ class App:
                 if jr.body:
                     req.body_chunks.append(jr.body)
                     req.body_size += len(jr.body)
+        if hdr.contains(req.headers, "pushpin-check"):
+            conn.send_response(text_response(200, CHECK_NOTICE), req.method)  # F53
+            return
+        if route is None:
+            conn.send_response(text_response(502, f"No route for host: {host}\n"), req.method)
+            return
+        trusted = False
+        if self.forward.upstream_key is not None:
+            trusted = is_trusted_client(req.headers, self.forward, time.time())
         if req.upgrade and "websocket" in (hdr.get(req.headers, "upgrade") or "").lower():
             WsSession(self, conn, req, route, trusted=trusted).start()
             return
@@ -195,7 +236,25 @@ class App:
                 req.method,
             )
             return
+        limit = self.config.max_open_requests
+        if 0 <= limit <= self.open_requests:
+            # F4 max_open_requests: like Pushpin, stop taking requests until one finishes.
+            self.waiting.append((conn, req, route, trusted))
+            conn.pause_reading()
+            return
+        self.open_requests += 1
         ProxySession(self, conn, req, route, trusted=trusted).start()
+
+    def request_done(self) -> None:
+        """A proxy session ended (answered, held or failed): let a waiting request in."""
+        self.open_requests -= 1
+        while self.waiting and self.open_requests < max(self.config.max_open_requests, 1):
+            conn, req, route, trusted = self.waiting.popleft()
+            if conn.closed:
+                continue
+            conn.resume_reading()
+            self.open_requests += 1
+            ProxySession(self, conn, req, route, trusted=trusted).start()
 
     def refresh_woh(self, args: dict[str, str]) -> bool:
         """The ``refresh`` command (F42): WebSocket-over-HTTP sessions send a request now;
