@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import warnings
 from typing import Any, cast
@@ -218,7 +219,11 @@ async def test_published_frames_identical_for_all_subscribers(impl: Impl, start:
     ]
     msgs_b = [await b.recv_message() for _ in range(3)]
     assert msgs_b == msgs_a
-    assert bytes(a.raw) == bytes(b.raw)  # byte-identical frames
+    if impl == "gripd":
+        # Encode once: byte-identical frames (compared by length and digest to keep a failure's
+        # report small). Pushpin frames each client's copy on its own, so no such promise there.
+        assert len(a.raw) == len(b.raw)
+        assert hashlib.sha256(bytes(a.raw)).digest() == hashlib.sha256(bytes(b.raw)).digest()
     head = await asyncio.wait_for(stream[0].readuntil(b"stream-only\n"), WAIT)
     assert b"hello" not in head and b"0123456789" not in head
     stream[1].close()

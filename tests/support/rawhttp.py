@@ -129,7 +129,11 @@ async def open_request(port: int, raw: bytes, timeout: float = 10.0) -> RawRespo
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(raw)
     resp = RawResponse(reader, writer)
-    await resp.head(timeout)
+    try:
+        await resp.head(timeout)
+    except BaseException:
+        writer.close()  # don't leak the socket when no head arrives
+        raise
     return resp
 
 
