@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from websockets.frames import Opcode
 
 from gripd.core.errors import InstructError
+from gripd.core.filters import FilterError, process_initial_body
 from gripd.core.http import HttpResponse, encode_chunk
 from gripd.core.instruct import Instruct, parse_instruct
 from gripd.core.publish import PublishItem
@@ -186,7 +187,14 @@ class Engine:
         except InstructError as e:
             hold.fail(f"Failed to parse next link instructions: {e}")
             return
-        hold.write(ins.response.body)
+        body = ins.response.body
+        if hold.filters and body:
+            try:  # F35: the hold's build-id filter runs over the link's body (Pushpin)
+                body = process_initial_body(hold.filters.values(), hold.meta, body)
+            except FilterError as e:
+                hold.fail(str(e))
+                return
+        hold.write(body)
         if ins.hold_mode == "response":
             hold.fail("Next link returned non-stream hold.")
         elif ins.hold_mode == "stream":

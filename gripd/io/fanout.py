@@ -3,7 +3,9 @@
 Each format is encoded once and the same bytes go to every subscriber (DESIGN "encode once");
 only a subscriber with content filters (``build-id``, ``var-subst``) gets its own copy.
 Delivery filters (``skip-self``, ``skip-users``, ``require-sub``) are checked before the action,
-as Pushpin does, so a dropped item is not acted on at all (hint and close included).
+as Pushpin does, so a dropped item is not acted on at all (hint and close included). Before them
+come, in Pushpin's order, the prev-id check (HTTP holds) and the published ``content-filters``
+check, so an out-of-sequence or mismatched item acts even if a delivery filter would drop it.
 """
 
 from __future__ import annotations
@@ -63,19 +65,25 @@ def allowed(s: Sub, item: PublishItem) -> bool:
     return not fl or send_allowed(fl, _context(s, item))
 
 
-def content_for(
-    s: Sub, item: PublishItem, content: bytes, content_filters: list[str] | None
-) -> bytes:
-    """The content ``s`` gets; raises FilterError (content-filter mismatch, filter errors)."""
-    fl = s.filters.get(item.channel) if s.filters else None
+def check_listed(s: Sub, item: PublishItem, content_filters: list[str] | None) -> None:
+    """F30: raise ``ContentFilterMismatch`` unless a published ``content-filters`` list equals
+    ``s``'s content filters for the channel (absent: anything goes)."""
     if content_filters is not None:
+        fl = s.filters.get(item.channel) if s.filters else None
         check_content_filters(content_filters, fl or [])
+
+
+def content_for(s: Sub, item: PublishItem, content: bytes) -> bytes:
+    """The content ``s`` gets after its content filters; raises FilterError."""
+    fl = s.filters.get(item.channel) if s.filters else None
     if not fl:
         return content
     return process_content(fl, _context(s, item), content)
 
 
 def publish_stream(engine: Engine, item: PublishItem, subs: list[object]) -> int:
+    """Pushpin's order per subscriber (httpsession ``trySendQueue``): the prev-id check (every
+    action), the ``content-filters`` check, the delivery filters, then the action."""
     fmt = item.http_stream
     assert fmt is not None
     ch = item.channel
@@ -83,21 +91,30 @@ def publish_stream(engine: Engine, item: PublishItem, subs: list[object]) -> int
     raw = fmt.content
     chunk = encode_chunk(raw)
     now = engine.loop.time()
+    listed = fmt.content_filters
     for s in subs:
-        if not isinstance(s, StreamHold) or (s.filters and not allowed(s, item)):
+        if not isinstance(s, StreamHold):
+            continue
+        if not s.follows(ch, item.prev_id, item.id):
+            engine.app.pipeline.forget_last_id(ch)
+            s.update()  # F26: out of sequence: re-fetch the link
+            continue
+        if listed is not None:
+            try:
+                check_listed(s, item, listed)
+            except FilterError as e:
+                s.fail(str(e))
+                continue
+        if s.filters and not allowed(s, item):
             continue
         if fmt.action == "close":
             s.close_stream()
         elif fmt.action == "hint":
             s.update()  # F24: fetch the next link, if any
         else:
-            if not s.follows(ch, item.prev_id, item.id):
-                engine.app.pipeline.forget_last_id(ch)
-                s.update()  # F26: out of sequence: re-fetch the link
-                continue
-            if s.filters or fmt.content_filters is not None:
+            if s.filters:
                 try:
-                    mine = content_for(s, item, raw, fmt.content_filters)
+                    mine = content_for(s, item, raw)
                 except FilterError as e:
                     s.fail(str(e))
                     continue
@@ -110,12 +127,27 @@ def publish_stream(engine: Engine, item: PublishItem, subs: list[object]) -> int
 
 
 def publish_response(engine: Engine, item: PublishItem, subs: list[object]) -> int:
+    """Pushpin's order (httpsession ``publish``): prev-id check (every action), the
+    ``content-filters`` check, the delivery filters, then ``send`` or ``hint``."""
     fmt = item.http_response
     assert fmt is not None
     n = 0
     cache: dict[object, bytes] = {}
+    listed = fmt.content_filters
     for s in subs:
-        if not isinstance(s, ResponseHold) or (s.filters and not allowed(s, item)):
+        if not isinstance(s, ResponseHold):
+            continue
+        if not s.follows(item.channel, item.prev_id, item.id):
+            engine.app.pipeline.forget_last_id(item.channel)
+            s.retry()  # F23: out of sequence for this hold
+            continue
+        if listed is not None:
+            try:
+                check_listed(s, item, listed)
+            except FilterError as e:
+                s.fail(str(e))
+                continue
+        if s.filters and not allowed(s, item):
             continue
         if fmt.action == "hint":
             s.retry()
@@ -123,15 +155,11 @@ def publish_response(engine: Engine, item: PublishItem, subs: list[object]) -> i
             continue
         if fmt.action != "send":
             continue
-        if not s.follows(item.channel, item.prev_id, item.id):
-            engine.app.pipeline.forget_last_id(item.channel)
-            s.retry()  # F23: out of sequence for this hold
-            continue
         mine = fmt
         key: object = s.resp_key
-        if (s.filters or fmt.content_filters is not None) and fmt.body is not None:
+        if s.filters and fmt.body is not None:
             try:
-                body = content_for(s, item, fmt.body, fmt.content_filters)
+                body = content_for(s, item, fmt.body)
             except FilterError as e:
                 s.fail(str(e))
                 continue
@@ -166,6 +194,8 @@ def publish_response(engine: Engine, item: PublishItem, subs: list[object]) -> i
 
 
 def publish_ws(engine: Engine, item: PublishItem, subs: list[object]) -> int:
+    """Pushpin's order (engine ``WebSocketMessage``): a ``content-filters`` mismatch drops,
+    then the delivery filters, then the action; a filter error drops the message only."""
     fmt = item.ws_message
     assert fmt is not None
     n = 0
@@ -175,16 +205,25 @@ def publish_ws(engine: Engine, item: PublishItem, subs: list[object]) -> int:
         data = data[:125]  # control frames carry at most 125 bytes (RFC 6455 5.5)
     frame = encode_message(op, data) if fmt.action == "send" else b""
     now = engine.loop.time()
+    listed = fmt.content_filters
     for s in subs:
-        if not isinstance(s, WsSession) or (s.filters and not allowed(s, item)):
+        if not isinstance(s, WsSession):
+            continue
+        if listed is not None:
+            try:
+                check_listed(s, item, listed)
+            except FilterError as e:
+                log.debug("ws publish channel=%s dropped: %s", item.channel, e)
+                continue
+        if s.filters and not allowed(s, item):
             continue
         if fmt.action == "close":
             s.close_ws(fmt.code, fmt.reason or "")
         elif fmt.action == "send":
             mine = frame
-            if s.filters or fmt.content_filters is not None:
+            if s.filters:
                 try:
-                    content = content_for(s, item, data, fmt.content_filters)
+                    content = content_for(s, item, data)
                 except FilterError as e:
                     log.debug("ws publish channel=%s dropped: %s", item.channel, e)
                     continue
