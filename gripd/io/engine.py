@@ -76,6 +76,8 @@ class Engine:
         route: Route,
         ins: Instruct,
         body: list[bytes],
+        *,
+        retry: bool = False,
     ) -> None:
         hold = ResponseHold(self, conn, req, route, ins, body)
         conn.set_handler(hold)
@@ -90,7 +92,7 @@ class Engine:
                 conflict = True
         if conflict:
             self.loop.call_soon(hold.retry)
-        self._log_subscribe(req, hold.channels)
+        self._log_subscribe(req, hold.channels, retry)
 
     def write_stream_head(self, conn: ClientConnection, resp: HttpResponse, chunked: bool) -> None:
         head = stream_head(resp, chunked)
@@ -108,16 +110,18 @@ class Engine:
         *,
         head_sent: bool = False,
         follow: bool = False,
-    ) -> None:
+        retry: bool = False,
+    ) -> StreamHold:
         if not head_sent:
             self.write_stream_head(conn, ins.response, chunked)
         hold = StreamHold(self, conn, req, route, ins, chunked)
         conn.set_handler(hold)
         self._subscribe(hold)
         self.counters.stream_holds += 1
+        self._log_subscribe(req, hold.channels, retry)
         if follow:
             hold.update()
-            return
+            return hold
         # F26: on the first hold, a prev-id that disagrees with the known last id re-fetches.
         conflict = False
         for ch, pid in (hold.prev_ids or {}).items():
@@ -127,7 +131,7 @@ class Engine:
                 conflict = True
         if conflict:
             hold.update()
-        self._log_subscribe(req, hold.channels)
+        return hold
 
     def _subscribe(self, hold: Hold) -> None:
         first = self.registry.subscribe(hold, hold.channels)
@@ -248,10 +252,14 @@ class Engine:
                 hold.dropped,
             )
 
-    def _log_subscribe(self, req: Request, channels: list[str]) -> None:
-        if log.isEnabledFor(logging.DEBUG):
+    def _log_subscribe(self, req: Request, channels: list[str], retry: bool) -> None:
+        """F53: ``subscribe http://host/path channel=c [retry]``, as Pushpin's handler logs."""
+        if log.isEnabledFor(logging.INFO) and channels:
+            host = next((v for k, v in req.headers if k.lower() == "host"), "")
+            url = req.url if req.url.startswith("http") else f"http://{host}{req.url}"
+            tail = " retry" if retry else ""
             for ch in channels:
-                log.debug("subscribe %s channel=%s", req.url, ch)
+                log.info("subscribe %s channel=%s%s", url, ch, tail)
 
     # -- publishing (PublishSink) ------------------------------------------------------------
 

@@ -28,12 +28,13 @@ from gripd.core.http import (
     text_response,
 )
 from gripd.core.instruct import Instruct, is_grip_response, parse_instruct
-from gripd.core.jsonp import wrap_response
+from gripd.core.jsonp import JsonpStream, wrap_response
 from gripd.core.routes import Route, Target, rewrite_path, test_target_path
 from gripd.core.testhandler import answer_test_request
 from gripd.io.origin import Endpoint, OriginExchange
 
 if TYPE_CHECKING:
+    from gripd.core.jsonp import JsonpRequest
     from gripd.io.client import ClientConnection, Request
     from gripd.runtime.app import App
 
@@ -61,6 +62,7 @@ class ProxySession:
         "_exchange",
         "_grip_buf",
         "_grip_size",
+        "_jstream",
         "_keep_alive",
         "_mode",
         "_pass_bytes",
@@ -118,6 +120,7 @@ class ProxySession:
         self._grip_buf: list[bytes] = []
         self._grip_size = 0
         self._through: Instruct | None = None  # F19 oversized stream hold streamed through
+        self._jstream: JsonpStream | None = None  # F46 JSON-P wrapping a streamed response
         self._resp_code = 0
         self._resp_reason = ""
         self._resp_headers: hdr.Headers = []
@@ -317,6 +320,11 @@ class ProxySession:
         if self._mode == "pass":
             self._pass_bytes += len(data)
             self.conn.write(encode_chunk(data) if self._chunked else data)
+        elif self._jstream is not None:
+            out = self._jstream.feed(data)
+            if out:
+                self._pass_bytes += len(out)
+                self.conn.write(encode_chunk(out) if self._chunked else out)
         elif self._mode == "jsonp":
             self._grip_size += len(data)
             self._grip_buf.append(data)
@@ -338,6 +346,12 @@ class ProxySession:
         if self._mode == "pass":
             if self._chunked:
                 self.conn.write(LAST_CHUNK)
+            self._log(f"code={self._resp_code} {self._pass_bytes}")
+            self.conn.finish_response(self._keep_alive)
+        elif self._jstream is not None:
+            end = self._jstream.finish()
+            self._pass_bytes += len(end)
+            self.conn.write(encode_chunk(end) + LAST_CHUNK if self._chunked else end)
             self._log(f"code={self._resp_code} {self._pass_bytes}")
             self.conn.finish_response(self._keep_alive)
         elif self._mode == "jsonp" and self.req.jsonp is not None:
@@ -373,7 +387,13 @@ class ProxySession:
         req = self.req
         code = self._resp_code
         if req.jsonp is not None:
-            self._mode = "jsonp"  # F46: buffered, then wrapped whole
+            # F46: a response whose (small) body is known up front is wrapped whole, as Pushpin
+            # does when the body is complete at the start; any other is wrapped as it streams.
+            cl = (hdr.get(self._resp_headers, "content-length") or "").strip()
+            if not body_allowed(code, req.method) or (cl.isdigit() and int(cl) <= MAX_BUFFERED):
+                self._mode = "jsonp"
+            else:
+                self._start_jsonp_stream(req.jsonp)
             return
         headers = [(k, v) for k, v in self._resp_headers if k.lower() not in _STRIP_PASS_RESPONSE]
         if self.app.aco(self.route):
@@ -392,6 +412,26 @@ class ProxySession:
         self._keep_alive = keep_alive
         self._started = True
         self.conn.write(encode_head(code, self._resp_reason or reason_phrase(code), headers))
+
+    def _start_jsonp_stream(self, jr: JsonpRequest) -> None:
+        """F46: ``200 OK`` ``application/javascript``, chunked (Pushpin's head, no
+        Cache-Control [verified]), then the wrapper's opening; the body follows as it comes."""
+        js = JsonpStream(jr)
+        head, start = js.start(self._resp_code, self._resp_reason, self._resp_headers)
+        headers = list(head.headers)
+        self._chunked = self.req.http_version == "1.1"
+        if self._chunked:
+            headers += [("Connection", "Transfer-Encoding"), ("Transfer-Encoding", "chunked")]
+        else:
+            headers.append(("Connection", "close"))  # HTTP/1.0: the body ends when we close
+            self._keep_alive = False
+        self._mode = "jsonp-stream"
+        self._jstream = js
+        self._started = True
+        self._pass_bytes = len(start)
+        self.conn.write(
+            encode_head(200, "OK", headers) + (encode_chunk(start) if self._chunked else start)
+        )
 
     # -- GRIP --------------------------------------------------------------------------------
 
@@ -440,29 +480,41 @@ class ProxySession:
         if ins.hold_mode is not None and self._body_over:
             self._fail_client(400, "Request too large to accept GRIP instruct.\n")
             return
+        # A stream that errors still starts: Pushpin sends the head and initial body, then
+        # ends the stream (with the message on debug routes, F47).
+        stream_error = ""
         if ins.hold_mode == "stream" and ins.next_link is None:
             n = len(self.route.prefix)
             for c in ins.channels:
                 if c.prev_id is not None:  # F26: reliable streams need a next link
-                    self._fail(f"channel '{c.name[n:]}' specifies prev-id, but no next link found")
-                    return
+                    stream_error = f"channel '{c.name[n:]}' specifies prev-id, but no next link found"
+                    break
         if any(c.filters for c in ins.channels) and (ins.response.body or not ins.hold_mode):
             try:  # F35: build-id applies to the initial response body too
                 ins.response.body = process_initial_body(
                     [c.filters for c in ins.channels], ins.meta, ins.response.body
                 )
             except FilterError as e:
-                self._fail(str(e))
-                return
+                if ins.hold_mode != "stream":
+                    self._fail(str(e))
+                    return
+                stream_error = stream_error or str(e)
+                ins.response.body = b""
         if self.app.aco(self.route) and not (ins.hold_mode == "response" and self.req.jsonp):
             ins.response.headers = apply_cors(self.req.headers, ins.response.headers)  # F45
         self._log("accept")
         holds = self.app.holds
         chunked = self.req.http_version == "1.1"
         if ins.hold_mode == "response":
-            holds.start_response(self.conn, self.req, self.route, ins, self._body_buf)
+            holds.start_response(
+                self.conn, self.req, self.route, ins, self._body_buf, retry=self.retry
+            )
         elif ins.hold_mode == "stream":
-            holds.start_stream(self.conn, self.req, self.route, ins, chunked)
+            hold = holds.start_stream(
+                self.conn, self.req, self.route, ins, chunked, retry=self.retry
+            )
+            if stream_error:
+                hold.fail(stream_error)
         elif ins.next_link is not None:
             # F25: no hold but a next link: the response stays open and the link is followed.
             holds.start_stream(self.conn, self.req, self.route, ins, chunked, follow=True)
@@ -510,11 +562,7 @@ class ProxySession:
             self.conn.abort()
             return
         self._closed = True
-        resp = text_response(code, body)
-        if self.req.jsonp is not None:
-            resp = wrap_response(resp, self.req.jsonp)  # F46: errors are wrapped too
-        elif self.app.aco(self.route):
-            resp.headers = apply_cors(self.req.headers, resp.headers)
+        resp = own_response(self.req, text_response(code, body), self.app.aco(self.route))
         self.conn.send_response(resp, self.req.method)
 
     # -- logging (F53) -----------------------------------------------------------------------
@@ -543,6 +591,21 @@ class ProxySession:
             parts.append(f"ua={ua}")
         parts.extend(f"#{ch}={lid}" for ch, lid in self.last_ids)
         log.info("%s", " ".join(parts))
+
+
+def own_response(req: Request, resp: HttpResponse, aco: bool) -> HttpResponse:
+    """A response gripd makes itself (errors, ``Pushpin-Check``) as Pushpin sends it: JSON-P
+    wrapped when the request used JSON-P (F46), else CORS-decorated when ``aco`` (F45).
+
+    Pushpin's own answers carry ``Content-Length`` among their headers, and the extended JSON-P
+    wrapper lists it, so it is added here before wrapping [verified against Pushpin 1.36]."""
+    if req.jsonp is not None:
+        if not hdr.contains(resp.headers, "content-length"):
+            resp.headers = [*resp.headers, ("Content-Length", str(len(resp.body)))]
+        return wrap_response(resp, req.jsonp)
+    if aco:
+        resp.headers = apply_cors(req.headers, resp.headers)
+    return resp
 
 
 def _has_body(req: Request) -> bool:

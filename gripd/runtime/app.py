@@ -21,7 +21,6 @@ import zmq.asyncio
 
 from gripd.core import headers as hdr
 from gripd.core.config import Config
-from gripd.core.cors import apply_cors
 from gripd.core.errors import ClientError, ConfigError
 from gripd.core.forward import ForwardSettings, client_is_tls, is_trusted_client
 from gripd.core.http import text_response
@@ -36,7 +35,7 @@ from gripd.io.events import EventFanout
 from gripd.io.metrics import Metrics
 from gripd.io.origin import OriginPool
 from gripd.io.pipeline import PublishPipeline
-from gripd.io.proxy import ProxySession
+from gripd.io.proxy import ProxySession, own_response
 from gripd.io.stats import StatsPublisher
 from gripd.io.woh import WohPeer
 from gripd.io.ws_proxy import WsOriginPeer
@@ -199,7 +198,9 @@ class App:
         else:
             route = self.routes.lookup(host, path, ws=req.upgrade, ssl=tls)
         # Pushpin's order (requestsession.cpp): JSON-P, then Pushpin-Check, then "no route".
-        if (self.config.auto_cross_origin or (route is not None and route.aco)) and not req.upgrade:
+        # Its own answers from here on are JSON-P wrapped or CORS-decorated like any other.
+        aco = self.config.auto_cross_origin or (route is not None and route.aco)
+        if aco and not req.upgrade:
             try:  # F46: JSON-P turns a GET into the request its parameters describe
                 jr = parse_jsonp_request(
                     req.method,
@@ -209,8 +210,7 @@ class App:
                 )
             except ClientError as e:
                 err = text_response(e.status, e.message + "\n")
-                err.headers = apply_cors(req.headers, err.headers)
-                conn.send_response(err, req.method)
+                conn.send_response(own_response(req, err, True), req.method)
                 return
             if jr is not None:
                 req.method, req.url, req.headers, req.jsonp = jr.method, jr.uri, jr.headers, jr
@@ -218,10 +218,12 @@ class App:
                     req.body_chunks.append(jr.body)
                     req.body_size += len(jr.body)
         if hdr.contains(req.headers, "pushpin-check"):
-            conn.send_response(text_response(200, CHECK_NOTICE), req.method)  # F53
+            resp = own_response(req, text_response(200, CHECK_NOTICE), aco)  # F53
+            conn.send_response(resp, req.method)
             return
         if route is None:
-            conn.send_response(text_response(502, f"No route for host: {host}\n"), req.method)
+            resp = own_response(req, text_response(502, f"No route for host: {host}\n"), aco)
+            conn.send_response(resp, req.method)
             return
         trusted = False
         if self.forward.upstream_key is not None:
@@ -231,10 +233,9 @@ class App:
             return
         ctype = (hdr.get(req.headers, "content-type") or "").split(";")[0].strip().lower()
         if ctype == "application/websocket-events" and route.targets[0].over_http and not trusted:
-            conn.send_response(  # F41: only a trusted upstream proxy may speak WOH to us
-                text_response(403, "Client not allowed to send WebSocket events directly.\n"),
-                req.method,
-            )
+            # F41: only a trusted upstream proxy may speak WOH to us
+            err = text_response(403, "Client not allowed to send WebSocket events directly.\n")
+            conn.send_response(own_response(req, err, aco), req.method)
             return
         limit = self.config.max_open_requests
         if 0 <= limit <= self.open_requests:

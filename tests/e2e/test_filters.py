@@ -248,22 +248,11 @@ async def test_build_id(impl: Impl, start: StartFn, origin: Origin) -> None:
 
 @pytest.mark.parametrize("meta", ['id_format="x"', None])
 async def test_build_id_initial_body_error(
-    impl: Impl, start: StartFn, origin: Origin, request: pytest.FixtureRequest, meta: str | None
+    impl: Impl, start: StartFn, origin: Origin, meta: str | None
 ) -> None:
     """``%I`` in the initial body has no default ID there (Pushpin passes no channels), and
     without ``id_format`` nothing works: with debug the stream ends with the filter error right
     after the 200 head."""
-    if impl == "gripd":
-        request.applymarker(
-            pytest.mark.xfail(
-                reason=(
-                    "proxy.py _apply_grip answers 502 on an initial-body filter error; Pushpin "
-                    "1.36 (httpsession start) has already begun the 200 response and ends the "
-                    "stream as StreamHold.fail does"
-                ),
-                strict=True,
-            )
-        )
     s = await start(impl, [f"*,debug 127.0.0.1:{origin.port}"])
     r = await open_stream(s, origin, hold("stream", "e; filter=build-id", meta=meta), "a%Ib\n")
     try:

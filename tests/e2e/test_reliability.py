@@ -246,21 +246,10 @@ async def test_stream_prev_id_conflict_at_first_hold(
 
 
 async def test_stream_without_next_link_rejects_prev_id(
-    impl: Impl, start: StartFn, origin: Origin, request: pytest.FixtureRequest
+    impl: Impl, start: StartFn, origin: Origin
 ) -> None:
     """F26: "channel 'x' specifies prev-id, but no next link found" (the name as the origin
     wrote it). Pushpin sends the initial response first, then ends the stream with the error."""
-    if impl == "gripd":
-        request.applymarker(
-            pytest.mark.xfail(
-                reason=(
-                    "proxy.py _apply_grip answers 502 before any output; Pushpin 1.36 "
-                    "(httpsession prepareToSendQueueOrHold) sends the 200 head and initial body "
-                    "first, then ends the stream as StreamHold.fail does"
-                ),
-                strict=True,
-            )
-        )
     origin.route(
         "GET",
         "/s",
