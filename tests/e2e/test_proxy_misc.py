@@ -225,14 +225,6 @@ async def test_global_debug_error_bodies(impl: Impl, start: StartFn, origin: Ori
     )
 
 
-SUBSCRIBE_LOG_GAP = (
-    "gripd.io.engine._log_subscribe logs 'subscribe <path> channel=c' at DEBUG only; "
-    "Pushpin's handler logs 'subscribe http://host/path channel=c' (' retry' appended for "
-    "retried requests) at INFO (F53). Fix in engine.py: INFO, the full URL as in the proxy "
-    "line, and the retry flag."
-)
-
-
 async def test_subscribe_log_line(impl: Impl, start: StartFn, origin: Origin) -> None:
     """The handler's ``subscribe`` line at the default level, ``retry`` on the F22 update."""
     origin.route(
