@@ -127,6 +127,7 @@ class WsSession:
         self.delayed_frame = b""
         self.task: Task[None] | None = None
         self.key = hdr.get(req.headers, "sec-websocket-key") or ""
+        self.released = False
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -137,6 +138,7 @@ class WsSession:
             self.conn.send_response(
                 text_response(400, "Bad WebSocket handshake.\n"), keep_alive=False
             )
+            self._release()
             self.active = False
             return
         target = self.route.targets[0]
@@ -180,6 +182,7 @@ class WsSession:
     def reject(self, resp: HttpResponse) -> None:
         """The origin refused the handshake: relay its answer (F37)."""
         if self.active:
+            self._release()
             self.active = False
             self.conn.send_response(resp, self.req.method, keep_alive=False)
 
@@ -187,6 +190,7 @@ class WsSession:
         """No origin: 502, with the detail on debug routes (F47)."""
         if not self.active:
             return
+        self._release()
         self.active = False
         debug = self.route.debug or self.app.config.debug
         log.info("ws %s: %s", self.req.url, detail)
@@ -199,6 +203,7 @@ class WsSession:
         path = urlsplit(self.req.url).path.rstrip("/") or "/"
         if not path.endswith("/ws"):
             self.conn.send_response(text_response(404, "no such test resource\n"))
+            self._release()
             self.active = False
             return
         self.link = _EchoLink(self)
@@ -400,7 +405,13 @@ class WsSession:
     def on_client_body_end(self) -> None:
         pass
 
+    def _release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.app.request_done()  # F4 max_open_requests counts WebSocket sessions
+
     def on_client_closed(self) -> None:
+        self._release()
         self.active = False
         self._unsubscribe_all()
         for t in (self.ka_timer, self.delayed_timer):

@@ -228,34 +228,43 @@ class App:
         trusted = False
         if self.forward.upstream_key is not None:
             trusted = is_trusted_client(req.headers, self.forward, time.time())
-        if req.upgrade and "websocket" in (hdr.get(req.headers, "upgrade") or "").lower():
-            WsSession(self, conn, req, route, trusted=trusted).start()
-            return
+        ws = req.upgrade and "websocket" in (hdr.get(req.headers, "upgrade") or "").lower()
         ctype = (hdr.get(req.headers, "content-type") or "").split(";")[0].strip().lower()
-        if ctype == "application/websocket-events" and route.targets[0].over_http and not trusted:
+        if (
+            not ws
+            and ctype == "application/websocket-events"
+            and route.targets[0].over_http
+            and not trusted
+        ):
             # F41: only a trusted upstream proxy may speak WOH to us
             err = text_response(403, "Client not allowed to send WebSocket events directly.\n")
             conn.send_response(own_response(req, err, aco), req.method)
             return
         limit = self.config.max_open_requests
         if 0 <= limit <= self.open_requests:
-            # F4 max_open_requests: like Pushpin, stop taking requests until one finishes.
+            # F4 max_open_requests: like Pushpin, stop taking requests (HTTP sessions with the
+            # origin and WebSocket sessions) until one finishes.
             self.waiting.append((conn, req, route, trusted))
             conn.pause_reading()
             return
+        self._begin(conn, req, route, trusted)
+
+    def _begin(self, conn: ClientConnection, req: Request, route: Route, trusted: bool) -> None:
         self.open_requests += 1
-        ProxySession(self, conn, req, route, trusted=trusted).start()
+        if req.upgrade and "websocket" in (hdr.get(req.headers, "upgrade") or "").lower():
+            WsSession(self, conn, req, route, trusted=trusted).start()
+        else:
+            ProxySession(self, conn, req, route, trusted=trusted).start()
 
     def request_done(self) -> None:
-        """A proxy session ended (answered, held or failed): let a waiting request in."""
+        """A session ended (answered, held, failed, WebSocket closed): let a waiting one in."""
         self.open_requests -= 1
         while self.waiting and self.open_requests < max(self.config.max_open_requests, 1):
             conn, req, route, trusted = self.waiting.popleft()
             if conn.closed:
                 continue
             conn.resume_reading()
-            self.open_requests += 1
-            ProxySession(self, conn, req, route, trusted=trusted).start()
+            self._begin(conn, req, route, trusted)
 
     def refresh_woh(self, args: dict[str, str]) -> bool:
         """The ``refresh`` command (F42): WebSocket-over-HTTP sessions send a request now;

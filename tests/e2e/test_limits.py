@@ -135,6 +135,32 @@ async def test_max_open_requests_queues(impl: Impl, start: StartFn, origin: Orig
         held.cancel()
 
 
+async def test_max_open_requests_counts_websockets(
+    impl: Impl, start: StartFn, origin: Origin
+) -> None:
+    """F4: an open WebSocket session counts against ``max_open_requests`` (Pushpin counts
+    ``wsProxyItemsBySession``): a request waits until the WebSocket closes."""
+    import websockets
+
+    origin.route("GET", "/x", Reply(200, body="x\n"))
+    s = await start(
+        impl,
+        ["*,path_beg=/ws test", f"* 127.0.0.1:{origin.port}"],
+        conf={"proxy": {"max_open_requests": "1"}},
+    )
+    ws = await websockets.connect(f"ws://127.0.0.1:{s.http_port}/ws/ws")
+    try:
+        await ws.send("hi")
+        assert await asyncio.wait_for(ws.recv(), WAIT) == "hi"
+        waiting = asyncio.create_task(raw_request(s.http_port, get("/x"), timeout=20))
+        await asyncio.sleep(0.8 * TIME_SCALE)
+        assert not waiting.done()
+    finally:
+        await ws.close()
+    status, _, body = await asyncio.wait_for(waiting, WAIT)
+    assert (status, body) == (200, b"x\n")
+
+
 # --- connection_subscription_max, subscription_linger (F5) ------------------------------------
 
 
