@@ -1,4 +1,5 @@
-"""gripd vs Pushpin 1.36 benchmark: fan-out, RSS per held connection, long-poll, pass-through.
+"""gripd vs Pushpin 1.36 benchmark: fan-out, RSS per held connection, long-poll, pass-through,
+WebSocket fan-out (over HTTP and through a GRIP WebSocket origin) and ZeroMQ PULL ingestion.
 
 Usage: ``python bench/run.py [--only NAME] [--impl gripd|pushpin|both] [--quick]``; see
 bench/README.md. Every server is started by ``tests.support.procs.start_server`` from the same
@@ -46,7 +47,9 @@ from tests.support.procs import (  # noqa: E402
     start_server,
 )
 
-SCENARIOS = ("fanout", "rss", "longpoll", "passthrough")
+SCENARIOS = ("fanout", "rss", "longpoll", "passthrough", "wsoh", "wsgrip", "zmq")
+#: What a plain run (no --only) runs; the WebSocket and ZeroMQ scenarios are asked for by name.
+DEFAULT_SCENARIOS = ("fanout", "rss", "longpoll", "passthrough")
 Row = tuple[str, str]  # (metric, value)
 
 
@@ -63,6 +66,10 @@ class Settings:
     lp_seconds: float = 10.0
     wrk_seconds: int = 10
     wrk_connections: int = 50
+    zmq_clients: int = 1000
+    zmq_items: int = 50_000
+    zmq_fan_items: int = 200
+    zmq_format: str = "J"
     quick: bool = False
     extra_conf: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -156,30 +163,55 @@ def cpu_of(pid: int) -> float:
     return tree_cpu_seconds(pid)
 
 
-def run_held(
-    server: Server, workers: Workers, st: Settings, publish: bool, origin_pid: int
-) -> list[Row]:
-    """Scenarios 1 and 2: connect N SSE streams on one channel, measure RSS, then publish."""
+# The held-connection scenarios: (loadgen op, client path, publish format, extra routes).
+# ``wsoh`` subscribes through WebSocket-over-HTTP (F40/F41), ``wsgrip`` through a GRIP WebSocket
+# origin that sends one ``c:`` subscribe frame and never reads again (F37-F39).
+HELD: dict[str, tuple[str, str, str]] = {
+    "fanout": ("sse", "/stream/fan", "http-stream"),
+    "rss": ("sse", "/stream/fan", "http-stream"),
+    "wsoh": ("ws", "/woh/fan", "ws-message"),
+    "wsgrip": ("ws", "/wsg/fan", "ws-message"),
+}
+
+
+def publish_item(fmt: str, tag: str, channel: str = "fan") -> dict[str, Any]:
+    """One publish item whose content is ``<tag> <monotonic_ns>`` in the given format (F30)."""
+    if fmt == "ws-message":
+        return {"channel": channel, "formats": {"ws-message": {"content": f"{tag} {_now()}"}}}
+    content = f"data: {tag} {_now()}\n\n"
+    return {"channel": channel, "formats": {"http-stream": {"content": content}}}
+
+
+def _now() -> int:
+    return time.monotonic_ns()
+
+
+def connect_held(
+    server: Server, workers: Workers, st: Settings, op: str, path: str, n: int, fmt: str
+) -> tuple[list[Row], int]:
+    """Open ``n`` held connections (≤ ``st.inflight`` connects in flight), warm up, measure RSS.
+
+    The warm-up publishes ``w`` on channel ``fan`` until every connection saw it, so every
+    subscription exists before anything is measured. Returns the rows and the connected count."""
     rows: list[Row] = []
     time.sleep(0.5)
     baseline = server.rss_bytes()
-    cpu0 = server.cpu_seconds()
-    workers.mark()
-    n = st.connections
     parts = split(n, len(workers.conns))
     inflight = split(st.inflight, len(workers.conns))
+    firsts = [sum(parts[:i]) for i in range(len(parts))]
     t0 = time.monotonic()
     res = workers.call(
         [
             {
-                "op": "sse",
+                "op": op,
                 "port": server.http_port,
-                "path": "/stream/fan",
+                "path": path,
                 "n": k,
+                "first": first,
                 "inflight": max(1, f),
                 "deadline": 300,
             }
-            for k, f in zip(parts, inflight, strict=True)
+            for k, f, first in zip(parts, inflight, firsts, strict=True)
         ],
         timeout=330,
     )
@@ -196,7 +228,7 @@ def run_held(
     # Warm-up: publish until every connection saw one (the subscription exists), bounded.
     warm = 0
     for _ in range(60):
-        publish_http(server.control_port, [_sse_item(b"w")])
+        publish_http(server.control_port, [publish_item(fmt, "w")])
         time.sleep(0.5)
         warm = sum(r["warm"] for r in workers.all({"op": "warm"}))
         if warm >= ok:
@@ -207,25 +239,12 @@ def run_held(
     rows.append(("server RSS baseline MiB", f"{baseline / 2**20:.1f}"))
     rows.append(("server RSS with N held MiB", f"{rss / 2**20:.1f}"))
     rows.append(("RSS per held connection KiB", f"{(rss - baseline) / max(1, ok) / 1024:.2f}"))
-    if not publish:
-        rows.append(("server CPU s (connect+idle)", f"{server.cpu_seconds() - cpu0:.2f}"))
-        rows.append(("loadgen CPU s", f"{workers.cpu():.2f}"))
-        return rows
-    workers.all({"op": "reset"})
-    cpu1 = server.cpu_seconds()
-    ocpu1 = cpu_of(origin_pid)
-    workers.mark()
-    t_pub0 = time.monotonic_ns()
-    pub_err = 0
-    for i in range(st.messages):
-        due = t_pub0 + int(i * st.interval * 1e9)
-        delay = (due - time.monotonic_ns()) / 1e9
-        if delay > 0:
-            time.sleep(delay)
-        status, _ = publish_http(server.control_port, [_sse_item(b"m%d" % i)])
-        pub_err += status != 200
-    publish_s = (time.monotonic_ns() - t_pub0) / 1e9
-    expected = st.messages * ok
+    return rows, ok
+
+
+def drain(workers: Workers, expected: int) -> dict[str, Any]:
+    """Wait until ``expected`` deliveries arrived, or nothing arrived for 5 s (at most 60 s);
+    return the summed counts, the latency samples and the first/last receive times."""
     received = 0
     last_change = time.monotonic()
     drain_end = time.monotonic() + 60
@@ -240,27 +259,154 @@ def run_held(
     lat: array.array[int] = array.array("q")
     for r in final:
         lat.frombytes(r["lat"])
-    received = sum(r["received"] for r in final)
-    last_ns = max((r["last_ns"] for r in final), default=0)
-    span = (last_ns - t_pub0) / 1e9 if last_ns else float("nan")
+    out: dict[str, Any] = {
+        "received": sum(r["received"] for r in final),
+        "lat": lat,
+        "last_ns": max((r["last_ns"] for r in final), default=0),
+        "first_ns": min((r["first_ns"] for r in final if r["first_ns"]), default=0),
+        "open": sum(r["open"] for r in final),
+    }
+    for key in ("ws_masked", "ws_other", "ws_fragments", "ws_closes", "parse_errors", "reads"):
+        out[key] = sum(int(r.get(key, 0)) for r in final)
+    codes: dict[str, int] = {}
+    for r in final:
+        for k, v in r.get("ws_close_codes", {}).items():
+            codes[k] = codes.get(k, 0) + v
+    out["ws_close_codes"] = codes
+    return out
+
+
+def latency_rows(lat: array.array[int]) -> list[Row]:
+    return [
+        ("latency p50 ms", f"{pct(lat, 50):.1f}"),
+        ("latency p99 ms", f"{pct(lat, 99):.1f}"),
+        ("latency max ms", f"{(max(lat) / 1e6 if lat else float('nan')):.1f}"),
+    ]
+
+
+def run_held(
+    server: Server, workers: Workers, st: Settings, name: str, origin_pid: int
+) -> list[Row]:
+    """fanout/rss/wsoh/wsgrip: connect N clients on channel ``fan``, measure RSS, publish M."""
+    op, path, fmt = HELD[name]
+    cpu0 = server.cpu_seconds()
+    workers.mark()
+    rows, ok = connect_held(server, workers, st, op, path, st.connections, fmt)
+    if name == "rss":
+        rows.append(("server CPU s (connect+idle)", f"{server.cpu_seconds() - cpu0:.2f}"))
+        rows.append(("loadgen CPU s", f"{workers.cpu():.2f}"))
+        return rows
+    workers.all({"op": "reset"})
+    cpu1 = server.cpu_seconds()
+    ocpu1 = cpu_of(origin_pid)
+    workers.mark()
+    t_pub0 = time.monotonic_ns()
+    pub_err = 0
+    for i in range(st.messages):
+        due = t_pub0 + int(i * st.interval * 1e9)
+        delay = (due - time.monotonic_ns()) / 1e9
+        if delay > 0:
+            time.sleep(delay)
+        status, _ = publish_http(server.control_port, [publish_item(fmt, f"m{i}")])
+        pub_err += status != 200
+    publish_s = (time.monotonic_ns() - t_pub0) / 1e9
+    expected = st.messages * ok
+    d = drain(workers, expected)
+    received = d["received"]
+    span = (d["last_ns"] - t_pub0) / 1e9 if d["last_ns"] else float("nan")
     rows.append(("messages published (interval s)", f"{st.messages} ({st.interval})"))
     rows.append(("publish errors", str(pub_err)))
     rows.append(("publish wall time s", f"{publish_s:.2f}"))
     rows.append(("deliveries received / expected", f"{received} / {expected}"))
     rows.append(("messages lost", str(expected - received)))
     rows.append(("deliveries/s (first publish → last receive)", f"{received / span:,.0f}"))
-    rows.append(("latency p50 ms", f"{pct(lat, 50):.1f}"))
-    rows.append(("latency p99 ms", f"{pct(lat, 99):.1f}"))
-    rows.append(("latency max ms", f"{(max(lat) / 1e6 if lat else float('nan')):.1f}"))
+    rows.extend(latency_rows(d["lat"]))
+    rows.append(("connections still open after drain", f"{d['open']} / {ok}"))
+    rows.append(("deliveries per client read", f"{received / max(1, d['reads']):.2f}"))
+    if op == "ws":
+        rows.append(
+            (
+                "ws close frames / other / fragments / masked",
+                f"{d['ws_closes']} / {d['ws_other']} / {d['ws_fragments']} / {d['ws_masked']}",
+            )
+        )
+        rows.append(("ws close codes seen", json.dumps(d["ws_close_codes"], sort_keys=True)))
     rows.append(("server CPU s (publish phase)", f"{server.cpu_seconds() - cpu1:.2f}"))
     rows.append(("loadgen CPU s (publish phase)", f"{workers.cpu():.2f}"))
     rows.append(("origin CPU s (publish phase)", f"{cpu_of(origin_pid) - ocpu1:.2f}"))
     return rows
 
 
-def _sse_item(tag: bytes) -> dict[str, Any]:
-    content = f"data: {tag.decode()} {time.monotonic_ns()}\n\n"
-    return {"channel": "fan", "formats": {"http-stream": {"content": content}}}
+def zmq_push(port: int, count: int, channels: int, fmt: str) -> dict[str, Any]:
+    """Run bench/zmqpush.py (its own process) and return its JSON result plus its CPU."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "zmqpush.py"),
+            "--port",
+            str(port),
+            "--count",
+            str(count),
+            "--channels",
+            str(channels),
+            "--format",
+            fmt,
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    lines = proc.stdout.decode().strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"zmqpush failed ({proc.returncode}): {proc.stderr.decode()[-300:]}")
+    out: dict[str, Any] = json.loads(lines[-1])
+    return out
+
+
+def run_zmq(server: Server, workers: Workers, st: Settings, origin_pid: int) -> list[Row]:
+    """ZeroMQ PULL ingestion (F31): ``zmq_clients`` SSE streams, each subscribed to ``fan`` and
+    to its own ``c<i>``. Phase "spread": ``zmq_items`` items round-robin over the ``c<i>``
+    channels (1 delivery each), which measures ingestion. Phase "fan": ``zmq_fan_items`` items to
+    ``fan`` (one delivery per client each). Items are sent flat out from a separate process."""
+    n = st.zmq_clients
+    rows, ok = connect_held(server, workers, st, "sse", "/stream/fan,c{i}", n, "http-stream")
+    for phase, count, channels in (
+        ("spread", st.zmq_items, n),
+        ("fan", st.zmq_fan_items, 0),
+    ):
+        workers.all({"op": "reset"})
+        cpu1 = server.cpu_seconds()
+        workers.mark()
+        push = zmq_push(server.zmq_pull_port, count, channels, st.zmq_format)
+        expected = push["sent"] * (ok if channels == 0 else 1)
+        if channels:
+            # Only items whose channel has a connected client can arrive.
+            expected = sum(1 for j in range(push["sent"]) if j % channels < ok)
+        d = drain(workers, expected)
+        received = d["received"]
+        t0 = push["first_ns"]
+        span = (d["last_ns"] - t0) / 1e9 if d["last_ns"] else float("nan")
+        items_done = received / (ok if channels == 0 else 1)
+        rows.append(
+            (
+                f"[{phase}] items sent ({st.zmq_format} encoding) → channels",
+                f"{push['sent']} → {channels or 'fan'}",
+            )
+        )
+        if push.get("error"):
+            rows.append((f"[{phase}] pusher error", str(push["error"])))
+        rows.append((f"[{phase}] pusher send time s", f"{(push['last_ns'] - t0) / 1e9:.2f}"))
+        rows.append((f"[{phase}] deliveries received / expected", f"{received} / {expected}"))
+        rows.append((f"[{phase}] messages lost", str(expected - received)))
+        rows.append((f"[{phase}] items/s (first send → last receive)", f"{items_done / span:,.0f}"))
+        rows.append((f"[{phase}] deliveries/s", f"{received / span:,.0f}"))
+        rows.extend((f"[{phase}] {m}", v) for m, v in latency_rows(d["lat"]))
+        per_read = received / max(1, d["reads"])
+        rows.append((f"[{phase}] deliveries per client read", f"{per_read:.2f}"))
+        rows.append((f"[{phase}] server CPU s", f"{server.cpu_seconds() - cpu1:.2f}"))
+        rows.append((f"[{phase}] loadgen CPU s", f"{workers.cpu():.2f}"))
+        rows.append((f"[{phase}] pusher CPU s", f"{push['cpu']:.2f}"))
+    return rows
 
 
 def run_longpoll(server: Server, workers: Workers, st: Settings, origin_pid: int) -> list[Row]:
@@ -365,12 +511,20 @@ def run_impl(
         if name == "rss" and "fanout" in names:
             continue  # the fan-out run measures RSS too
         print(f"[{impl}] {name} ...", file=sys.stderr, flush=True)
-        server = start_server(impl, workdir / f"{impl}-{name}", routes, conf=conf, timeout=30)
+        scenario_routes = routes
+        if name == "wsoh":  # /woh/... goes to the same origin as WebSocket-over-HTTP (F40)
+            scenario_routes = [f"*,path_beg=/woh 127.0.0.1:{origin_port},over_http", *routes]
+        server = start_server(
+            impl, workdir / f"{impl}-{name}", scenario_routes, conf=conf, timeout=30
+        )
         workers = Workers(st.workers) if name != "passthrough" else None
         try:
-            if name in ("fanout", "rss"):
+            if name in HELD:
                 assert workers is not None
-                results[name] = run_held(server, workers, st, name == "fanout", origin_pid)
+                results[name] = run_held(server, workers, st, name, origin_pid)
+            elif name == "zmq":
+                assert workers is not None
+                results[name] = run_zmq(server, workers, st, origin_pid)
             elif name == "longpoll":
                 assert workers is not None
                 results[name] = run_longpoll(server, workers, st, origin_pid)
@@ -437,12 +591,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=int, help="duration of long-poll and wrk runs")
     ap.add_argument("--workdir", type=Path, help="keep server configs and logs here")
     ap.add_argument("--loglevel", help="[runner] log_level for both servers (default 2)")
+    ap.add_argument("--zmq-clients", type=int, help="zmq: SSE subscribers (default 1000)")
+    ap.add_argument("--zmq-items", type=int, help="zmq: items spread over the clients' channels")
+    ap.add_argument("--zmq-fan-items", type=int, help="zmq: items to the shared channel")
+    ap.add_argument("--zmq-format", choices=("J", "T"), help="zmq: J+JSON or T+tnetstring")
     args = ap.parse_args(argv)
     st = Settings()
     if args.quick:
         st = Settings(
-            connections=1000, messages=10, lp_clients=50, lp_seconds=5.0, wrk_seconds=5, quick=True
+            connections=1000,
+            messages=10,
+            lp_clients=50,
+            lp_seconds=5.0,
+            wrk_seconds=5,
+            zmq_clients=200,
+            zmq_items=5000,
+            zmq_fan_items=50,
+            quick=True,
         )
+        if args.only and set(args.only) <= {"wsoh", "wsgrip", "zmq"}:
+            st.connections = 200  # the WebSocket quick runs: 200 clients
+    st.zmq_clients = args.zmq_clients or st.zmq_clients
+    st.zmq_items = args.zmq_items or st.zmq_items
+    st.zmq_fan_items = args.zmq_fan_items or st.zmq_fan_items
+    st.zmq_format = args.zmq_format or st.zmq_format
     st.connections = args.connections or st.connections
     st.messages = args.messages or st.messages
     st.interval = args.interval if args.interval is not None else st.interval
@@ -453,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
         st.wrk_seconds = args.seconds
     if args.loglevel:
         st.extra_conf = {"runner": {"log_level": args.loglevel}}
-    names = list(dict.fromkeys(args.only or SCENARIOS))
+    names = list(dict.fromkeys(args.only or DEFAULT_SCENARIOS))
     impls: list[Impl] = []
     for impl in ("gripd", "pushpin") if args.impl == "both" else (args.impl,):
         if impl == "gripd" and not gripd_runnable():
@@ -482,8 +654,9 @@ def main(argv: list[str] | None = None) -> int:
     cmd = "python bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
     header = (
         f"## {started:%Y-%m-%d %H:%M} UTC — `{cmd.strip()}`\n\n{machine()}; "
-        f"connections={st.connections}, messages={st.messages}, lp_clients={st.lp_clients}, "
-        f"loadgen workers={st.workers}\n"
+        f"connections={st.connections}, messages={st.messages}, interval={st.interval}, "
+        f"lp_clients={st.lp_clients}, zmq clients/items/fan items="
+        f"{st.zmq_clients}/{st.zmq_items}/{st.zmq_fan_items}, loadgen workers={st.workers}\n"
     )
     text = header + table(results, impls)
     print(text)
