@@ -136,6 +136,19 @@ def setup_logging(level: int, logfile: str | None) -> None:
     root.setLevel(LEVELS.get(max(0, min(level, 3)), logging.INFO))
 
 
+def _raise_nofile_limit() -> None:
+    """Every held client is a file descriptor (two for a proxied WebSocket): use the hard
+    limit rather than the often much lower soft one."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -149,6 +162,7 @@ def run(argv: list[str]) -> int:
         print(f"gripd: {e}", file=sys.stderr)
         return 1
     setup_logging(level, args.logfile)
+    _raise_nofile_limit()
     if cfg.config_path is None:
         logging.getLogger("gripd").info("no configuration file found; using the embedded default")
     from gripd.runtime.app import App

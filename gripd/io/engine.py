@@ -25,6 +25,7 @@ from gripd.io.events import Events
 from gripd.io.fanout import publish_response, publish_stream, publish_ws
 from gripd.io.holds import ResponseHold, StreamHold, stream_head
 from gripd.io.nextlink import post_gone
+from gripd.io.ticklog import TickLog
 from gripd.io.ws_session import WsSession
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class Engine:
         self.counters = Counters()
         self.write_buffer_max = app.config.client_write_buffer_max
         self.events: Events = app.events
+        self.ticklog = TickLog("gripd.engine", self.loop)
 
     # -- holds -------------------------------------------------------------------------------
 
@@ -254,12 +256,12 @@ class Engine:
 
     def _log_subscribe(self, req: Request, channels: list[str], retry: bool) -> None:
         """F53: ``subscribe http://host/path channel=c [retry]``, as Pushpin's handler logs."""
-        if log.isEnabledFor(logging.INFO) and channels:
+        if channels and self.ticklog.enabled():
             host = next((v for k, v in req.headers if k.lower() == "host"), "")
             url = req.url if req.url.startswith("http") else f"http://{host}{req.url}"
             tail = " retry" if retry else ""
             for ch in channels:
-                log.info("subscribe %s channel=%s%s", url, ch, tail)
+                self.ticklog.info(f"subscribe {url} channel={ch}{tail}")
 
     # -- publishing (PublishSink) ------------------------------------------------------------
 
@@ -272,7 +274,8 @@ class Engine:
             except Exception:  # one bad item must not stop the batch or crash the worker
                 log.exception("publish channel=%s failed", item.channel)
                 continue
-            log.info("publish channel=%s receivers=%d", item.channel, n)
+            if self.ticklog.enabled():
+                self.ticklog.info(f"publish channel={item.channel} receivers={n}")
 
     def _publish_one(self, item: PublishItem) -> int:
         subs = self.registry.subscribers(item.channel)

@@ -487,7 +487,9 @@ class ProxySession:
             n = len(self.route.prefix)
             for c in ins.channels:
                 if c.prev_id is not None:  # F26: reliable streams need a next link
-                    stream_error = f"channel '{c.name[n:]}' specifies prev-id, but no next link found"
+                    stream_error = (
+                        f"channel '{c.name[n:]}' specifies prev-id, but no next link found"
+                    )
                     break
         if any(c.filters for c in ins.channels) and (ins.response.body or not ins.hold_mode):
             try:  # F35: build-id applies to the initial response body too
@@ -573,7 +575,8 @@ class ProxySession:
 
     def _log(self, what: str) -> None:
         """Pushpin's request log line (F53, logutil.cpp ``logRequest``)."""
-        if not log.isEnabledFor(logging.INFO):
+        ticklog = self.app.ticklog
+        if not ticklog.enabled():
             return
         cfg = self.app.config
         req = self.req
@@ -590,7 +593,7 @@ class ProxySession:
         if cfg.log_user_agent and (ua := hdr.get(req.headers, "user-agent")):
             parts.append(f"ua={ua}")
         parts.extend(f"#{ch}={lid}" for ch, lid in self.last_ids)
-        log.info("%s", " ".join(parts))
+        ticklog.info(" ".join(parts))
 
 
 def own_response(req: Request, resp: HttpResponse, aco: bool) -> HttpResponse:

@@ -99,7 +99,14 @@ class WohPeer:
         if self.ka_timer is not None:
             self.ka_timer.cancel()
         if self.opened and not self.closing:
-            self.app.loop.create_task(self._request([WsEvent("DISCONNECT", None)]))
+            self.app.loop.create_task(self._disconnect())
+
+    async def _disconnect(self) -> None:
+        """F40: the DISCONNECT for an unclean client exit, in the background, best effort."""
+        try:
+            await self._request([WsEvent(DISCONNECT, None)])
+        except OriginError as e:
+            log.debug("woh %s: DISCONNECT not delivered: %s", self.cid, e)
 
     # -- requests ----------------------------------------------------------------------------
 

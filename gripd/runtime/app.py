@@ -37,6 +37,7 @@ from gripd.io.origin import OriginPool
 from gripd.io.pipeline import PublishPipeline
 from gripd.io.proxy import ProxySession, own_response
 from gripd.io.stats import StatsPublisher
+from gripd.io.ticklog import TickLog
 from gripd.io.woh import WohPeer
 from gripd.io.ws_proxy import WsOriginPeer
 from gripd.io.ws_session import WsSession
@@ -82,6 +83,7 @@ class App:
         self.waiting: deque[tuple[ClientConnection, Request, Route, bool]] = deque()
         self._refused_logged = 0.0
         self.flusher = Flusher(self.loop)
+        self.ticklog = TickLog("gripd.proxy", self.loop)  # request lines (F53)
         self.write_high_water = 256 * 1024
         self.pool = OriginPool(
             connect_timeout=config.origin_connect_timeout,
@@ -384,6 +386,8 @@ class App:
         for conn in list(self.connections):
             conn.close()
         await self.pool.close()
+        self.ticklog.flush()
+        self.holds.ticklog.flush()
         await self.metrics.stop()
         await self.stats.stop()
         self.zmq.term()
