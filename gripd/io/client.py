@@ -143,7 +143,7 @@ class ClientConnection(asyncio.Protocol):
         self._writing_paused = False
         self._reading_paused = False
         self._upgraded = False
-        self._raw_buf: list[bytes] = []
+        self._raw_buf: list[bytes] | None = None  # allocated only after an upgrade
         self.raw_sink: Callable[[bytes], None] | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------------
@@ -219,6 +219,8 @@ class ClientConnection(asyncio.Protocol):
             sink(data)
             return
         # Not taken yet (the origin handshake is in flight): keep, within a bound.
+        if self._raw_buf is None:
+            self._raw_buf = []
         self._raw_buf.append(data)
         if sum(len(b) for b in self._raw_buf) > RAW_EARLY_MAX:
             self.abort()
@@ -226,7 +228,7 @@ class ClientConnection(asyncio.Protocol):
     def take_raw(self, sink: Callable[[bytes], None]) -> None:
         """Hand every further byte of this connection to ``sink`` (after a protocol switch)."""
         self.raw_sink = sink
-        early, self._raw_buf = self._raw_buf, []
+        early, self._raw_buf = self._raw_buf or [], None
         for chunk in early:
             sink(chunk)
 

@@ -196,7 +196,7 @@ class Engine:
         body = ins.response.body
         if hold.filters and body:
             try:  # F35: the hold's build-id filter runs over the link's body (Pushpin)
-                body = process_initial_body(hold.filters.values(), hold.meta, body)
+                body = process_initial_body(hold.filters.values(), hold.meta or {}, body)
             except FilterError as e:
                 hold.fail(str(e))
                 return

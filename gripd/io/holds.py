@@ -102,7 +102,7 @@ class ResponseHold(_Hold):
         # F23: the id each channel's next publish must follow (None: no sequencing asked)
         self.prev_ids: dict[str, str | None] = {c.name: c.prev_id for c in ins.channels}
         self.filters = channel_filters(ins)
-        self.meta = ins.meta
+        self.meta = ins.meta or None  # idle holds keep no empty dict
         self.gone = gone_link(ins, req)
         self.response = ins.response
         r = ins.response
@@ -231,7 +231,7 @@ class StreamHold(_Hold):
     def _apply_stream_instruct(self, ins: Instruct) -> None:
         """Keep-alive, next link and prev-ids of an initial or next-link stream hold."""
         self.filters = channel_filters(ins)
-        self.meta = ins.meta
+        self.meta = ins.meta or None  # idle holds keep no empty dict
         if any(c.prev_id is not None for c in ins.channels):
             self.prev_ids = {c.name: c.prev_id for c in ins.channels}
         else:
