@@ -81,6 +81,24 @@ def content_for(s: Sub, item: PublishItem, content: bytes) -> bytes:
     return process_content(fl, _context(s, item), content)
 
 
+def _admit(
+    engine: Engine, s: ResponseHold | StreamHold, item: PublishItem, listed: list[str] | None
+) -> bool:
+    """Pushpin's per-subscriber order for HTTP holds: the prev-id check (F23/F26), then the
+    published ``content-filters`` (F30), then the delivery filters (F35)."""
+    if not s.follows(item.channel, item.prev_id, item.id):
+        engine.app.pipeline.forget_last_id(item.channel)
+        s.resync()  # out of sequence: retry the request or re-fetch the link
+        return False
+    if listed is not None:
+        try:
+            check_listed(s, item, listed)
+        except FilterError as e:
+            s.fail(str(e))
+            return False
+    return not (s.filters and not allowed(s, item))
+
+
 def publish_stream(engine: Engine, item: PublishItem, subs: list[object]) -> int:
     """Pushpin's order per subscriber (httpsession ``trySendQueue``): the prev-id check (every
     action), the ``content-filters`` check, the delivery filters, then the action."""
@@ -95,17 +113,7 @@ def publish_stream(engine: Engine, item: PublishItem, subs: list[object]) -> int
     for s in subs:
         if not isinstance(s, StreamHold):
             continue
-        if not s.follows(ch, item.prev_id, item.id):
-            engine.app.pipeline.forget_last_id(ch)
-            s.update()  # F26: out of sequence: re-fetch the link
-            continue
-        if listed is not None:
-            try:
-                check_listed(s, item, listed)
-            except FilterError as e:
-                s.fail(str(e))
-                continue
-        if s.filters and not allowed(s, item):
+        if not _admit(engine, s, item, listed):
             continue
         if fmt.action == "close":
             s.close_stream()
@@ -137,17 +145,7 @@ def publish_response(engine: Engine, item: PublishItem, subs: list[object]) -> i
     for s in subs:
         if not isinstance(s, ResponseHold):
             continue
-        if not s.follows(item.channel, item.prev_id, item.id):
-            engine.app.pipeline.forget_last_id(item.channel)
-            s.retry()  # F23: out of sequence for this hold
-            continue
-        if listed is not None:
-            try:
-                check_listed(s, item, listed)
-            except FilterError as e:
-                s.fail(str(e))
-                continue
-        if s.filters and not allowed(s, item):
+        if not _admit(engine, s, item, listed):
             continue
         if fmt.action == "hint":
             s.retry()

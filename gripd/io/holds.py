@@ -36,6 +36,7 @@ class _Hold:
 
     __slots__ = ()
     active: bool
+    prev_ids: dict[str, str | None] | None
     gone: str | None
     engine: Engine
     route: Route
@@ -43,6 +44,19 @@ class _Hold:
 
     def _stop(self) -> None:
         raise NotImplementedError
+
+    def follows(self, channel: str, prev_id: str | None, item_id: str | None) -> bool:
+        """F23/F26: False when a publish does not follow the id this hold expects on
+        ``channel``; otherwise the expectation moves on to ``item_id``."""
+        if self.prev_ids is None:
+            return True
+        expected = self.prev_ids.get(channel)
+        if expected is None:
+            return True
+        if prev_id != expected:
+            return False
+        self.prev_ids[channel] = item_id
+        return True
 
     def on_client_body(self, data: bytes) -> None:
         pass
@@ -164,15 +178,9 @@ class ResponseHold(_Hold):
         body = (message if debug else "Error while proxying to origin.") + "\n"
         self.conn.send_response(text_response(502, body), self.req.method)
 
-    def follows(self, channel: str, prev_id: str | None, item_id: str | None) -> bool:
-        """F23: False when a publish does not follow this hold's expected id (retry then)."""
-        expected = self.prev_ids.get(channel)
-        if expected is None:
-            return True
-        if prev_id != expected:
-            return False
-        self.prev_ids[channel] = item_id
-        return True
+    def resync(self) -> None:
+        """Out of sequence (F23): ask the origin again."""
+        self.retry()
 
 
 class StreamHold(_Hold):
@@ -285,17 +293,9 @@ class StreamHold(_Hold):
             self.conn.queue(encode_chunk(data) if self.chunked else data)
             self.last_write = self.engine.loop.time()
 
-    def follows(self, channel: str, prev_id: str | None, item_id: str | None) -> bool:
-        """F26: False when a publish does not follow the expected id (re-fetch the link)."""
-        if self.prev_ids is None:
-            return True
-        expected = self.prev_ids.get(channel)
-        if expected is None:
-            return True
-        if prev_id != expected:
-            return False
-        self.prev_ids[channel] = item_id
-        return True
+    def resync(self) -> None:
+        """Out of sequence (F26): re-fetch the next link."""
+        self.update()
 
     def update(self) -> None:
         """Hint, recover, first subscription, prev-id mismatch: fetch the next link (F25)."""

@@ -18,7 +18,7 @@ from urllib.parse import urljoin, urlsplit
 from gripd.core.errors import OriginError
 from gripd.core.forward import ClientRequestInfo, origin_request_headers
 from gripd.core.http import HttpResponse, reason_phrase
-from gripd.io.origin import Endpoint, fetch
+from gripd.io.origin import endpoints_for, fetch
 
 if TYPE_CHECKING:
     from gripd.core.instruct import NextLink
@@ -70,11 +70,7 @@ async def fetch_link(
         last_ids=last_ids,
         internal=True,
     )
-    endpoints = [
-        Endpoint(t.host, t.port, t.ssl, t.insecure, (t.host_header or host.split(":")[0]))
-        for t in route.targets
-        if t.kind == "host"
-    ]
+    endpoints = endpoints_for(route.targets, route.as_host, host)
     if not endpoints:
         raise OriginError("next link: route has no host targets")
     last_error: OriginError | None = None
@@ -178,11 +174,7 @@ async def post_gone(app: App, route: Route, url: str, peer_ip: str) -> None:
     headers = origin_request_headers(
         info, route, route.targets[0], app.forward, token=token, trusted=False, internal=True
     )
-    endpoints = [
-        Endpoint(t.host, t.port, t.ssl, t.insecure, (t.host_header or parts.hostname or t.host))
-        for t in route.targets
-        if t.kind == "host"
-    ]
+    endpoints = endpoints_for(route.targets, route.as_host, parts.netloc)
     try:
         await fetch(app.pool, endpoints, "POST", path, headers, limit=MAX_LINK_RESPONSE)
     except OriginError as e:

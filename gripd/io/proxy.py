@@ -31,7 +31,7 @@ from gripd.core.instruct import Instruct, is_grip_response, parse_instruct
 from gripd.core.jsonp import JsonpStream, wrap_response
 from gripd.core.routes import Route, Target, rewrite_path, test_target_path
 from gripd.core.testhandler import answer_test_request
-from gripd.io.origin import Endpoint, OriginExchange
+from gripd.io.origin import Endpoint, OriginExchange, endpoints_for, origin_form
 
 if TYPE_CHECKING:
     from gripd.core.jsonp import JsonpRequest
@@ -174,16 +174,8 @@ class ProxySession:
                 self.conn.pause_reading()
 
     def _endpoints(self) -> list[Endpoint]:
-        out = []
         host = hdr.get(self.req.headers, "host") or ""
-        for t in self.route.targets:
-            if t.kind != "host":
-                continue
-            sni = t.host_header or self.route.as_host or host.split(":")[0] or t.host
-            out.append(
-                Endpoint(t.host, t.port, t.ssl, t.insecure, sni.split(":")[0] if t.ssl else None)
-            )
-        return out
+        return endpoints_for(self.route.targets, self.route.as_host, host)
 
     def _origin_headers(self, target: Target) -> hdr.Headers:
         app = self.app
@@ -227,7 +219,7 @@ class ProxySession:
             framing = "length"
             length = int(cl) if cl.strip().isdigit() else 0
             headers.append(("Content-Length", str(length)))
-        path = rewrite_path(self.route, _origin_form(self.req.url))
+        path = rewrite_path(self.route, origin_form(self.req.url))
         endpoints = self._endpoints()
         self._t0 = self.app.loop.time()
         try:
@@ -531,7 +523,7 @@ class ProxySession:
         self._release()
         self._mode = "test"
         self.target_label = "test"
-        path = test_target_path(self.route, _origin_form(self.req.url))
+        path = test_target_path(self.route, origin_form(self.req.url))
         resp = answer_test_request(path, self._body_total)
         if is_grip_response(resp.headers):
             self._apply_grip(resp.code, resp.reason, resp.headers, resp.body)
@@ -615,12 +607,3 @@ def _has_body(req: Request) -> bool:
     return hdr.contains(req.headers, "content-length") or hdr.contains(
         req.headers, "transfer-encoding"
     )
-
-
-def _origin_form(url: str) -> str:
-    """``http://host/p?q`` -> ``/p?q``; origin-form targets pass unchanged."""
-    if url.startswith(("http://", "https://")):
-        rest = url.split("://", 1)[1]
-        i = rest.find("/")
-        return rest[i:] if i >= 0 else "/"
-    return url or "/"

@@ -42,8 +42,8 @@ from gripd.core.wsevents import (
     woh_client_101_headers,
     woh_request_headers,
 )
-from gripd.io.origin import fetch
-from gripd.io.ws_proxy import endpoints_for, origin_form, ws_origin_headers
+from gripd.io.origin import fetch, origin_form
+from gripd.io.ws_proxy import endpoints_for, ws_origin_headers
 
 if TYPE_CHECKING:
     from gripd.io.ws_session import WsSession

@@ -10,7 +10,8 @@ from gripd.core.forward import ClientRequestInfo, origin_request_headers
 from gripd.core.http import HttpResponse
 from gripd.core.routes import rewrite_path
 from gripd.core.wscontrol import parse_grip_extension
-from gripd.io.origin import Endpoint
+from gripd.io.origin import Endpoint, origin_form
+from gripd.io.origin import endpoints_for as route_endpoints
 from gripd.io.ws_origin import WsOriginLink
 
 if TYPE_CHECKING:
@@ -18,26 +19,9 @@ if TYPE_CHECKING:
     from gripd.runtime.app import App
 
 
-def origin_form(url: str) -> str:
-    """``http://host/p?q`` -> ``/p?q``; origin-form targets pass unchanged."""
-    if url.startswith(("http://", "https://", "ws://", "wss://")):
-        rest = url.split("://", 1)[1]
-        i = rest.find("/")
-        return rest[i:] if i >= 0 else "/"
-    return url or "/"
-
-
 def endpoints_for(session: WsSession) -> list[Endpoint]:
     host = hdr.get(session.req.headers, "host") or ""
-    out = []
-    for t in session.route.targets:
-        if t.kind != "host":
-            continue
-        sni = t.host_header or session.route.as_host or host.split(":")[0] or t.host
-        out.append(
-            Endpoint(t.host, t.port, t.ssl, t.insecure, sni.split(":")[0] if t.ssl else None)
-        )
-    return out
+    return route_endpoints(session.route.targets, session.route.as_host, host)
 
 
 def ws_origin_headers(app: App, session: WsSession, *, ws: bool = True) -> hdr.Headers:
