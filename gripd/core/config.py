@@ -167,7 +167,6 @@ class Config:
 
     - ``client_write_buffer_max``: bytes queued for one client connection before the slow-client
       policy applies (drop/close), so one stalled reader cannot grow memory without bound.
-    - ``publish_queue_max``: publish items queued per connection (F24) before that policy applies.
     - ``origin_connect_timeout``: seconds to connect to one target before failing over (F10).
     - ``origin_response_timeout``: seconds to wait for the origin's response head.
     - ``max_request_body``: hard cap in bytes on a proxied request body (413/400 beyond it).
@@ -240,7 +239,6 @@ class Config:
     update_on_first_subscription: bool
     # [gripd]
     client_write_buffer_max: int = 1_048_576
-    publish_queue_max: int = 100
     origin_connect_timeout: float = 10.0
     origin_response_timeout: float = 60.0
     max_request_body: int = 100_000_000
@@ -621,7 +619,6 @@ def load_config(
         stats_format=stats_format,
         update_on_first_subscription=r.bool_("handler", "update_on_first_subscription", True),
         client_write_buffer_max=r.int_("gripd", "client_write_buffer_max", 1_048_576, minimum=1),
-        publish_queue_max=r.int_("gripd", "publish_queue_max", 100, minimum=1),
         origin_connect_timeout=r.float_("gripd", "origin_connect_timeout", 10.0),
         origin_response_timeout=r.float_("gripd", "origin_response_timeout", 60.0),
         max_request_body=r.int_("gripd", "max_request_body", 100_000_000, minimum=0),

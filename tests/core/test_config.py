@@ -135,7 +135,6 @@ def test_code_defaults_when_keys_absent() -> None:
         "stats_format": "tnetstring",
         "update_on_first_subscription": True,
         "client_write_buffer_max": 1_048_576,
-        "publish_queue_max": 100,
         "origin_connect_timeout": 10.0,
         "origin_response_timeout": 60.0,
         "max_request_body": 100_000_000,
@@ -303,7 +302,8 @@ def test_bad_boolean_names_line() -> None:
         ("[global]\nport_offset=x\n", "port_offset", 2),
         ("[gripd]\norigin_connect_timeout=0\n", "origin_connect_timeout", 2),
         ("[gripd]\norigin_response_timeout=soon\n", "origin_response_timeout", 2),
-        ("[gripd]\npublish_queue_max=0\n", "publish_queue_max", 2),
+        ("[gripd]\nws_max_message_size=0\n", "ws_max_message_size", 2),
+        ("[gripd]\nslow_client_policy=kick\n", "slow_client_policy", 2),
     ],
 )
 def test_errors_carry_file_and_line(text: str, key: str, line: int) -> None:
@@ -405,12 +405,12 @@ def test_stats_report_interval_and_prometheus_sections() -> None:
 
 def test_gripd_section() -> None:
     text = (
-        "[gripd]\nclient_write_buffer_max=2048\npublish_queue_max=5\n"
+        "[gripd]\nclient_write_buffer_max=2048\nws_max_message_size=5000\n"
         "origin_connect_timeout=2.5\norigin_response_timeout=30\nmax_request_body=0\nnew_knob=1\n"
     )
     cfg = load(text)
     assert cfg.client_write_buffer_max == 2048
-    assert cfg.publish_queue_max == 5
+    assert cfg.ws_max_message_size == 5000
     assert cfg.origin_connect_timeout == 2.5
     assert cfg.origin_response_timeout == 30.0
     assert cfg.max_request_body == 0
