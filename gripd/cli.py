@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from gripd import __version__
@@ -106,6 +107,7 @@ def load(args: argparse.Namespace) -> Config:
                 config_dir=cfg.config_dir,
                 routesfile=cfg.routesfile,
             )
+        cfg = _user_rundir(cfg)
     else:
         try:
             text = Path(path).read_text()
@@ -124,6 +126,18 @@ def load(args: argparse.Namespace) -> Config:
             raise ConfigError(f"invalid --port: {args.port}")
         cfg = dataclasses.replace(cfg, http_port=ports[:1], https_ports=[])
     return cfg
+
+
+def _user_rundir(cfg: Config) -> Config:
+    """The embedded default's ipc sockets (stats) go to a directory this user can create:
+    Pushpin's shipped ``/var/run/pushpin`` needs root, and the default must run anywhere."""
+    if os.access(os.path.dirname(cfg.rundir.rstrip("/")) or "/", os.W_OK):
+        return cfg
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    rundir = os.path.join(base, f"gripd-{os.getuid()}")
+    return dataclasses.replace(
+        cfg, rundir=rundir, stats_spec=cfg.stats_spec.replace(cfg.rundir, rundir)
+    )
 
 
 def setup_logging(level: int, logfile: str | None) -> None:
