@@ -27,7 +27,7 @@ from gripd.core.http import (
     reason_phrase,
     text_response,
 )
-from gripd.core.instruct import Instruct, is_grip_response, parse_instruct
+from gripd.core.instruct import Channel, Instruct, is_grip_response, parse_instruct
 from gripd.core.jsonp import JsonpStream, wrap_response
 from gripd.core.routes import Route, Target, rewrite_path, test_target_path
 from gripd.core.testhandler import answer_test_request
@@ -469,6 +469,13 @@ class ProxySession:
             return
         for w in ins.warnings:
             log.warning("%s: %s", self._describe(), w)
+        if ins.hold_mode is not None:
+            # F11 target option sub=: implicit channels (no route prefix) on every hold.
+            have = {c.name for c in ins.channels}
+            for t in self.route.targets:
+                if t.label() == self.target_label:
+                    ins.channels.extend(Channel(ch) for ch in t.subs if ch not in have)
+                    break
         if ins.hold_mode is not None and self._body_over:
             self._fail_client(400, "Request too large to accept GRIP instruct.\n")
             return

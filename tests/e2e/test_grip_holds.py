@@ -362,3 +362,17 @@ async def test_recover_retries_response_holds(impl: Impl, start: StartFn, origin
     assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"Updated\n")
     status, _, body = await task
     assert (status, body) == (200, b"recovered\n")
+
+
+async def test_target_sub_applies_to_http_holds(impl: Impl, start: StartFn, origin: Origin) -> None:
+    """F11 ``sub=``: implicit channels for every hold through that target (no route prefix)."""
+    origin.route("GET", "/imp", Reply(200, [("Grip-Hold", "stream"), ("Grip-Channel", "own")], ""))
+    s = await start(impl, [f"*,prefix=p- 127.0.0.1:{origin.port},sub=implicit"])
+    r = await open_request(s.http_port, get("/imp"))
+    try:
+        await settle(s, origin, "/imp")
+        await publish(s, [{"channel": "implicit", "http-stream": {"content": "via sub\n"}}])
+        await publish(s, [{"channel": "p-own", "http-stream": {"content": "via own\n"}}])
+        assert await r.read_body_until(b"via own\n") == b"via sub\nvia own\n"
+    finally:
+        r.close()
