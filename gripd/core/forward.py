@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from gripd.core.headers import Headers, get, remove, split_unquoted
+from gripd.core.routes import apply_route_headers
 from gripd.core.sig import SigningKey, validate_token
 
 # F13: the exact 1.36 string [verified].
@@ -256,16 +257,6 @@ def signing_for_route(
     return settings.sig_iss, settings.sig_key
 
 
-def _apply_route_headers(route: RouteLike, headers: Headers) -> Headers:
-    # Same rule as routes.apply_route_headers (F9): Pushpin reads the options from a QMultiHash,
-    # newest first, so each name is removed then re-added unless empty, last option first.
-    for name, value in reversed(route.headers):
-        headers = remove(headers, name)
-        if value:
-            headers.append((name, value))
-    return headers
-
-
 def _orig_headers(headers: Headers, need_mark: frozenset[str]) -> Headers:
     """F14: keep every header, then append marked copies: headers the client already marked
     are moved there as they are; names in ``orig_headers_need_mark`` are not copied."""
@@ -303,7 +294,7 @@ def origin_request_headers(
     ``last_ids`` are (channel, id) pairs sent as ``Grip-Last`` on retries/next-link requests;
     ``internal`` marks such requests from the handler, whose Grip-* headers are kept (F13).
     """
-    headers = _apply_route_headers(route, list(req.headers))
+    headers = apply_route_headers(route, list(req.headers))
     grip = not route.no_grip
 
     if route.orig_headers and not trusted:

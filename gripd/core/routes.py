@@ -15,7 +15,7 @@ Behaviour follows Pushpin 1.36 (SRC ``src/proxy/routesfile.cpp``, ``src/proxy/do
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from gripd.core.errors import ConfigError
 from gripd.core.headers import Headers, remove
@@ -579,7 +579,12 @@ def test_target_path(route: Route, path: str) -> str:
     return p.encode()[n:].decode(errors="replace") + q + query
 
 
-def apply_route_headers(route: Route, headers: Headers) -> Headers:
+class _HasHeaderOptions(Protocol):
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]: ...
+
+
+def apply_route_headers(route: _HasHeaderOptions, headers: Headers) -> Headers:
     """Apply ``header=`` options to a request's headers (F9): each removes that name, then adds
     the value unless it is empty. Pushpin applies them last-written first (QMultiHash order), so
     for a repeated name the first one in the file wins."""
