@@ -227,11 +227,8 @@ class Engine:
         last_ids: list[tuple[str, str]],
     ) -> None:
         """Send a held request to the origin again, on the same client connection (F27)."""
-        from gripd.io.proxy import ProxySession  # circular: proxy starts holds
-
-        if conn.closed:
-            return
-        ProxySession(self.app, conn, req, route, retry=True, body=body, last_ids=last_ids).start()
+        if not conn.closed:
+            self.app.retry_request(conn, req, route, body, last_ids)
 
     def slow_client(self, hold: StreamHold | WsSession) -> None:
         self.counters.drops_slow_client += 1

@@ -258,6 +258,18 @@ class App:
         else:
             ProxySession(self, conn, req, route, trusted=trusted).start()
 
+    def retry_request(
+        self,
+        conn: ClientConnection,
+        req: Request,
+        route: Route,
+        body: list[bytes],
+        last_ids: list[tuple[str, str]],
+    ) -> None:
+        """A hold's request goes to the origin again (F22/F23/F27); retries are not counted
+        against max_open_requests, as in Pushpin (the handler retries, not the client)."""
+        ProxySession(self, conn, req, route, retry=True, body=body, last_ids=last_ids).start()
+
     def request_done(self) -> None:
         """A session ended (answered, held, failed, WebSocket closed): let a waiting one in."""
         self.open_requests -= 1
