@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("gripd.woh")
 
 MAX_RETRIES = 5  # F40
+# Client message bytes queued while a request is in flight; past this, stop reading the client.
+QUEUE_MAX = 2 * MAX_BATCH_BYTES
 
 
 class WohPeer:
@@ -62,6 +64,7 @@ class WohPeer:
         self.s = session
         self.cid = str(uuid.uuid4())
         self.queue: list[WsEvent] = []
+        self.queued = 0
         self.busy = False
         self.opened = False
         self.closing = False  # we sent CLOSE for the client
@@ -110,10 +113,19 @@ class WohPeer:
 
     # -- requests ----------------------------------------------------------------------------
 
+    def pause_reading(self) -> None:
+        pass  # origin data only comes in answers to our requests, one at a time
+
+    def resume_reading(self) -> None:
+        pass
+
     def _push(self, ev: WsEvent) -> None:
         if self.gone:
             return
         self.queue.append(ev)
+        self.queued += len(ev.content or b"")
+        if self.queued > QUEUE_MAX:
+            self.s.conn.pause_reading()  # bounded: the client waits for the origin
         if not self.busy and self.opened:
             self._send_next()
 
@@ -123,6 +135,9 @@ class WohPeer:
         one = 1 if self.s.route.targets[0].one_event else 0
         try:
             now, self.queue = batch(self.queue, MAX_BATCH_BYTES, one)
+            self.queued = sum(len(e.content or b"") for e in self.queue)
+            if self.queued <= QUEUE_MAX:
+                self.s.conn.resume_reading()
         except WsEventsError as e:
             log.info("woh %s: %s", self.cid, e)  # F40: a message that cannot fit is an error
             self.queue = []

@@ -38,6 +38,8 @@ class OriginLinkHandler(WsPeerHandler, TypingProtocol):
     def on_origin_reject(self, resp: HttpResponse) -> None: ...
     def on_origin_failed(self, detail: str, tried: list[str]) -> None: ...
     def on_origin_gone(self) -> None: ...
+    def on_origin_pause_writing(self) -> None: ...
+    def on_origin_resume_writing(self) -> None: ...
 
 
 class WsOriginLink(asyncio.Protocol):
@@ -153,6 +155,22 @@ class WsOriginLink(asyncio.Protocol):
             self.handler.on_origin_gone()
         else:
             self._fail_handshake("origin closed during the handshake")
+
+    def pause_writing(self) -> None:
+        self.handler.on_origin_pause_writing()
+
+    def resume_writing(self) -> None:
+        self.handler.on_origin_resume_writing()
+
+    def pause_reading(self) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.pause_reading()
+
+    def resume_reading(self) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.resume_reading()
 
     # -- httptools callbacks -----------------------------------------------------------------
 

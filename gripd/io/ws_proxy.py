@@ -86,6 +86,14 @@ class WsOriginPeer:
     def on_origin_gone(self) -> None:
         self.session.origin_gone()
 
+    def on_origin_pause_writing(self) -> None:
+        # An origin that does not read (the seed example's backend never does): stop reading
+        # the client, so its messages wait in the kernel and not in gripd's memory.
+        self.session.conn.pause_reading()
+
+    def on_origin_resume_writing(self) -> None:
+        self.session.conn.resume_reading()
+
     def on_ws_message(self, is_text: bool, data: bytes) -> None:
         ws = self.link.ws
         single = ws is None or ws.last_frames == 1
@@ -120,3 +128,10 @@ class WsOriginPeer:
 
     def close(self) -> None:
         self.link.close()
+        self.session.conn.resume_reading()  # detached: client messages are read and dropped
+
+    def pause_reading(self) -> None:
+        self.link.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.link.resume_reading()

@@ -69,6 +69,8 @@ class OriginLink(Protocol):
     def send_pong(self, data: bytes) -> None: ...
     def send_close(self, code: int | None, reason: str) -> None: ...
     def close(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
 
 
 class _ClientPeer:
@@ -424,10 +426,13 @@ class WsSession:
             self.link.close()
 
     def on_client_pause_writing(self) -> None:
-        pass
+        # The client reads slower than the origin sends: stop reading the origin (bounded).
+        if self.link is not None:
+            self.link.pause_reading()
 
     def on_client_resume_writing(self) -> None:
-        pass
+        if self.link is not None:
+            self.link.resume_reading()
 
 
 class _EchoLink:
@@ -452,4 +457,10 @@ class _EchoLink:
         pass
 
     def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
         pass

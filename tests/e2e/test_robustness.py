@@ -805,3 +805,42 @@ async def test_large_grip_responses(impl: Impl, start: StartFn, origin: Origin) 
         edge.cancel()
         with contextlib.suppress(BaseException):
             await edge
+
+
+async def test_websocket_origin_that_never_reads_bounds_memory(start: StartFn) -> None:
+    """The seed example's backend never reads its WebSocket: a client that keeps sending must
+    be slowed down (backpressure to the client's socket), not buffered in gripd's memory; a
+    WebSocket-over-HTTP client flooding a slow origin likewise waits."""
+    from websockets.asyncio.client import connect
+    from websockets.frames import Frame, Opcode
+
+    from tests.support.wsorigin import WsOrigin
+
+    async with WsOrigin() as o:
+        s = await start("gripd", [f"* 127.0.0.1:{o.port}"])
+        uri = f"ws://127.0.0.1:{s.http_port}/websocket?channel=x"
+        pending = asyncio.ensure_future(connect(uri, max_size=None))
+        oc = await o.next_conn()
+        sub = Frame(Opcode.TEXT, b'c:{"channel":"x","type":"subscribe"}').serialize(mask=False)
+        oc.accept([("Sec-WebSocket-Extensions", 'grip; message-prefix=""')], then=sub)
+        ws = await pending
+        rss0 = s.rss_bytes()
+        chunk = b"z" * 65536
+        sent = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 3 * TIME_SCALE
+        with contextlib.suppress(TimeoutError):
+            while sent < 2000 and loop.time() < deadline:  # at most 125 MiB
+                await asyncio.wait_for(ws.send(chunk), max(0.05, deadline - loop.time()))
+                sent += 1
+        grown = s.rss_bytes() - rss0
+        # Socket buffers on four sides hold a few MiB; everything else must wait in the client.
+        assert sent * len(chunk) < 48 * 2**20, sent
+        assert grown < 24 * 2**20, grown
+        # Publishes still reach this client, whose own sending is stalled.
+        status, body = await asyncio.to_thread(
+            s.publish, [{"channel": "x", "ws-message": {"content": "still here"}}]
+        )
+        assert status == 200, body
+        assert await asyncio.wait_for(ws.recv(), 10) == "still here"
+        ws.transport.abort()
