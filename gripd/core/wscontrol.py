@@ -18,7 +18,9 @@ from gripd.core.errors import InstructError
 from gripd.core.headers import split_unquoted
 
 # Qt-compatible JSON/QVariant primitives shared with the HTTP instruct parser.
-from gripd.core.instruct import _decode_json, _qt_from_base64, _variant_to_int
+from gripd.core.qtcompat import decode_json as _decode_json
+from gripd.core.qtcompat import from_base64 as _qt_from_base64
+from gripd.core.qtcompat import variant_to_int as _variant_to_int
 
 DEFAULT_MESSAGE_PREFIX = "m:"
 CONTROL_PREFIX = "c:"
