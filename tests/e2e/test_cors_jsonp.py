@@ -14,6 +14,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.conftest import StartFn
+from tests.support.e2e import publish
 from tests.support.origin import Origin, Reply
 from tests.support.procs import Impl, Server, free_ports
 from tests.support.rawhttp import open_request
@@ -58,11 +59,6 @@ async def settle(s: Server, origin: Origin, path: str, count: int = 1) -> None:
     """Wait for the hold; Pushpin re-requests ~1 s after a first subscription (F22)."""
     await origin.wait_for(path, count)
     await asyncio.sleep(1.6 if s.impl == "pushpin" else 0.2)
-
-
-async def publish(s: Server, items: list[dict[str, object]]) -> None:
-    status, body = await asyncio.to_thread(s.publish, items)
-    assert (status, body) == (200, "Published\n")
 
 
 # --- CORS (F45) ------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 from websockets.frames import Opcode
 
 from tests.conftest import TIME_SCALE, StartFn
+from tests.support.e2e import get, publish
 from tests.support.origin import Origin, Reply
 from tests.support.procs import Impl, Server
 from tests.support.rawhttp import RawResponse, open_request, raw_request
@@ -24,15 +25,6 @@ from tests.support.wsorigin import OriginConn, RawWsClient, WsOrigin
 
 WAIT = 8.0 * TIME_SCALE
 Headers = list[tuple[str, str]]
-
-
-def get(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
-
-
-async def publish(s: Server, items: list[dict[str, Any]]) -> None:
-    status, body = await asyncio.to_thread(s.publish, items)
-    assert (status, body) == (200, "Published\n")
 
 
 async def settle(s: Server) -> None:

@@ -9,6 +9,7 @@ import gripcontrol
 import pytest
 
 from tests.conftest import StartFn
+from tests.support.e2e import get, publish
 from tests.support.origin import Origin, Reply
 from tests.support.procs import Impl, Server
 from tests.support.rawhttp import open_request, raw_request
@@ -21,15 +22,6 @@ async def settle(s: Server, origin: Origin, path: str, count: int = 1) -> None:
     first subscription (F22); wait that out so publishes land on the final hold."""
     await origin.wait_for(path, count)
     await asyncio.sleep(1.6 if s.impl == "pushpin" else 0.2)
-
-
-def get(path: str, extra: str = "") -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n".encode()
-
-
-async def publish(s: Server, items: list[dict[str, object]]) -> None:
-    status, body = await asyncio.to_thread(s.publish, items)
-    assert (status, body) == (200, "Published\n")
 
 
 async def test_long_poll_answered_by_publish(impl: Impl, start: StartFn, origin: Origin) -> None:

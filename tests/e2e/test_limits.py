@@ -16,6 +16,7 @@ import socket
 import pytest
 
 from tests.conftest import TIME_SCALE, StartFn
+from tests.support.e2e import get, lp_item, publish
 from tests.support.origin import Origin, Reply
 from tests.support.procs import NO_RATE_LIMIT, Impl, Server
 from tests.support.rawhttp import RawResponse, open_request, raw_request
@@ -23,22 +24,9 @@ from tests.support.rawhttp import RawResponse, open_request, raw_request
 WAIT = 8.0 * TIME_SCALE
 
 
-def get(path: str, extra: str = "") -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n".encode()
-
-
-async def publish(s: Server, items: list[dict[str, object]]) -> None:
-    status, body = await asyncio.to_thread(s.publish, items)
-    assert (status, body) == (200, "Published\n")
-
-
 async def settle(s: Server) -> None:
     """Let a subscription take effect; Pushpin re-requests ~1 s after a first subscriber."""
     await asyncio.sleep((1.6 if s.impl == "pushpin" else 0.3) * TIME_SCALE)
-
-
-def lp_item(channel: str, body: str) -> dict[str, object]:
-    return {"channel": channel, "formats": {"http-response": {"body": body}}}
 
 
 async def wait_log(s: Server, pattern: re.Pattern[str], within: float = 5.0) -> re.Match[str]:

@@ -13,24 +13,12 @@ import asyncio
 import pytest
 
 from tests.conftest import TIME_SCALE, StartFn
+from tests.support.e2e import get, publish, stream_item
 from tests.support.origin import Origin, RecordedRequest, Reply
 from tests.support.procs import Impl, Server
 from tests.support.rawhttp import open_request
 
 WAIT = 8.0 * TIME_SCALE
-
-
-def get(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
-
-
-async def publish(s: Server, items: list[dict[str, object]]) -> None:
-    status, body = await asyncio.to_thread(s.publish, items)
-    assert (status, body) == (200, "Published\n")
-
-
-def stream_item(channel: str, content: str, **extra: object) -> dict[str, object]:
-    return {"channel": channel, "formats": {"http-stream": {"content": content}}, **extra}
 
 
 def stream(channel: str, link: str | None = None, *more: tuple[str, str]) -> list[tuple[str, str]]:

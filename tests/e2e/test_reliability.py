@@ -17,28 +17,12 @@ import zmq.asyncio
 
 from gripd.core.tnetstring import dumps, loads
 from tests.conftest import TIME_SCALE, StartFn
+from tests.support.e2e import get, lp_item, publish, stream_item
 from tests.support.origin import Origin, RecordedRequest, Reply
 from tests.support.procs import Impl, Server
 from tests.support.rawhttp import RawResponse, open_request, raw_request
 
 WAIT = 8.0 * TIME_SCALE
-
-
-def get(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
-
-
-async def publish(s: Server, items: list[dict[str, object]]) -> None:
-    status, body = await asyncio.to_thread(s.publish, items)
-    assert (status, body) == (200, "Published\n")
-
-
-def lp_item(channel: str, body: str, **extra: object) -> dict[str, object]:
-    return {"channel": channel, "formats": {"http-response": {"body": body}}, **extra}
-
-
-def stream_item(channel: str, content: str, **extra: object) -> dict[str, object]:
-    return {"channel": channel, "formats": {"http-stream": {"content": content}}, **extra}
 
 
 def seq(item_id: str, prev_id: str) -> dict[str, str]:

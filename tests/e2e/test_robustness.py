@@ -28,6 +28,7 @@ import jwt
 import pytest
 
 from tests.conftest import TIME_SCALE, StartFn
+from tests.support.e2e import get, publish
 from tests.support.origin import Origin, Reply
 from tests.support.procs import NO_RATE_LIMIT, Impl, Server
 from tests.support.rawhttp import RawResponse, open_request, raw_request
@@ -38,20 +39,11 @@ PARSE_ERROR = "Failed to parse accept instructions: "
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def get(path: str, extra: str = "", version: str = "1.1") -> bytes:
-    return f"GET {path} HTTP/{version}\r\nHost: t\r\n{extra}\r\n".encode()
-
-
 async def settle(s: Server, origin: Origin, path: str, count: int = 1) -> None:
     """Wait until ``count`` holds on ``path`` are in place. Pushpin re-requests response holds
     ~1 s after a channel's first subscription (F22); wait that out."""
     await origin.wait_for(path, count)
     await asyncio.sleep((1.6 if s.impl == "pushpin" else 0.2) * TIME_SCALE)
-
-
-async def publish(s: Server, items: list[dict[str, object]]) -> None:
-    status, body = await asyncio.to_thread(s.publish, items)
-    assert (status, body) == (200, "Published\n")
 
 
 def _post_publish(port: int, body: bytes) -> tuple[int, str]:
