@@ -175,6 +175,15 @@ class Config:
     - ``slow_client_policy``: ``drop`` (default: the message is dropped for that client) or
       ``close`` (the client's connection is closed) when its output is over
       ``client_write_buffer_max``; either way the connection id, route and peer are logged.
+    - ``client_header_timeout``: seconds a client (or control API peer) has to complete a request
+      head, counted from its first byte (or from accept); past it: 408 and close.
+    - ``client_idle_timeout``: seconds a keep-alive connection may sit idle between requests
+      before it is closed (held connections are not idle).
+    - ``client_pipeline_max`` / ``client_pipeline_bytes_max``: pipelined requests, and their bytes,
+      read and queued behind an unfinished one before reading from that connection pauses.
+    - ``origin_response_head_max``: largest origin response head; past it the request gets 502.
+    - ``fd_reserve``: file descriptors kept free for the publish inputs and origin connections;
+      a client connection accepted into the reserve is closed at once.
 
     ``extra`` holds every key seen (both files merged, main wins), per section, with templates and
     port offset applied, so new or unmodelled keys (``zurl_out_specs``, ``updates_check``...) stay
@@ -244,6 +253,12 @@ class Config:
     max_request_body: int = 100_000_000
     ws_max_message_size: int = 1_048_576
     slow_client_policy: str = "drop"
+    client_header_timeout: float = 30.0
+    client_idle_timeout: float = 60.0
+    client_pipeline_max: int = 32
+    client_pipeline_bytes_max: int = 1_048_576
+    origin_response_head_max: int = 65_536
+    fd_reserve: int = 64
     extra: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
@@ -624,6 +639,14 @@ def load_config(
         max_request_body=r.int_("gripd", "max_request_body", 100_000_000, minimum=0),
         ws_max_message_size=r.int_("gripd", "ws_max_message_size", 1_048_576, minimum=125),
         slow_client_policy=_slow_policy(r),
+        client_header_timeout=r.float_("gripd", "client_header_timeout", 30.0),
+        client_idle_timeout=r.float_("gripd", "client_idle_timeout", 60.0),
+        client_pipeline_max=r.int_("gripd", "client_pipeline_max", 32, minimum=0),
+        client_pipeline_bytes_max=r.int_(
+            "gripd", "client_pipeline_bytes_max", 1_048_576, minimum=0
+        ),
+        origin_response_head_max=r.int_("gripd", "origin_response_head_max", 65_536, minimum=256),
+        fd_reserve=r.int_("gripd", "fd_reserve", 64, minimum=0),
         extra=extra,
     )
 
