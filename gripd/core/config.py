@@ -18,6 +18,7 @@ Where Pushpin silently turns a bad number into 0 (``QVariant::toInt``), gripd ra
 
 from __future__ import annotations
 
+import math
 import posixpath
 import re
 from collections.abc import Callable
@@ -144,9 +145,12 @@ stats_format=tnetstring
 _CONFIG_DIR = "/etc/pushpin"  # Pushpin's compiled CONFIGDIR (F1)
 
 # tcp://host:PORT, host possibly a bracketed IPv6 literal (Pushpin itself skips those).
-_TCP_PORT_RE = re.compile(r"(tcp://(?:\[[^\]]*\]|[^:/,\s\[]*):)(\d+)")
-_INT_RE = re.compile(r"[+-]?\d+")
-_FLOAT_RE = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+# ASCII digits only: ``\d`` and ``int()`` also take other scripts' digits, Qt's toInt does not.
+_TCP_PORT_RE = re.compile(r"(tcp://(?:\[[^\]]*\]|[^:/,\s\[]*):)(\d+)", re.ASCII)
+_INT_RE = re.compile(r"[+-]?\d+", re.ASCII)
+_FLOAT_RE = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+# Significant digits past any 64-bit value; Python's int() refuses more than 4300.
+_MAX_DIGITS = 20
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 
@@ -176,14 +180,16 @@ class Config:
       ``close`` (the client's connection is closed) when its output is over
       ``client_write_buffer_max``; either way the connection id, route and peer are logged.
     - ``client_header_timeout``: seconds a client (or control API peer) has to complete a request
-      head, counted from its first byte (or from accept); past it: 408 and close.
+      head, counted from its first byte (or from accept); past it: 408 and close. 0 = off.
     - ``client_idle_timeout``: seconds a keep-alive connection may sit idle between requests
-      before it is closed (held connections are not idle).
+      before it is closed (held connections are not idle). 0 = off.
     - ``client_pipeline_max`` / ``client_pipeline_bytes_max``: pipelined requests, and their bytes,
       read and queued behind an unfinished one before reading from that connection pauses.
     - ``origin_response_head_max``: largest origin response head; past it the request gets 502.
     - ``fd_reserve``: file descriptors kept free for the publish inputs and origin connections;
       a client connection accepted into the reserve is closed at once.
+    - ``zmq_max_message_size``: largest ZeroMQ message frame accepted on the PULL, SUB and
+      command sockets (``ZMQ_MAXMSGSIZE``); ZeroMQ drops the peer's connection past it.
 
     ``extra`` holds every key seen (both files merged, main wins), per section, with templates and
     port offset applied, so new or unmodelled keys (``zurl_out_specs``, ``updates_check``...) stay
@@ -259,6 +265,7 @@ class Config:
     client_pipeline_bytes_max: int = 1_048_576
     origin_response_head_max: int = 65_536
     fd_reserve: int = 64
+    zmq_max_message_size: int = 10_000_000
     extra: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
@@ -316,10 +323,23 @@ def _split_list(value: str) -> list[str]:
     return [i for i in items if i]
 
 
+def _small_int(digits: str) -> int | None:
+    """ASCII ``[+-]?[0-9]+`` (already checked) as an int; None past 64-bit magnitudes."""
+    sig = digits.lstrip("+-").lstrip("0")
+    if len(sig) > _MAX_DIGITS:
+        return None
+    v = int(sig or "0")
+    return -v if digits.startswith("-") else v
+
+
 def _shift_tcp_ports(value: str, offset: int) -> str:
+    def shift(m: re.Match[str]) -> str:
+        port = _small_int(m.group(2))
+        return m.group(0) if port is None else m.group(1) + str(port + offset)
+
     if offset == 0 or "tcp://" not in value:
         return value
-    return _TCP_PORT_RE.sub(lambda m: m.group(1) + str(int(m.group(2)) + offset), value)
+    return _TCP_PORT_RE.sub(shift, value)
 
 
 class _Reader:
@@ -360,21 +380,24 @@ class _Reader:
         if e is None or e[0] == "":  # empty counts as unset (Pushpin would read 0)
             return default
         v = self.resolve(unquote(e[0])).strip()
-        if not _INT_RE.fullmatch(v):
+        n = _small_int(v) if _INT_RE.fullmatch(v) else None
+        if n is None:
             raise self.error(section, key, "must be an integer")
-        n = int(v)
         if minimum is not None and n < minimum:
             raise self.error(section, key, f"must be at least {minimum}")
         return n
 
-    def float_(self, section: str, key: str, default: float) -> float:
+    def float_(self, section: str, key: str, default: float, *, allow_zero: bool = False) -> float:
+        """A finite positive number; with ``allow_zero`` also 0 (for timeouts where 0 = off)."""
         e = self.entry(section, key)
         if e is None or e[0] == "":
             return default
         v = unquote(e[0]).strip()
-        if not _FLOAT_RE.fullmatch(v) or float(v) <= 0:
-            raise self.error(section, key, "must be a positive number")
-        return float(v)
+        f = float(v) if _FLOAT_RE.fullmatch(v) else math.nan
+        if not (f >= 0 if allow_zero else f > 0) or f == math.inf:  # 1e999 is inf
+            what = "a positive number or 0" if allow_zero else "a positive number"
+            raise self.error(section, key, f"must be {what}")
+        return f
 
     def bool_(self, section: str, key: str, default: bool = False) -> bool:
         """true/false/1/0/yes/no/on/off, any case; empty = default. Pushpin (QVariant::toBool)
@@ -407,9 +430,10 @@ def parse_listen_list(value: str) -> list[Listen]:
             addr = addr[1:-1]
         elif ":" in addr:  # unbracketed IPv6
             raise ConfigError(f"invalid port: {item} (put IPv6 addresses in brackets)")
-        if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        port = _small_int(port_s) if port_s.isascii() and port_s.isdigit() else None
+        if port is None or not 0 <= port <= 65535:
             raise ConfigError(f"invalid port: {item}")
-        out.append(Listen(addr if addr not in ("", "*") else "0.0.0.0", int(port_s)))
+        out.append(Listen(addr if addr not in ("", "*") else "0.0.0.0", port))
     return out
 
 
@@ -428,15 +452,17 @@ def parse_log_level(value: str) -> tuple[int, dict[str, int]]:
         if sep:
             if not name:
                 raise ConfigError("log level component name cannot be empty")
-            if not level.isdigit():
+            n = _small_int(level) if level.isascii() and level.isdigit() else None
+            if n is None:
                 raise ConfigError(
                     f"log level for service {name} must be greater than or equal to 0"
                 )
-            levels[name] = int(level)
+            levels[name] = n
         else:
-            if not _INT_RE.fullmatch(part) or int(part) < 0:
+            n = _small_int(part) if _INT_RE.fullmatch(part) else None
+            if n is None or n < 0:
                 raise ConfigError("log level must be greater than or equal to 0")
-            default = int(part)
+            default = n
     return default, levels
 
 
@@ -639,14 +665,15 @@ def load_config(
         max_request_body=r.int_("gripd", "max_request_body", 100_000_000, minimum=0),
         ws_max_message_size=r.int_("gripd", "ws_max_message_size", 1_048_576, minimum=125),
         slow_client_policy=_slow_policy(r),
-        client_header_timeout=r.float_("gripd", "client_header_timeout", 30.0),
-        client_idle_timeout=r.float_("gripd", "client_idle_timeout", 60.0),
+        client_header_timeout=r.float_("gripd", "client_header_timeout", 30.0, allow_zero=True),
+        client_idle_timeout=r.float_("gripd", "client_idle_timeout", 60.0, allow_zero=True),
         client_pipeline_max=r.int_("gripd", "client_pipeline_max", 32, minimum=0),
         client_pipeline_bytes_max=r.int_(
             "gripd", "client_pipeline_bytes_max", 1_048_576, minimum=0
         ),
         origin_response_head_max=r.int_("gripd", "origin_response_head_max", 65_536, minimum=256),
         fd_reserve=r.int_("gripd", "fd_reserve", 64, minimum=0),
+        zmq_max_message_size=r.int_("gripd", "zmq_max_message_size", 10_000_000, minimum=1024),
         extra=extra,
     )
 

@@ -6,9 +6,15 @@ should see the origin's spelling. Lookups are case-insensitive.
 
 Value parsing follows Pushpin's ``HttpHeaders::parseParameters`` (fanout/common httpheaders.cpp):
 a value is split on commas outside double quotes; each part is ``first; k=v; k2="v 2"``.
+
+:func:`field_problem` is the one check for header text that does not come through an HTTP parser
+(published items, grip-instruct JSON, routes options, WebSocket control messages): it runs once,
+where such input is parsed, so the write path can emit header text as is without splitting risk.
 """
 
 from __future__ import annotations
+
+import re
 
 Headers = list[tuple[str, str]]
 Params = list[tuple[str, str]]
@@ -134,3 +140,37 @@ def param(params: Params, name: str) -> str | None:
         if k.lower() == lname:
             return v
     return None
+
+
+# RFC 9110 5.1/5.6.2: a field name is a token (1*tchar).
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 5.5: CR, LF and NUL are never allowed in a field value (nor in a reason phrase,
+# RFC 9112 4); emitting them lets the sender split the response or start a new header.
+_UNSAFE_RE = re.compile(r"[\r\n\x00]")
+_SHOW_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def is_token(name: str) -> bool:
+    """Whether ``name`` is a valid field name (an RFC 9110 token)."""
+    return _TOKEN_RE.fullmatch(name) is not None
+
+
+def is_safe_text(value: str) -> bool:
+    """Whether ``value`` may be written into a header value or status line (no CR, LF, NUL)."""
+    return _UNSAFE_RE.search(value) is None
+
+
+def field_problem(name: str, value: str) -> str | None:
+    """``None`` for a header that is safe to write, else ``"name"`` or ``"value"`` (the part at
+    fault; the name is checked first)."""
+    if not is_token(name):
+        return "name"
+    if not is_safe_text(value):
+        return "value"
+    return None
+
+
+def show(text: str) -> str:
+    """``text`` with control characters escaped (``\\r``, ``\\x00``...), for error texts and
+    logs that quote untrusted header text."""
+    return _SHOW_RE.sub(lambda m: repr(m.group(0))[1:-1], text)

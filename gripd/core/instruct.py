@@ -21,7 +21,16 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gripd.core.errors import InstructError
-from gripd.core.headers import Headers, contains, get, get_all, split_unquoted
+from gripd.core.headers import (
+    Headers,
+    contains,
+    field_problem,
+    get,
+    get_all,
+    is_safe_text,
+    show,
+    split_unquoted,
+)
 from gripd.core.http import HOP_BY_HOP_RESPONSE, HttpResponse, reason_phrase
 from gripd.core.qtcompat import (
     decode_json as _decode_json,
@@ -497,6 +506,18 @@ def _parse_header_form(st: _State, headers: Headers) -> None:
         st.meta[_from_utf8(key)] = _from_utf8(mval or "")
 
 
+# What QUrl's tolerant parser percent-encodes in a link (observed with Pushpin 1.36: space, tab,
+# ``^|{}`` and non-ASCII bytes). Left raw, a space or tab would split the request line of the
+# link's GET (``GET /a b HTTP/1.1``), so gripd encodes them once, here.
+_LINK_UNSAFE = re.compile(r'[\x00-\x20"<>\\^`{|}\x7f-\U0010ffff]')
+
+
+def _encode_link(url: str) -> str:
+    """``url`` (header text) with the characters a request target cannot carry percent-encoded
+    as their bytes (F25). Existing ``%XX`` escapes are kept as written."""
+    return _LINK_UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in _raw(m.group(0))), url)
+
+
 def _parse_links(headers: Headers) -> tuple[NextLink | None, list[tuple[str, str]]]:
     """F25 ``Grip-Link``. Only ``rel=next`` links are validated (1.36); the last one wins.
     Elements without parameters are ignored."""
@@ -509,7 +530,7 @@ def _parse_links(headers: Headers) -> tuple[NextLink | None, list[tuple[str, str
         link = params[0][0]
         if rel != "next":
             if len(link) > 2 and link[0] == "<" and link[-1] == ">":
-                others.append((rel or "", link[1:-1]))
+                others.append((rel or "", _encode_link(link[1:-1])))
             continue
         if len(link) <= 2 or link[0] != "<" or link[-1] != ">":
             raise InstructError("failed to parse Grip-Link value")
@@ -524,7 +545,7 @@ def _parse_links(headers: Headers) -> tuple[NextLink | None, list[tuple[str, str
             if t < 0:
                 raise InstructError("Grip-Link timeout has invalid value")
             timeout = t
-        next_link = NextLink(url, timeout)
+        next_link = NextLink(_encode_link(url), timeout)
     return next_link, others
 
 
@@ -544,6 +565,11 @@ def _parse_json_hold(st: _State, hold: object) -> None:
         name = _get_str(vch, "channel", "name", True)
         assert name is not None
         prev_id = _get_str(vch, "channel", "prev-id", False)
+        # Both go back to the origin in Grip-Last header values (F23, F25): no CR/LF/NUL.
+        if not is_safe_text(name):
+            raise InstructError("channel contains 'name' with invalid value")
+        if prev_id is not None and not is_safe_text(prev_id):
+            raise InstructError("channel contains 'prev-id' with invalid value")
         filters: list[str] = []
         for vf in _get_list(vch, "channel", "filters", False):
             if not isinstance(vf, str):
@@ -587,6 +613,16 @@ def _parse_json_hold(st: _State, hold: object) -> None:
             st.meta[key] = val
 
 
+def _check_header(name: str, value: str) -> None:
+    """JSON header text is not checked by any HTTP parser: refuse what would split the client's
+    response (RFC 9110 5.1, 5.5). Pushpin 1.36 does not check; see docs/compatibility.md."""
+    problem = field_problem(name, value)
+    if problem == "name":
+        raise InstructError(f"headers contains invalid name '{show(name)}'")
+    if problem == "value":
+        raise InstructError(f"headers contains '{show(name)}' with invalid value")
+
+
 def _parse_json_response(
     jresp: dict[str, object], code: int, reason: str
 ) -> tuple[int, str, Headers, bytes]:
@@ -602,6 +638,8 @@ def _parse_json_response(
         code, reason = c, ""
     jreason = _get_str(jresp, pn, "reason", False)
     if jreason:
+        if not is_safe_text(jreason):  # it goes into the status line (RFC 9112 4)
+            raise InstructError("response contains 'reason' with invalid value")
         reason = _to_header_text(jreason)
 
     headers: Headers = []
@@ -617,11 +655,13 @@ def _parse_json_response(
                     raise InstructError("header contains name element with wrong type")
                 if not isinstance(vh[1], str):
                     raise InstructError("header contains value element with wrong type")
+                _check_header(vh[0], vh[1])
                 headers.append((_to_header_text(vh[0]), _to_header_text(vh[1])))
         elif isinstance(vheaders, dict):
             for key, val in _qmap_items(vheaders):
                 if not isinstance(val, str):
                     raise InstructError(f"headers contains '{key}' with wrong type")
+                _check_header(key, val)
                 headers.append((_to_header_text(key), _to_header_text(val)))
         else:
             raise InstructError("response contains 'headers' with wrong type")

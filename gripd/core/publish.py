@@ -24,8 +24,9 @@ from typing import Any, Literal
 import jsonpatch
 
 from gripd.core.errors import PublishError
-from gripd.core.headers import Headers, parse_list
+from gripd.core.headers import Headers, field_problem, is_safe_text, parse_list, show
 from gripd.core.http import HttpResponse, reason_phrase
+from gripd.core.qtcompat import decimal_int
 
 
 @dataclass(slots=True)
@@ -160,8 +161,8 @@ def _to_int(v: object) -> int | None:
         m = _INT_RE.match(s)
         if m is None:
             return 0
-        n = int(m.group(1))
-        return _trunc32(n) if _INT64_MIN <= n < 2**63 else 0
+        n = decimal_int(m.group(1))  # None past 64 bits (int() fails past 4300 digits)
+        return _trunc32(n) if n is not None and _INT64_MIN <= n < 2**63 else 0
     return None
 
 
@@ -205,6 +206,16 @@ def _action(obj: dict[str, Any], pn: str) -> Literal["send", "hint", "close"]:
     raise _fail("")
 
 
+def _check_header(name: str, value: str) -> None:
+    """Reject what would split the response (RFC 9110 5.1, 5.5). Pushpin 1.36 writes such
+    headers raw; gripd refuses the item (docs/compatibility.md, deliberate differences)."""
+    problem = field_problem(name, value)
+    if problem == "name":
+        raise _fail(f"headers contains invalid name '{show(name)}'")
+    if problem == "value":
+        raise _fail(f"headers contains '{show(name)}' with invalid value")
+
+
 def _headers(v: object, pn: str, binary: bool) -> Headers:
     out: Headers = []
     if isinstance(v, list):
@@ -219,6 +230,7 @@ def _headers(v: object, pn: str, binary: bool) -> Headers:
             val = _as_str(h[1])
             if val is None:
                 raise _fail("header contains value element with wrong type")
+            _check_header(name, val)
             out.append((name, val))
         return out
     d = _keyed(v)
@@ -231,6 +243,7 @@ def _headers(v: object, pn: str, binary: bool) -> Headers:
         val = _as_str(d[k])
         if val is None:
             raise _fail(f"headers contains '{k}' with wrong type")
+        _check_header(k, val)
         out.append((k, val))
     return out
 
@@ -253,6 +266,8 @@ def _http_response(v: object, binary: bool) -> HttpResponseFormat:
     else:
         out.code = 200
     reason = _get_string(obj, pn, "reason")
+    if reason and not is_safe_text(reason):  # it goes into the status line
+        raise _fail(f"{pn} contains 'reason' with invalid value")
     out.reason = reason if reason else None
     if "headers" in obj:
         out.headers = _headers(obj["headers"], pn, binary)
@@ -373,6 +388,9 @@ def parse_item(obj: object, *, binary: bool = False, channel: str | None = None)
     ch = channel or (_get_string(item_obj, _ITEM, "channel", required=True) or "")
     item = PublishItem(channel=ch)
     item.id = _get_string(item_obj, _ITEM, "id")
+    if item.id is not None and not is_safe_text(item.id):
+        # The id is sent back to the origin as a Grip-Last header value (F23, F27).
+        raise _fail(f"{_ITEM} contains 'id' with invalid value")
     item.prev_id = _get_string(item_obj, _ITEM, "prev-id")
 
     if "formats" in item_obj:
@@ -574,7 +592,14 @@ def _control_reply(
     if items is not None:
         log += f" items={len(items)}"
     return ControlReply(
-        code, reason_phrase(code), headers, body.encode(), items, recover=recover, log=log
+        code,
+        reason_phrase(code),
+        headers,
+        # A message may quote a JSON key holding a lone surrogate; Qt's toUtf8 writes '?'.
+        body.encode("utf-8", "replace"),
+        items,
+        recover=recover,
+        log=log,
     )
 
 

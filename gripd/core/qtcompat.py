@@ -23,6 +23,8 @@ from gripd.core.errors import InstructError
 _QT_WS = " \t\n\v\f\r"  # QByteArray::trimmed() / C isspace
 _INT_RE = re.compile(r"[+-]?[0-9]+")
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+# More significant digits than any 64-bit integer has: out of every range Qt converts to.
+_MAX_DIGITS = 20
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _B64_DELETE = bytes(c for c in range(256) if c not in _B64_ALPHABET)
 
@@ -49,6 +51,19 @@ def to_header_text(s: str) -> str:
     return s.encode("utf-8", "replace").decode("latin-1")
 
 
+def decimal_int(body: str) -> int | None:
+    """``[+-]?[0-9]+`` (ASCII digits) as an int, or None when it is not one or has more
+    significant digits than any 64-bit value: Python's ``int()`` refuses strings past 4300
+    digits (ValueError), and no Qt integer conversion accepts such a value anyway."""
+    if not _INT_RE.fullmatch(body):
+        return None
+    digits = body.lstrip("+-").lstrip("0")
+    if len(digits) > _MAX_DIGITS:
+        return None
+    v = int(digits or "0")
+    return -v if body.startswith("-") else v
+
+
 def to_int(s: str | None) -> int | None:
     """``QByteArray::toInt(&ok)``: optional surrounding ASCII whitespace, optional sign,
     decimal digits, within int32; None when not ok. Qt stops at a NUL byte."""
@@ -58,8 +73,8 @@ def to_int(s: str | None) -> int | None:
     body = s.lstrip(_QT_WS).rstrip(_QT_WS)
     if not _INT_RE.fullmatch(body):
         return None
-    v = int(body)
-    return v if _INT32_MIN <= v <= _INT32_MAX else None
+    v = decimal_int(body)
+    return v if v is not None and _INT32_MIN <= v <= _INT32_MAX else None
 
 
 def _wrap_int32(v: int) -> int:
@@ -146,8 +161,10 @@ def url_valid(url: str) -> bool:
         host, port = hostport.split(":", 1)
     else:
         port = ""
-    if port and (not port.isascii() or not port.isdigit() or int(port) > 65535):
-        return False
+    if port:
+        n = decimal_int(port) if port.isascii() and port.isdigit() else None
+        if n is None or n > 65535:
+            return False
     return _host_valid(host)
 
 
@@ -338,8 +355,8 @@ def variant_to_int(v: object) -> int | None:
         body = v.strip()
         if not body.isascii() or not _INT_RE.fullmatch(body):
             return 0
-        n = int(body)
-        return _wrap_int32(n) if -(2**63) <= n < 2**63 else 0
+        n = decimal_int(body)
+        return _wrap_int32(n) if n is not None and -(2**63) <= n < 2**63 else 0
     if isinstance(v, (int, float)):
         try:
             d = float(v)

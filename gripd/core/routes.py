@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from gripd.core.errors import ConfigError
-from gripd.core.headers import Headers, remove
+from gripd.core.headers import Headers, field_problem, is_safe_text, remove, show
+from gripd.core.qtcompat import decimal_int
 
 __all__ = [
     "DEFAULT_ROUTES",
@@ -130,11 +131,14 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class RouteWarning:
-    """A skipped line or ignored option, located for the log."""
+    """A skipped line or ignored option, located for the log. ``error`` marks a line that
+    could not be parsed (a live reload keeps the previous table then); duplicates and ignored
+    options are not errors."""
 
     filename: str
     line: int
     message: str
+    error: bool = False
 
     def __str__(self) -> str:
         return f"{self.filename}:{self.line}: {self.message}"
@@ -241,9 +245,8 @@ class _Props:
 
 
 def _to_int(value: str) -> int | None:
-    s = value.strip()
-    digits = s[1:] if s[:1] in "+-" else s
-    return int(s) if digits.isdigit() else None
+    """A signed decimal integer (ASCII digits), or None; a huge one is None too (not a crash)."""
+    return decimal_int(value.strip())
 
 
 def _option_warnings(
@@ -294,6 +297,8 @@ def _parse_target(sec: Section) -> Target | str:
             return "target invalid port"
         port = n
     host_header = p.get("host")
+    if host_header and not is_safe_text(host_header):
+        return "target host contains CR, LF or NUL"  # it becomes the Host header value
     return Target(
         kind=kind,
         host=host,
@@ -361,7 +366,16 @@ def _build_route(
         at = h.find(":")
         if at < 1:
             return None, ["header must use format 'name:value'"]
-        headers.append((h[:at], h[at + 1 :].lstrip(" ")))
+        name, value = h[:at], h[at + 1 :].lstrip(" ")
+        # Sent to the origin as is: a non-token name or a CR/LF/NUL in the value would split
+        # the request (RFC 9110 5.1, 5.5). Pushpin does not check; the line is skipped here.
+        problem = field_problem(name, value)
+        if problem is not None:
+            return None, [f"header {problem} is invalid: '{show(h)}'"]
+        headers.append((name, value))
+    as_host = p.get("as_host")
+    if as_host and not is_safe_text(as_host):
+        return None, ["as_host contains CR, LF or NUL"]
     jsonp_cb = p.get("jsonp_cb")
 
     targets: list[Target] = []
@@ -383,7 +397,7 @@ def _build_route(
         prefix=p.get("prefix") or "",
         path_rem=path_rem,
         replace_beg=p.get("replace_beg"),
-        as_host=p.get("as_host") or None,
+        as_host=as_host or None,
         headers=tuple(headers),
         debug=p.has("debug"),
         no_grip=p.has("no_grip"),
@@ -437,6 +451,9 @@ def _host_only(host: str) -> str:
     return host
 
 
+_NO_KEY = "condition has no domain or id"
+
+
 class RouteTable:
     """Parsed routes, looked up by host/path (F7) or by id (F8)."""
 
@@ -453,7 +470,7 @@ class RouteTable:
     def _add(self, r: Route) -> str | None:
         """Add a route; the warning text if it is rejected (addRule)."""
         if not r.domain and not r.explicit_id:
-            return "condition has no domain or id"
+            return _NO_KEY
         if r.domain:
             for b in self._by_domain.get(r.domain, []):
                 if (b.proto, b.ssl, b.path_beg) == (r.proto, r.ssl, r.path_beg):
@@ -477,18 +494,20 @@ class RouteTable:
             try:
                 sections = parse_line(text)
             except RouteSyntaxError as e:
-                warnings.append(RouteWarning(filename, lineno, e.message))
+                warnings.append(RouteWarning(filename, lineno, e.message, error=True))
                 continue
             if not sections:
                 continue
             route, notes = _build_route(sections, filename, lineno)
-            warnings += [RouteWarning(filename, lineno, m) for m in notes]
+            bad = route is None  # only the reason is in ``notes`` then
+            warnings += [RouteWarning(filename, lineno, m, error=bad) for m in notes]
             if route is None:
                 continue
             shared_before = route.id in table._shared_ids or route.id in table._by_id
             msg = table._add(route)
             if msg is not None:
-                warnings.append(RouteWarning(filename, lineno, msg))
+                no_key = msg == _NO_KEY
+                warnings.append(RouteWarning(filename, lineno, msg, error=no_key))
             elif shared_before and route.explicit_id:
                 warnings.append(
                     RouteWarning(filename, lineno, f"duplicate id {route.id!r}; id unusable")

@@ -42,7 +42,8 @@ TOKEN_REFRESH_MARGIN = 600
 _CACHE_MAX = 64
 
 _B64URL_RE = re.compile(r"[A-Za-z0-9_-]*")
-_QT_INT_RE = re.compile(r"\s*[+-]?\d+\s*")
+# ASCII only: ``\d`` and ``int()`` also take other scripts' digits, which Qt's toInt refuses.
+_QT_INT_RE = re.compile(r"\s*([+-]?)0*(\d+)\s*", re.ASCII)
 _INT32 = 1 << 32
 
 
@@ -237,8 +238,9 @@ def _qt_exp(value: object) -> int:
             return 0
         v = value % _INT32
         return v - _INT32 if v >= 2**31 else v
-    if isinstance(value, str) and _QT_INT_RE.fullmatch(value):
-        v = int(value)
+    m = _QT_INT_RE.fullmatch(value) if isinstance(value, str) else None
+    if m is not None and len(m.group(2)) <= 10:  # longer is out of int32 (and int() may refuse)
+        v = int(m.group(1) + m.group(2))
         return v if -(2**31) <= v < 2**31 else 0
     return 0
 
@@ -262,7 +264,7 @@ def validate_token(token: str, key: SigningKey, now: float) -> bool:
     try:
         header = json.loads(header_raw)
         claims = json.loads(claims_raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deep nesting, before the signature
         return False
     if not isinstance(header, dict) or header.get("alg") != key.alg:
         return False

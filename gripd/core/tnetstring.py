@@ -9,6 +9,7 @@ Strictness added over ``tnetstring3`` (its quirks, see research python-stack §3
 - ``loads`` rejects trailing bytes (``tnetstring3.loads`` ignores them). Pushpin's Qt decoder
   ignores them too; gripd drops such messages as malformed, a documented deviation.
 - ``loads`` accepts ``bytes``, ``bytearray`` and ``memoryview`` (the extension only ``bytes``).
+- ``loads`` rejects dict keys that are not strings (the extension takes any value as a key).
 - Every decode failure, including the extension's stray ``OverflowError`` on non-ASCII digits
   and ``RecursionError`` on deep nesting, becomes :class:`TnetstringError`.
 - ``dumps`` encodes ``str`` as UTF-8 (the extension only takes ``bytes``), accepts only ``str``
@@ -170,7 +171,10 @@ def _py_parse(data: bytes, pos: int, end: int) -> tuple[object, int]:
     if tag == 0x23:  # #
         if _INT_RE.fullmatch(payload) is None:
             raise _bad("invalid integer literal")
-        return int(payload), stop + 1
+        try:
+            return int(payload), stop + 1
+        except ValueError:  # over Python's int() digit limit; the C extension rejects it too
+            raise _bad("integer literal too long") from None
     if tag == 0x5E:  # ^
         if _FLOAT_RE.fullmatch(payload) is None:
             raise _bad("invalid float literal")
@@ -239,6 +243,15 @@ def dumps(obj: object) -> bytes:
         raise TnetstringError("value nested too deeply") from None
 
 
+def _string_keys(value: object) -> bool:
+    """Whether every dict in ``value`` has only ``bytes`` keys (what the pure codec yields)."""
+    if isinstance(value, dict):
+        return all(isinstance(k, bytes) and _string_keys(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_string_keys(v) for v in value)
+    return True
+
+
 def loads(data: bytes | bytearray | memoryview) -> object:
     """Decode exactly one tnetstring; raises :class:`TnetstringError` on anything else."""
     if _c_pop is None:  # pragma: no cover - exercised via py_loads
@@ -246,8 +259,11 @@ def loads(data: bytes | bytearray | memoryview) -> object:
     buf = data if isinstance(data, bytes) else bytes(data)
     try:
         value, rest = _c_pop(buf)
+        keys_ok = _string_keys(value)
     except (ValueError, TypeError, OverflowError, IndexError, RecursionError) as e:
         raise _bad(str(e) or type(e).__name__) from None
     if rest:
         raise _bad("trailing bytes after the value")
+    if not keys_ok:
+        raise _bad("dict key is not a string")
     return value

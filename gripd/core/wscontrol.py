@@ -10,12 +10,12 @@ plus the defaults applied in ``src/handler/engine.cpp``; extension parsing mirro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import AnyStr, Literal
+from typing import AnyStr, Final, Literal
 
 from gripd.core.errors import InstructError
-from gripd.core.headers import split_unquoted
+from gripd.core.headers import is_safe_text, is_token, split_unquoted
 
 # Qt-compatible JSON/QVariant primitives shared with the HTTP instruct parser.
 from gripd.core.qtcompat import decode_json as _decode_json
@@ -26,6 +26,13 @@ DEFAULT_MESSAGE_PREFIX = "m:"
 CONTROL_PREFIX = "c:"
 DEFAULT_KEEP_ALIVE_TIMEOUT = 55  # engine.cpp DEFAULT_WS_KEEPALIVE_TIMEOUT (seconds)
 DEFAULT_SEND_DELAYED_TIMEOUT = 1  # engine.cpp DEFAULT_WS_SENDDELAYED_TIMEOUT (seconds)
+
+# Subscription meta one WebSocket may hold (F36), set by ``set-meta`` or ``Set-Meta-*`` (F41).
+# Pushpin 1.36 keeps any number of keys; gripd caps them so an origin cannot grow one
+# connection without bound, and so the ``Meta-*`` headers sent with every WebSocket-over-HTTP
+# request (F40) stay small. A set past a cap is ignored; replacing and deleting always work.
+META_KEYS_MAX: Final = 100
+META_BYTES_MAX: Final = 16 * 1024  # UTF-8 bytes of every name and value together
 
 MessageType = Literal["text", "binary", "ping", "pong"]
 KeepAliveMode = Literal["idle", "interval"]
@@ -63,6 +70,40 @@ class SetMeta:
 
     name: str
     value: str | None
+
+
+def meta_size(meta: Mapping[str, str]) -> int:
+    """UTF-8 bytes of ``meta``'s names and values (what :data:`META_BYTES_MAX` counts)."""
+    return sum(len(k.encode()) + len(v.encode()) for k, v in meta.items())
+
+
+def set_meta(
+    meta: dict[str, str], name: str, value: str | None, *, fold_case: bool = False
+) -> bool:
+    """Apply one meta change to ``meta`` in place: ``value`` None deletes ``name``.
+
+    ``fold_case`` matches names case-insensitively (``Set-Meta-*`` headers, F41; the old entry
+    is removed and the new one goes last, as Pushpin does). Returns False, leaving ``meta``
+    unchanged, when the result would have more than :data:`META_KEYS_MAX` keys or
+    :data:`META_BYTES_MAX` bytes."""
+    if fold_case:
+        lname = name.lower()
+        old = [k for k in meta if k.lower() == lname]
+    else:
+        old = [name] if name in meta else []
+    if value is None:
+        for k in old:
+            del meta[k]
+        return True
+    keys = len(meta) - len(old) + 1
+    size = meta_size(meta) - sum(len(k.encode()) + len(meta[k].encode()) for k in old)
+    size += len(name.encode()) + len(value.encode())
+    if keys > META_KEYS_MAX or size > META_BYTES_MAX:
+        return False
+    for k in old:
+        del meta[k]
+    meta[name] = value
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +182,8 @@ def _content(obj: dict[str, object]) -> bytes | None:
         v = obj["content-bin"]
         if not isinstance(v, str):
             raise WsControlError(f"{_PN} contains 'content-bin' with wrong type")
-        return _qt_from_base64(v.encode("utf-8"))
+        # Qt's toUtf8 writes '?' for a lone surrogate, which fromBase64 then skips.
+        return _qt_from_base64(v.encode("utf-8", "replace"))
     if "content" in obj:
         v = obj["content"]
         if not isinstance(v, str):
@@ -188,9 +230,14 @@ def control_message_from_json(doc: object) -> ControlMessage:
         return Session(_get_str(doc, "id", False))
     if mtype == "set-meta":
         name = _get_str(doc, "name", True)
-        if not name:
+        # WebSocket-over-HTTP sends meta to the origin as ``Meta-<name>: <value>`` (F40), so
+        # the name must be a token and the value free of CR/LF/NUL (RFC 9110 5.1, 5.5).
+        if not name or not is_token(name):
             raise WsControlError(f"{_PN} contains 'name' with invalid value")
-        return SetMeta(name, _get_str(doc, "value", False))
+        value = _get_str(doc, "value", False)
+        if value is not None and not is_safe_text(value):
+            raise WsControlError(f"{_PN} contains 'value' with invalid value")
+        return SetMeta(name, value)
     if mtype in ("keep-alive", "send-delayed"):
         msg_type = _message_type(doc)
         content = _content(doc)

@@ -20,7 +20,8 @@ from typing import Literal
 
 from gripd.core.errors import OriginError
 from gripd.core.headers import Headers, get, get_all
-from gripd.core.wscontrol import parse_grip_extension
+from gripd.core.qtcompat import decimal_int
+from gripd.core.wscontrol import parse_grip_extension, set_meta
 
 CONTENT_TYPE = "application/websocket-events"
 MAX_BATCH_BYTES = 200_000  # F40: message bytes per request (BUFFER_SIZE)
@@ -311,8 +312,8 @@ def parse_keep_alive_interval(value: str | None) -> int | None:
     body = value.split("\0", 1)[0].strip(_QT_WS)
     if not _INT_RE.fullmatch(body):
         return 0
-    x = int(body)
-    if x <= 0 or x > _INT32_MAX:
+    x = decimal_int(body)  # None past 64-bit range: not a positive int32 either
+    if x is None or x <= 0 or x > _INT32_MAX:
         return 0
     return max(x, MIN_KEEP_ALIVE_INTERVAL)
 
@@ -346,14 +347,11 @@ def apply_meta_updates(
     meta: Mapping[str, str], updates: Iterable[tuple[str, str]]
 ) -> dict[str, str]:
     """F41: a new meta dict with ``Set-Meta-*`` applied. Names match case-insensitively; a set
-    value replaces the old entry (moving it last, as Pushpin does), an empty value deletes it."""
+    value replaces the old entry (moving it last, as Pushpin does), an empty value deletes it.
+    A set past ``META_KEYS_MAX`` / ``META_BYTES_MAX`` (core/wscontrol) is ignored."""
     out = dict(meta)
     for name, value in updates:
-        lname = name.lower()
-        for k in [k for k in out if k.lower() == lname]:
-            del out[k]
-        if value:
-            out[name] = value
+        set_meta(out, name, value or None, fold_case=True)
     return out
 
 

@@ -315,6 +315,22 @@ def test_errors_carry_file_and_line(text: str, key: str, line: int) -> None:
     assert str(ei.value).startswith(f"/etc/gripd/pushpin.conf:{line}: ")
 
 
+@pytest.mark.parametrize("key", ["client_header_timeout", "client_idle_timeout"])
+def test_client_timeouts_accept_zero_for_off(key: str) -> None:
+    """0 turns these timeouts off (docs/limits.md); it was refused as not positive."""
+    cfg = load(f"[gripd]\n{key}=0\n")
+    assert getattr(cfg, key) == 0.0
+    assert getattr(load(f"[gripd]\n{key}=0.5\n"), key) == 0.5
+    for bad in ("-1", "1e999", "x"):
+        with pytest.raises(ConfigError, match="must be a positive number or 0"):
+            load(f"[gripd]\n{key}={bad}\n")
+
+
+def test_other_timeouts_stay_positive() -> None:
+    with pytest.raises(ConfigError, match=r"must be a positive number \(got"):
+        load("[gripd]\norigin_response_timeout=0\n")
+
+
 def test_error_in_include_names_include_file() -> None:
     read = files({"/etc/gripd/inc.conf": "[handler]\nmessage_hwm=lots\n"})
     with pytest.raises(ConfigError) as ei:

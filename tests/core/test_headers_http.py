@@ -100,3 +100,33 @@ def test_reason_table_is_pushpins() -> None:
     assert reason_phrase(413) == "Request Entity Too Large"
     for code in (103, 418, 421, 425, 451, 0, 999):
         assert reason_phrase(code) == "Undefined Reason"
+
+
+# --- the header safety check shared by every non-HTTP input (RFC 9110 5.1, 5.5) ---------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("X-Ok", "v a\tlue é", None),
+        ("!#$%&'*+-.^_`|~09azAZ", "", None),
+        ("", "v", "name"),
+        ("X Y", "v", "name"),
+        ("X:", "v", "name"),
+        ("X\r\nY", "v", "name"),
+        ("Xé", "v", "name"),
+        ("X", "a\r\nSet-Cookie: e=1", "value"),
+        ("X", "a\rb", "value"),
+        ("X", "a\nb", "value"),
+        ("X", "a\x00b", "value"),
+        ("X Y", "a\r\n", "name"),  # the name is checked first
+    ],
+)
+def test_field_problem(name: str, value: str, problem: str | None) -> None:
+    assert hdr.field_problem(name, value) == problem
+    assert hdr.is_token(name) == (problem != "name")
+    assert hdr.is_safe_text(value) == (not any(c in value for c in "\r\n\x00"))
+
+
+def test_show_escapes_controls() -> None:
+    assert hdr.show("a\r\nb\x00\x7f\tc é") == "a\\r\\nb\\x00\\x7f\\tc é"

@@ -560,7 +560,7 @@ def test_json_requires_code_200() -> None:
     ("body", "headers"),
     [
         (b'\xef\xbb\xbf{"response":{"headers":{"a":"b"}}}', [("a", "b")]),  # BOM
-        (b'{"response":{"headers":{"a":"x\ny"}}}', [("a", "x\ny")]),  # raw control char
+        (b'{"response":{"headers":{"a":"x\ty"}}}', [("a", "x\ty")]),  # raw control char
         (b'{"response":{"headers":{"a":"\\q"}}}', [("a", "q")]),  # unknown escape
         (b'{"response":{"headers":{"a":"\\ud83d\\ude00"}}}', [("a", "\xf0\x9f\x98\x80")]),
         (b'{"response":{"headers":{"a":"\\ud800"}}}', [("a", "?")]),  # lone surrogate
@@ -746,3 +746,77 @@ def test_qt_oracle_json_acceptance(qt: _Qt, s: str) -> None:
     except InstructError as e:
         accepted = str(e) != J_FAIL
     assert accepted == qt.json_ok(body), body
+
+
+# --------------------------------------------------------------------------------------------
+# Header injection through the JSON form (F21). Origin header text comes through httptools,
+# which refuses CR, LF and NUL; JSON text does not, so the parser checks it (RFC 9110 5.1,
+# 5.5). Pushpin 1.36 does not check; gripd answers 502 (docs/compatibility.md).
+
+
+@pytest.mark.parametrize(
+    ("response", "message"),
+    [
+        ({"headers": {"X": "a\r\nSet-Cookie: e=1"}}, "headers contains 'X' with invalid value"),
+        ({"headers": [["X", "a\nb"]]}, "headers contains 'X' with invalid value"),
+        ({"headers": {"X": "a\x00b"}}, "headers contains 'X' with invalid value"),
+        ({"headers": {"X\r\nY": "1"}}, "headers contains invalid name 'X\\r\\nY'"),
+        ({"headers": [["X Y", "1"]]}, "headers contains invalid name 'X Y'"),
+        ({"headers": [["", "1"]]}, "headers contains invalid name ''"),
+        (
+            {"code": 200, "reason": "OK\r\nSet-Cookie: e=1"},
+            "response contains 'reason' with invalid value",
+        ),
+        ({"reason": "\x00"}, "response contains 'reason' with invalid value"),
+    ],
+)
+def test_json_response_header_injection(response: dict[str, Any], message: str) -> None:
+    with pytest.raises(InstructError) as ei:
+        pj({"response": response})
+    assert str(ei.value) == message
+
+
+@pytest.mark.parametrize(
+    ("channel", "message"),
+    [
+        ({"name": "a\r\nX: y"}, "channel contains 'name' with invalid value"),
+        ({"name": "a", "prev-id": "1\nX: y"}, "channel contains 'prev-id' with invalid value"),
+        ({"name": "a", "prev-id": "\x00"}, "channel contains 'prev-id' with invalid value"),
+    ],
+)
+def test_json_channel_header_injection(channel: dict[str, Any], message: str) -> None:
+    """Channel names and prev-ids go back to the origin in ``Grip-Last`` (F23, F25)."""
+    with pytest.raises(InstructError) as ei:
+        pj({"hold": {"channels": [channel]}})
+    assert str(ei.value) == message
+
+
+def test_json_header_text_that_is_allowed() -> None:
+    ins = pj(
+        {
+            "hold": {"channels": [{"name": "a b\té", "prev-id": "p 1"}]},
+            "response": {"reason": "Fine\té", "headers": [["X-A", "v\t é"]], "body": "\r\n\x00"},
+        }
+    )
+    assert ins.response.reason == "Fine\té".encode().decode("latin-1")
+    assert ins.response.headers == [("X-A", "v\t é".encode().decode("latin-1"))]
+    assert ins.response.body == b"\r\n\x00"
+    assert ins.channels[0].name == "a b\té"
+
+
+@pytest.mark.parametrize(
+    ("link", "url"),
+    [
+        ("</n ext\t2?q=1 2>", "/n%20ext%092?q=1%202"),
+        ("</a^b|c{d}`e\\f>", "/a%5Eb%7Cc%7Bd%7D%60e%5Cf"),
+        ("</\xc3\xa9>", "/%C3%A9"),  # header text: the UTF-8 bytes as latin-1
+        ("</a%20b%41?x=%2F>", "/a%20b%41?x=%2F"),  # existing escapes kept
+        ("<http://h:8080/p?q#f>", "http://h:8080/p?q#f"),
+    ],
+)
+def test_grip_link_is_encoded_for_the_request_line(link: str, url: str) -> None:
+    """F25: what QUrl encodes (observed with Pushpin 1.36) is percent-encoded, so the link's
+    GET request line cannot be split by a space or tab."""
+    i = parse([("Grip-Hold", "stream"), ("Grip-Link", f"{link}; rel=next, {link}; rel=gone")])
+    assert i.next_link == NextLink(url, 120)
+    assert i.other_links == [("gone", url)]

@@ -134,6 +134,7 @@ BODY_CASES: list[tuple[Any, str | None]] = [
     (_item(meta=1), f"{PI} contains 'meta' with wrong type"),
     (_item(meta={"k": 1}), "Invalid format: 'meta' contains 'k' with wrong type"),
     (_item(size="x"), None),
+    (_item(size="9" * 5000), None),  # Qt toInt: not ok, 0 (was a ValueError: fuzzing find)
     (_item(size=[]), f"{PI} contains 'size' with wrong type"),
     (_item(size=None), f"{PI} contains 'size' with wrong type"),
     (_item(size=-1), f"{PI} contains 'size' with invalid value"),
@@ -165,6 +166,7 @@ BODY_CASES: list[tuple[Any, str | None]] = [
     (_hr(code="1000.0", body=""), None),
     (_hr(code="", body=""), None),
     (_hr(code="10000000000", body=""), f"{HR} contains 'code' with invalid value"),
+    (_hr(code="9" * 5000, body=""), None),  # past int()'s digit limit: 0, as Qt (fuzzing find)
     (_hr(code="4294967496", body=""), None),
     (_hr(code=4294967496, body=""), None),
     (_hr(code=4294967496.0, body=""), None),
@@ -180,7 +182,7 @@ BODY_CASES: list[tuple[Any, str | None]] = [
 
 
 @pytest.mark.parametrize(
-    ("doc", "expected"), BODY_CASES, ids=[json.dumps(c[0]) for c in BODY_CASES]
+    ("doc", "expected"), BODY_CASES, ids=[json.dumps(c[0])[:300] for c in BODY_CASES]
 )
 def test_publish_body_errors_match_pushpin(doc: Any, expected: str | None) -> None:
     body = json.dumps(doc).encode()
@@ -567,3 +569,123 @@ def test_control_log_line() -> None:
     assert reply.log == "control: POST /publish/ code=200 10 items=1"
     assert reply.items is not None and reply.items[0].channel == "c"
     assert handle_control_request("GET", "/x", [], b"").log == "control: GET /x code=404 10"
+
+
+# --- header injection (response splitting) -------------------------------------------------------
+# Pushpin 1.36 accepts all of these and writes them raw to the held client (checked by running
+# it); gripd refuses the item with a 400 naming the field (docs/compatibility.md).
+
+SPLIT_CASES: list[tuple[dict[str, Any], str]] = [
+    (
+        _hr(headers={"X": "a\r\nSet-Cookie: evil=1"}, body="b"),
+        "Invalid format: headers contains 'X' with invalid value",
+    ),
+    (
+        _hr(headers={"X": "a\rb"}, body="b"),
+        "Invalid format: headers contains 'X' with invalid value",
+    ),
+    (
+        _hr(headers={"X": "a\nb"}, body="b"),
+        "Invalid format: headers contains 'X' with invalid value",
+    ),
+    (
+        _hr(headers={"X": "a\x00b"}, body="b"),
+        "Invalid format: headers contains 'X' with invalid value",
+    ),
+    (
+        _hr(headers=[["X", "a\r\nSet-Cookie: evil=1"]], body="b"),
+        "Invalid format: headers contains 'X' with invalid value",
+    ),
+    (
+        _hr(headers={"X\r\nSet-Cookie": "evil=1"}, body="b"),
+        "Invalid format: headers contains invalid name 'X\\r\\nSet-Cookie'",
+    ),
+    (
+        _hr(headers=[["X Y", "1"]], body="b"),
+        "Invalid format: headers contains invalid name 'X Y'",
+    ),
+    (_hr(headers={"": "1"}, body="b"), "Invalid format: headers contains invalid name ''"),
+    (
+        _hr(headers={"X:": "1"}, body="b"),
+        "Invalid format: headers contains invalid name 'X:'",
+    ),
+    (
+        _hr(reason="OK\r\nSet-Cookie: evil=1", body="b"),
+        f"{HR} contains 'reason' with invalid value",
+    ),
+    (_hr(reason="O\x00K", body="b"), f"{HR} contains 'reason' with invalid value"),
+    (
+        {"items": [{"channel": "a", "id": "1\r\nX: y", "formats": WS_X}]},
+        f"{PI} contains 'id' with invalid value",
+    ),
+]
+
+
+@pytest.mark.parametrize(("doc", "message"), SPLIT_CASES)
+def test_header_injection_rejected(doc: dict[str, Any], message: str) -> None:
+    """F28/F30: CR, LF or NUL in a header value, reason or item id, or a header name that is
+    not an RFC 9110 token, fails the whole request with a 400 naming the field."""
+    with pytest.raises(PublishError) as ei:
+        parse_publish_body(json.dumps(doc).encode())
+    assert str(ei.value) == message
+    reply = handle_control_request("POST", "/publish", [], json.dumps(doc).encode())
+    assert (reply.code, reply.body.decode(), reply.items) == (400, message + "\n", None)
+
+
+def test_header_injection_rejects_whole_batch() -> None:
+    good = {"channel": "a", "formats": {"http-response": {"body": "ok"}}}
+    bad = {"channel": "a", "formats": {"http-response": {"headers": {"X": "\n"}, "body": "b"}}}
+    reply = handle_control_request(
+        "POST", "/publish", [], json.dumps({"items": [good, bad]}).encode()
+    )
+    assert reply.code == 400 and reply.items is None
+
+
+def test_header_injection_rejected_in_tnetstring_items() -> None:
+    """F31: the ZeroMQ inputs and the command socket share ``parse_item``."""
+    fmt = {b"http-response": {b"headers": {b"X": b"a\r\nSet-Cookie: e=1"}, b"body": b"b"}}
+    with pytest.raises(PublishError, match="headers contains 'X' with invalid value"):
+        parse_item({b"channel": b"c", b"formats": fmt}, binary=True)
+    fmt = {b"http-response": {b"reason": b"OK\nX: y", b"body": b"b"}}
+    with pytest.raises(PublishError, match="contains 'reason' with invalid value"):
+        parse_item({b"channel": b"c", b"formats": fmt}, binary=True)
+
+
+def test_header_text_that_is_allowed() -> None:
+    """Tabs, spaces, obs-text and other tchars stay allowed; content bytes are not headers."""
+    item = parse_item(
+        {
+            "channel": "a",
+            "id": "id 1",
+            "formats": {
+                "http-response": {
+                    "reason": "Fine\tReason é",
+                    "headers": [["X-a_b.c!#$%&'*+^`|~9", "v\t1 é"]],
+                    "body": "a\r\nb\x00",
+                },
+                "http-stream": {"content": "x\r\n\r\ny"},
+                "ws-message": {"content": "\r\n\x00"},
+            },
+        }
+    )
+    assert item.http_response is not None
+    assert item.http_response.headers == [("X-a_b.c!#$%&'*+^`|~9", "v\t1 é")]
+    assert item.http_response.reason == "Fine\tReason é"
+
+
+def test_tnetstring_huge_size_is_zero_not_a_crash() -> None:
+    """F29: a tnetstring ``size`` past Python's int() digit limit reads as Qt toInt's 0."""
+    item = parse_item(
+        {b"channel": b"a", b"formats": {b"http-stream": {b"content": b""}}, b"size": b"9" * 5000},
+        binary=True,
+    )
+    assert item.size == 0
+
+
+def test_error_naming_a_lone_surrogate_key_is_a_400() -> None:
+    """F28: the 400 message quotes a JSON key that is a lone surrogate; Qt's toUtf8 writes '?'
+    for it, so the reply is encodable (it was a UnicodeEncodeError, i.e. a 500)."""
+    body = b'{"items":[{"channel":"a","formats":{"http-response":{"headers":{"\\ude00":1}}}}]}'
+    reply = handle_control_request("POST", "/publish", [], body)
+    assert reply.code == 400
+    assert reply.body == b"Invalid format: headers contains '?' with wrong type\n"

@@ -184,12 +184,19 @@ def test_unknown_options_warn_but_keep_route() -> None:
         ("* h:0\n", ["r:1: target invalid port"]),
         ("* h:65536\n", ["r:1: target invalid port"]),
         ("* h:8x\n", ["r:1: target invalid port"]),
+        # past Python's 4300-digit int() limit: a warning, not a ValueError (fuzzing find)
+        ("* h:" + "9" * 5000 + "\n", ["r:1: target invalid port"]),
+        ("* h:\u00b2\n", ["r:1: target invalid port"]),  # str.isdigit() but not int()-able
         ("* h:80 bad\n", ["r:1: target bad format"]),
         ("*,header=X:  a b h:1\n", ["r:1: target bad format"]),  # unquoted space splits
         ("*, h:1\n", ["r:1: expecting prop"]),
         ('*,prefix="x h:1\n', ["r:1: unterminated quoted string"]),
         ("*,debug test\n", []),
         ("*,path_rem=x test\n", ["r:1: path_rem is not a number, ignored (got 'x')"]),
+        (
+            "*,path_rem=" + "1" * 5000 + " test\n",
+            [f"r:1: path_rem is not a number, ignored (got {'1' * 5000!r})"],
+        ),
     ],
 )
 def test_warnings(text: str, expected: list[str]) -> None:
@@ -451,3 +458,36 @@ def test_apply_route_headers_matches_pushpin_order() -> None:
     r = one('*,header=X-A:first,header=X-A:second,"header=X-B:  b1",header=X-C:,header=X-D:d h:1')
     out = apply_route_headers(r, [("Host", "h"), ("x-a", "client"), ("X-B", "c"), ("X-C", "c")])
     assert out == [("Host", "h"), ("X-D", "d"), ("X-B", "b1"), ("X-A", "first")]
+
+
+# --- header text sent to the origin (RFC 9110 5.1, 5.5) --------------------------------------
+# ``header=``, ``as_host`` and a target's ``host`` become origin request headers as written, so
+# a CR, LF or NUL (or a header name that is not a token) makes the line an error, skipped with
+# its file:line. Pushpin 1.36 does not check (docs/compatibility.md).
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("*,header=X:a\rb h:1\n", ["r:1: header value is invalid: 'X:a\\rb'"]),
+        ("*,header=X:a\x00b h:1\n", ["r:1: header value is invalid: 'X:a\\x00b'"]),
+        ('*,"header=X Y:1" h:1\n', ["r:1: header name is invalid: 'X Y:1'"]),
+        ("*,header=X\rY:1 h:1\n", ["r:1: header name is invalid: 'X\\rY:1'"]),
+        ("*,as_host=a\rb h:1\n", ["r:1: as_host contains CR, LF or NUL"]),
+        ("* h:1,host=a\x00b\n", ["r:1: target host contains CR, LF or NUL"]),
+    ],
+)
+def test_header_injection_lines_are_errors(text: str, expected: list[str]) -> None:
+    table, warnings = RouteTable.parse(text + "b.com h:2\n", "r")
+    assert [str(w) for w in warnings] == expected
+    assert [w.error for w in warnings] == [True]  # the line is skipped, a reload refused
+    assert [r.domain for r in table.routes] == ["b.com"]
+
+
+def test_header_injection_in_route_arguments() -> None:
+    """``--route`` lines are not split on newlines, so an LF can reach the parser there."""
+    table, warnings = RouteTable.from_lines(["*,header=X:a\nSet-Cookie:e=1 h:1"])
+    assert len(table) == 0
+    assert [str(w) for w in warnings] == [
+        "<route>:1: header value is invalid: 'X:a\\nSet-Cookie:e=1'"
+    ]

@@ -240,6 +240,15 @@ def test_dedup_cache_expires_old_entries() -> None:
     assert s.dedup_size() == 0
 
 
+def test_dedup_cache_is_bounded_by_count() -> None:
+    # gripd-only bound (F33 has TTL only): the oldest sighting is evicted past id_cache_max.
+    s = Sequencer(id_cache_ttl=60, id_cache_max=3)
+    feed(s, [it("a"), it("b"), it("c"), it("d")])
+    assert s.dedup_size() == 3
+    assert s.add(it("a"), seq=False, now=0)[1] is None  # evicted: no longer a duplicate
+    assert s.add(it("d"), seq=False, now=0)[1] == DROP_DUPLICATE_ID
+
+
 # -- last-ids bound ----------------------------------------------------------------------------
 
 

@@ -91,6 +91,8 @@ def pc(doc: object) -> ControlMessage:
         # content-bin wins over content; without message-type it is still text [verified]
         ({"type": "keep-alive", "content-bin": "aGk=", "content": "no"}, KeepAlive(b"hi", "text")),
         ({"type": "keep-alive", "content-bin": "a G!k"}, KeepAlive(b"hi")),  # Qt-lenient base64
+        # a lone surrogate: Qt's toUtf8 writes '?', which fromBase64 skips (fuzzing find)
+        ({"type": "keep-alive", "content-bin": "aG\ude00k="}, KeepAlive(b"hi")),
         ({"type": "keep-alive", "content": "k", "message-type": None}, KeepAlive(b"k", "text")),
         ({"type": "send-delayed", "content": "hi"}, SendDelayed(b"hi", "text", 1)),
         (
@@ -416,3 +418,30 @@ def test_keep_alive_alias() -> None:
 def test_errors_are_grip_errors() -> None:
     with pytest.raises(GripError):
         pc({"type": "nope"})
+
+
+# ---------------------------------------------------------------------------------------------
+# set-meta is sent back as a ``Meta-<name>: <value>`` header over WebSocket-over-HTTP (F40), so
+# a name that is not an RFC 9110 token, or a value with CR, LF or NUL, is an invalid message.
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "error"),
+    [
+        ("a\r\nX", "1", "grip control object contains 'name' with invalid value"),
+        ("a b", "1", "grip control object contains 'name' with invalid value"),
+        ("a:", "1", "grip control object contains 'name' with invalid value"),
+        ("user", "1\r\nX-Evil: 1", "grip control object contains 'value' with invalid value"),
+        ("user", "a\nb", "grip control object contains 'value' with invalid value"),
+        ("user", "a\x00b", "grip control object contains 'value' with invalid value"),
+    ],
+)
+def test_set_meta_header_injection(name: str, value: str, error: str) -> None:
+    with pytest.raises(WsControlError) as ei:
+        control_message_from_json({"type": "set-meta", "name": name, "value": value})
+    assert str(ei.value) == error
+
+
+def test_set_meta_header_text_that_is_allowed() -> None:
+    msg = control_message_from_json({"type": "set-meta", "name": "User_1.x", "value": "a\t b é"})
+    assert msg == SetMeta("User_1.x", "a\t b é")

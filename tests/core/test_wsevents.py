@@ -404,6 +404,8 @@ def test_request_headers_without_grip_or_length() -> None:
         ("1.5", 0),
         ("2147483647", 2147483647),
         ("2147483648", 0),  # not an int32
+        ("9" * 5000, 0),  # past Python's int() digit limit: not an int32 (fuzzing find)
+        ("0" * 5000 + "25", 25),  # leading zeros are not significant digits
     ],
 )
 def test_keep_alive_interval(value: str | None, interval: int | None) -> None:
