@@ -8,6 +8,34 @@ the test target) through the small ``RequestHandler`` interface. It owns the soc
   connection per tick, whatever the number of messages, DESIGN "hot paths").
 
 An idle held connection costs this object, its parser and its hold: no task, no future (DESIGN).
+
+Bounds on what a client may make gripd hold (``[gripd]`` settings):
+
+- ``client_header_timeout``: a request head must be complete this long after the connection was
+  accepted (first request) or after its first byte arrived (later requests), else ``408`` and a
+  close. The clock does not run while an earlier request on the connection is still being
+  answered: a head that starts behind it gets a fresh timeout once that answer is done. A request
+  body that the client stops sending after its response was complete is timed out the same way
+  (closed, no answer).
+- ``client_idle_timeout``: a keep-alive connection with no request in progress is closed
+  silently this long after its last response. A connection with a request in flight, a held
+  response or stream, or a WebSocket is not idle.
+- ``client_pipeline_max`` / ``client_pipeline_bytes_max``: pipelined requests queued behind the
+  one being answered (heads and bodies). At either cap the connection stops being read until the
+  queue drains; with nothing queued it is always read, so a client's close is noticed. Bytes are
+  parsed in ``PIPE_SLICE`` pieces while they would be queued, so the caps hold to within a slice.
+- ``client_buffer_size`` (F3): the request head, counted in the parser callbacks (whole lines),
+  and also as raw bytes fed while the head is unfinished, since httptools keeps a line that
+  never ends (a header value, say) in its own memory and calls nothing back. Past either,
+  ``431`` and a close. The raw count allows ``HEAD_RAW_SLACK`` for the request line and line
+  ends the callbacks do not see. The piece (one read, or a ``PIPE_SLICE``) a head begins in is
+  not counted, as the head's share of it is not known: an unfinished head may hold one read more.
+
+All of it costs one ``loop.call_at`` timer handle per connection at most, and no task.
+
+After a complete request that asks for a close (``Connection: close``, HTTP/1.0 without
+keep-alive), or once the connection began closing, nothing more is parsed: later bytes are
+dropped, never answered or dispatched (RFC 9112 9.6).
 """
 
 from __future__ import annotations
@@ -22,6 +50,7 @@ import httptools
 
 from gripd.core.headers import Headers
 from gripd.core.http import HttpResponse, encode_full, text_response
+from gripd.core.requestcheck import Rejection, check_request
 
 if TYPE_CHECKING:
     from gripd.core.jsonp import JsonpRequest
@@ -47,11 +76,13 @@ class Request:
         "body_chunks",
         "body_done",
         "body_size",
+        "head_size",
         "headers",
         "http_version",
         "jsonp",
         "keep_alive",
         "method",
+        "reject",
         "upgrade",
         "url",
     )
@@ -69,6 +100,8 @@ class Request:
         self.body_chunks: list[bytes] = []
         self.body_size = 0
         self.body_done = False
+        self.head_size = 0
+        self.reject: Rejection | None = None  # answered by gripd itself (core.requestcheck)
 
 
 class Flusher:
@@ -97,6 +130,20 @@ class Flusher:
 # Bytes a client may send after an upgrade request before the origin has answered it.
 RAW_EARLY_MAX = 1 << 20
 
+# Bytes parsed at a time while they would be queued behind the request being answered, so that
+# reading stops within this much of the pipeline caps (one socket read can be 256 KiB).
+PIPE_SLICE = 1024
+
+# Raw bytes an unfinished request head may take beyond ``client_buffer_size``: the request line
+# and line ends, which the callback count does not include.
+HEAD_RAW_SLACK = 1024
+
+# What the connection's one timer is for.
+_T_NONE = 0
+_T_HEAD = 1  # client_header_timeout: a request head in progress (or none yet after accept)
+_T_IDLE = 2  # client_idle_timeout: keep-alive, no request in progress
+_T_DRAIN = 3  # client_header_timeout: the rest of a body after its response was sent
+
 
 class ClientConnection(asyncio.Protocol):
     """One client TCP connection speaking HTTP/1.1."""
@@ -104,14 +151,26 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_after_flush",
         "_cur",
+        "_deadline",
+        "_feeding",
+        "_head_fresh",
+        "_head_raw",
         "_head_size",
         "_hheaders",
+        "_in_head",
         "_parser",
         "_pending",
         "_pending_size",
+        "_pipe_paused",
+        "_queued_bytes",
         "_raw_buf",
         "_reading_paused",
         "_requests",
+        "_stopped",
+        "_timer",
+        "_timer_kind",
+        "_tpaused",
+        "_unparsed",
         "_upgraded",
         "_url_parts",
         "_writing_paused",
@@ -135,14 +194,26 @@ class ClientConnection(asyncio.Protocol):
         self._cur: Request | None = None
         self._requests: list[Request] = []  # pipelined requests waiting for their turn
         self._head_size = 0
+        self._head_raw = 0  # raw bytes of the unfinished head, in pieces after its first
+        self._head_fresh = False  # the unfinished head began in the piece being parsed
         self._url_parts: list[bytes] = []
         self._hheaders: Headers = []
         self._pending: list[bytes] | None = None
         self._pending_size = 0
         self._after_flush: Callable[[], None] | None = None
         self._writing_paused = False
-        self._reading_paused = False
+        self._reading_paused = False  # a handler or the app asked (backpressure, F4)
+        self._pipe_paused = False  # the pipeline queue is at a cap
+        self._tpaused = False  # the transport is paused (either of the above)
+        self._queued_bytes = 0  # heads and bodies of the requests in _requests
+        self._unparsed: bytes | None = None  # read but not parsed when the pipeline filled
+        self._feeding = False
+        self._in_head = False  # a request head has begun and is not complete
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_kind = _T_NONE
+        self._deadline = 0.0  # loop time the current _timer_kind expires
         self._upgraded = False
+        self._stopped = False  # no further request is parsed (a close is decided, RFC 9112 9.6)
         self._raw_buf: list[bytes] | None = None  # allocated only after an upgrade
         self.raw_sink: Callable[[bytes], None] | None = None
 
@@ -160,14 +231,21 @@ class ClientConnection(asyncio.Protocol):
             self.app.refused_connection(self.peer)
             transport.abort()
             return
+        if self.app.refuse_for_fds(transport, self.peer):
+            # fd_reserve: the descriptor table is nearly full; the rest serves publishing.
+            self.closed = True
+            transport.abort()
+            return
         self.app.connections.add(self)
         self.app.events.connection_opened(self.id, self.peer, "http")
+        self._arm(_T_HEAD, self.app.config.client_header_timeout)  # counted from accept
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self not in self.app.connections:
             self.closed = True
             return  # refused in connection_made
         self.closed = True
+        self._cancel_timer()
         self.app.connections.discard(self)
         self.app.events.connection_closed(self.id)
         handler, self.handler = self.handler, None
@@ -175,6 +253,7 @@ class ClientConnection(asyncio.Protocol):
             handler.on_client_closed()
         self._requests.clear()
         self._pending = None
+        self._unparsed = None
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -190,28 +269,139 @@ class ClientConnection(asyncio.Protocol):
         if self._upgraded:
             self._raw(data)
             return
+        if self._stopped:
+            return  # RFC 9112 9.6: nothing after a "close" request is processed
+        if self._unparsed is not None:  # keep the order if bytes come while some wait
+            data, self._unparsed = self._unparsed + data, None
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Parse ``data``: whole while it is the body of the request being answered (or fits in
+        one slice), else in ``PIPE_SLICE`` pieces, stopping when the pipeline queue is full."""
+        self._feeding = True
+        try:
+            cur = self._cur
+            if len(data) <= PIPE_SLICE or (
+                cur is not None and not cur.body_done and not self._requests
+            ):
+                self._parse(data)  # the common case: one small read, or a streamed body
+                return
+            view = memoryview(data)
+            pos, end = 0, len(data)
+            while pos < end:
+                if self._pipe_paused:
+                    self._unparsed = bytes(view[pos:])
+                    return
+                if self._upgraded:
+                    self._raw(bytes(view[pos:]))
+                    return
+                t = self.transport
+                if self.closed or t is None or t.is_closing():
+                    return
+                cur = self._cur
+                if (cur is not None and not cur.body_done and not self._requests) or (
+                    end - pos <= PIPE_SLICE
+                ):
+                    stop = end
+                else:
+                    stop = pos + PIPE_SLICE
+                if not self._parse(view[pos:stop] if pos or stop < end else data):
+                    if self._upgraded and stop < end:
+                        self._raw(bytes(view[stop:]))
+                    return
+                pos = stop
+        finally:
+            self._feeding = False
+            if self._in_head and self._timer_kind == _T_NONE and not self._busy():
+                # A later request's head began: it has client_header_timeout from now.
+                self._arm(_T_HEAD, self.app.config.client_header_timeout)
+
+    def _parse(self, data: bytes | memoryview) -> bool:
+        """Feed one piece to the parser; False when nothing more should be parsed."""
         try:
             self._parser.feed_data(data)
+            if self._in_head:
+                # F3: a line httptools keeps unfinished is reported by no callback, so the raw
+                # bytes of an unfinished head are counted too: every piece after the one it
+                # began in is all head (its share of that first piece is not known).
+                if self._head_fresh:
+                    self._head_fresh = False
+                    return True
+                self._head_raw += len(data)
+                if self._head_raw > self.app.config.client_buffer_size + HEAD_RAW_SLACK:
+                    t = self.transport
+                    if t is not None and not t.is_closing():  # not after a close began
+                        self._bad_request(
+                            431, "Request header fields too large.\n", "unfinished head too large"
+                        )
+                    return False
+            return True
         except httptools.HttpParserUpgrade as e:
             # Bytes after the upgrade request belong to the new protocol (WebSocket frames).
             self._upgraded = True
-            if self._cur is not None:
-                self._cur.upgrade = True
-            rest = data[e.args[0] :] if e.args else b""
+            self._in_head = False
+            tail = self._tail_request()
+            if tail is not None:
+                tail.upgrade = True
+            rest = bytes(data[e.args[0] :]) if e.args else b""
             if rest:
                 self._raw(rest)
         except httptools.HttpParserCallbackError as e:
             # httptools wraps whatever a callback raised; the original is the context.
-            if isinstance(e.__context__, _HeadTooLarge):
-                self.send_error_and_close(text_response(431, "Request header fields too large.\n"))
+            if isinstance(e.__context__, _Stop):
+                pass  # a close is decided: the rest of the piece is dropped
+            elif isinstance(e.__context__, _HeadTooLarge):
+                self._bad_request(431, "Request header fields too large.\n", "head too large")
             else:
                 log.error("conn %s: internal error", self.id, exc_info=e.__context__)
-                if self.handler is None:
-                    self.send_error_and_close(text_response(500, "Internal Server Error\n"))
-                else:
+                if self._busy():
                     self.abort()
-        except httptools.HttpParserError:
-            self.send_error_and_close(text_response(400, "Bad Request\n"))
+                else:
+                    self.send_error_and_close(text_response(500, "Internal Server Error\n"))
+        except httptools.HttpParserError as e:
+            if self._close_decided():
+                # llhttp refuses bytes after a complete "close" request: RFC 9112 9.6, they
+                # are dropped, and the answer to that request still goes out.
+                self._stopped = True
+                log.debug(
+                    "conn %s: bytes after a close request dropped; peer %s", self.id, self.peer
+                )
+            else:
+                self._bad_request(400, "Bad Request\n", str(e) or type(e).__name__)
+        return False
+
+    def _close_decided(self) -> bool:
+        """Whether the last request read is complete and asked for the connection to close."""
+        tail = self._requests[-1] if self._requests else self._cur
+        return tail is not None and tail.body_done and not tail.keep_alive
+
+    def _closing(self) -> bool:
+        t = self.transport
+        return self.closed or t is None or t.is_closing()
+
+    def _busy(self) -> bool:
+        """Whether a request on this connection is being answered (in flight, held, a
+        WebSocket, or its body still being read after its response)."""
+        return self._cur is not None or self.handler is not None
+
+    def _bad_request(self, code: int, body: str, why: str) -> None:
+        """Unparseable bytes. With a response in progress (or owed) a status line now would be
+        taken as part of it (or as its answer), so the connection is closed instead. Bytes read
+        after a close began are not answered at all."""
+        if self._closing():
+            self._stopped = True
+            return
+        if self._busy():
+            log.info(
+                "conn %s: bad request bytes while a response is in progress (%s), closing; peer %s",
+                self.id,
+                why,
+                self.peer,
+            )
+            self.close()
+            return
+        log.debug("conn %s: bad request (%s), %d; peer %s", self.id, why, code, self.peer)
+        self.send_error_and_close(text_response(code, body))
 
     def _raw(self, data: bytes) -> None:
         sink = self.raw_sink
@@ -235,9 +425,19 @@ class ClientConnection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._close_decided() or self._closing():
+            # RFC 9112 9.6: after a "close" request (or once the connection began closing) no
+            # further request is read; the bytes are dropped.
+            self._stopped = True
+            raise _Stop
         self._head_size = 0
+        self._head_raw = 0
+        self._head_fresh = True
         self._url_parts = []
         self._hheaders = []
+        self._in_head = True
+        if self._timer_kind == _T_IDLE:
+            self._disarm()  # not idle any more; _feed arms the head timeout
 
     def on_url(self, url: bytes) -> None:
         self._head_size += len(url)
@@ -262,12 +462,36 @@ class ClientConnection(asyncio.Protocol):
         )
         if p.should_upgrade():
             req.upgrade = True
+        req.head_size = self._head_size
+        req.reject = check_request(req.method, req.headers)
+        self._in_head = False
+        if self._timer_kind == _T_HEAD:
+            self._disarm()
         self.app.events.request_received()
         if self._cur is None and self.handler is None:
             self._cur = req
-            self.app.handle_request(self, req)
+            self._start(req)
         else:
             self._requests.append(req)
+            self._queued_bytes += req.head_size
+            self._check_pipe()
+
+    def _start(self, req: Request) -> None:
+        """Hand the current request to the app, or answer it here when core rejected it."""
+        rej = req.reject
+        if rej is None:
+            self.app.handle_request(self, req)
+            return
+        log.info(
+            "conn %s: %s %s refused with %d: %s; peer %s",
+            self.id,
+            req.method,
+            req.url[:200],
+            rej.response.code,
+            rej.reason,
+            self.peer,
+        )
+        self.send_response(rej.response, req.method, keep_alive=not rej.close)
 
     def on_body(self, body: bytes) -> None:
         req = self._tail_request()
@@ -278,6 +502,9 @@ class ClientConnection(asyncio.Protocol):
         else:
             req.body_chunks.append(body)
             req.body_size += len(body)
+            if req is not self._cur:
+                self._queued_bytes += len(body)
+                self._check_pipe()
 
     def on_message_complete(self) -> None:
         req = self._tail_request()
@@ -289,6 +516,131 @@ class ClientConnection(asyncio.Protocol):
 
     def _tail_request(self) -> Request | None:
         return self._requests[-1] if self._requests else self._cur
+
+    # -- pipeline bounds ---------------------------------------------------------------------
+
+    def _pipe_full(self) -> bool:
+        if not self._requests:
+            return False
+        cfg = self.app.config
+        return (
+            len(self._requests) >= max(cfg.client_pipeline_max, 1)
+            or self._queued_bytes >= cfg.client_pipeline_bytes_max
+        )
+
+    def _check_pipe(self) -> None:
+        if not self._pipe_paused and self._pipe_full():
+            log.debug(
+                "conn %s: %d pipelined request(s), %d bytes queued: reading paused; peer %s",
+                self.id,
+                len(self._requests),
+                self._queued_bytes,
+                self.peer,
+            )
+            self._pipe_paused = True
+            self._apply_reading()
+
+    def _pipe_drained(self) -> None:
+        """A queued request was taken: read again once under the caps."""
+        self._queued_bytes = sum(r.head_size + r.body_size for r in self._requests)
+        if not self._pipe_paused or self._pipe_full():
+            return
+        self._pipe_paused = False
+        if self._unparsed is not None and not self._feeding:
+            # Not from inside a parser callback: parse what waits on the next turn.
+            self.app.loop.call_soon(self._resume_pipe)
+        else:
+            self._apply_reading()
+
+    def _resume_pipe(self) -> None:
+        data, self._unparsed = self._unparsed, None
+        if data and not self.closed and not self._pipe_paused:
+            self._feed(data)
+        elif data:
+            self._unparsed = data
+        self._apply_reading()
+
+    def _apply_reading(self) -> None:
+        want = self._reading_paused or self._pipe_paused
+        t = self.transport
+        if want == self._tpaused or t is None or self.closed:
+            return
+        self._tpaused = want
+        if want:
+            t.pause_reading()
+        else:
+            t.resume_reading()
+
+    # -- timeouts ----------------------------------------------------------------------------
+
+    # The one timer is moved lazily: arming for a later deadline leaves a scheduled handle in
+    # place (it re-arms itself when it fires early), and disarming only clears the kind (the
+    # handle then fires once and is dropped). So a keep-alive request costs no timer call;
+    # a timer call is made when a deadline moves earlier, or once per timeout period.
+
+    def _arm(self, kind: int, delay: float) -> None:
+        """Set the connection's deadline; ``delay <= 0`` means that timeout is off."""
+        if delay <= 0 or self.closed:
+            self._timer_kind = _T_NONE
+            return
+        loop = self.app.loop
+        deadline = loop.time() + delay
+        self._timer_kind = kind
+        self._deadline = deadline
+        t = self._timer
+        if t is not None:
+            if t.when() <= deadline:
+                return  # fires first; _on_timer moves it on
+            t.cancel()
+        self._timer = loop.call_at(deadline, self._on_timer)
+
+    def _disarm(self) -> None:
+        self._timer_kind = _T_NONE
+
+    def _cancel_timer(self) -> None:
+        t = self._timer
+        if t is not None:
+            t.cancel()
+            self._timer = None
+        self._timer_kind = _T_NONE
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        kind = self._timer_kind
+        if kind == _T_NONE or self._closing():
+            return
+        loop = self.app.loop
+        if loop.time() + 0.001 < self._deadline:  # the deadline moved on since it was set
+            self._timer = loop.call_at(self._deadline, self._on_timer)
+            return
+        self._timer_kind = _T_NONE
+        cfg = self.app.config
+        if kind == _T_HEAD and not self._busy():
+            log.info(
+                "conn %s: request head not complete within client_header_timeout (%gs), 408; "
+                "peer %s",
+                self.id,
+                cfg.client_header_timeout,
+                self.peer,
+            )
+            self.send_error_and_close(text_response(408, "Request Timeout\n"))
+        elif kind == _T_IDLE and not self._busy() and not self._in_head:
+            log.debug(
+                "conn %s: idle for client_idle_timeout (%gs), closing; peer %s",
+                self.id,
+                cfg.client_idle_timeout,
+                self.peer,
+            )
+            self.close()
+        elif kind == _T_DRAIN and isinstance(self.handler, _BodyDrain):
+            log.info(
+                "conn %s: request body not complete within client_header_timeout (%gs) after "
+                "its response, closing; peer %s",
+                self.id,
+                cfg.client_header_timeout,
+                self.peer,
+            )
+            self.close()
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -341,6 +693,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _finish(self, keep_alive: bool) -> None:
         self.handler = None
+        self._disarm()
         req = self._cur
         self._cur = None
         if self.closed or self.transport is None:
@@ -352,11 +705,20 @@ class ClientConnection(asyncio.Protocol):
             # The response finished before the request body did: drain the rest, then go on.
             self._cur = req
             self.handler = _BodyDrain(self, req)
+            self._arm(_T_DRAIN, self.app.config.client_header_timeout)
             return
         if self._requests:
             nxt = self._requests.pop(0)
             self._cur = nxt
-            self.app.handle_request(self, nxt)
+            self._pipe_drained()
+            self._start(nxt)
+            return
+        cfg = self.app.config
+        if self._in_head:
+            # A head began while this request was answered: its clock starts now.
+            self._arm(_T_HEAD, cfg.client_header_timeout)
+        else:
+            self._arm(_T_IDLE, cfg.client_idle_timeout)
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
@@ -379,23 +741,27 @@ class ClientConnection(asyncio.Protocol):
         self.finish_response(ka)
 
     def send_error_and_close(self, resp: HttpResponse) -> None:
-        if self.transport is not None and not self.closed:
+        if not self._closing():
             self.write(encode_full(resp, keep_alive=False))
             self.close()
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self._reading_paused and not self.closed:
-            self._reading_paused = True
-            self.transport.pause_reading()
+        """Stop reading for a handler or the app (backpressure, F4 max_open_requests)."""
+        self._reading_paused = True
+        self._apply_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and self._reading_paused and not self.closed:
-            self._reading_paused = False
-            self.transport.resume_reading()
+        """Read again, unless the pipeline queue is at its cap."""
+        self._reading_paused = False
+        self._apply_reading()
 
 
 class _HeadTooLarge(Exception):
     """Raised from a parser callback when the request head passes client_buffer_size (F3)."""
+
+
+class _Stop(Exception):
+    """Raised from a parser callback to stop parsing: no further request is to be read."""
 
 
 class _BodyDrain:

@@ -8,6 +8,10 @@ in ``max_headers_size`` bytes; it is parsed by ``httptools``. The body is framed
 ``Transfer-Encoding``, is refused with 411 as Pushpin does (so chunked bodies are refused).
 Routing and validation are pure (``gripd.core.publish.handle_control_request``); the reply is
 written before items are handed to the sink.
+
+``header_timeout`` (``client_header_timeout``) bounds the whole request, head and body, from
+accept: a peer that has not sent it all by then gets ``408`` and a close, so slow or stalled
+peers cannot hold connections open. One ``loop.call_at`` handle per connection, no task.
 """
 
 from __future__ import annotations
@@ -78,8 +82,12 @@ class ControlProtocol(asyncio.Protocol):
         max_headers_size: int,
         max_body_size: int,
         logger: logging.Logger,
+        header_timeout: float = 0.0,
     ) -> None:
         self._sink = sink
+        self._header_timeout = header_timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self._peer = ""
         self._max_headers = max_headers_size
         self._max_body = max_body_size
         self._log = logger
@@ -96,10 +104,34 @@ class ControlProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = typing.cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if peer else ""
+        if self._header_timeout > 0:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(loop.time() + self._header_timeout, self._on_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._state = "done"
+        self._cancel_timer()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self._state == "done" or self._transport is None:
+            return
+        self._log.info(
+            "control: request not complete within client_header_timeout (%gs) in state %s, "
+            "408; peer %s",
+            self._header_timeout,
+            self._state,
+            self._peer,
+        )
+        self._error(408, "Request Timeout", "Request not complete in time.")
 
     def data_received(self, data: bytes) -> None:
         if self._state == "done":
@@ -222,6 +254,7 @@ class ControlProtocol(asyncio.Protocol):
     def _write(self, code: int, reason: str, headers: Headers, body: bytes) -> None:
         self._state = "done"
         self._replied = True
+        self._cancel_timer()
         self._buf = bytearray()
         if self._transport is None:
             return
@@ -236,14 +269,20 @@ async def start_control_server(
     *,
     max_headers_size: int = 10000,
     max_body_size: int = 1_000_000,
+    header_timeout: float = 0.0,
     logger: logging.Logger | None = None,
 ) -> asyncio.Server:
-    """Listen for control API requests on ``host:port`` (``push_in_http_addr``/``_port``)."""
+    """Listen for control API requests on ``host:port`` (``push_in_http_addr``/``_port``);
+    ``header_timeout`` > 0 bounds the time to receive a whole request."""
     log = logger or _LOG
     loop = asyncio.get_running_loop()
     return await loop.create_server(
         lambda: ControlProtocol(
-            sink, max_headers_size=max_headers_size, max_body_size=max_body_size, logger=log
+            sink,
+            max_headers_size=max_headers_size,
+            max_body_size=max_body_size,
+            logger=log,
+            header_timeout=header_timeout,
         ),
         host,
         port,
