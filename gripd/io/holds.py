@@ -287,6 +287,10 @@ class StreamHold(_Hold):
             self.link.seen.add(channel)
         return True
 
+    def on_client_resume_writing(self) -> None:
+        if self.active and self.link is not None:
+            self.link.resume()
+
     def write(self, data: bytes) -> None:
         """Append bytes of the engine's own making (a next link's body)."""
         if self.active and data:

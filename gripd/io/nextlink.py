@@ -133,10 +133,19 @@ class LinkState:
         self._arm()
 
     def fetch(self) -> None:
-        if self.task is not None:
+        # One fetch at a time; none while the client's output is backed up (its transport is
+        # over the write high-water mark): each body is appended to that output, so a client
+        # that does not read would otherwise grow it by one body per fetch. ``resume`` sends it.
+        if self.task is not None or self.hold.conn.writing_paused:
             self.pending = True
             return
         self.task = self.hold.engine.loop.create_task(self._run())
+
+    def resume(self) -> None:
+        """The client took its output: send a fetch deferred by ``fetch``."""
+        if self.pending and self.task is None and self.hold.active:
+            self.pending = False
+            self.fetch()
 
     async def _run(self) -> None:
         hold = self.hold

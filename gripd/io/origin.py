@@ -12,9 +12,15 @@ Behaviour (Pushpin 1.36 via zurl):
 * F11: ``ssl`` targets use TLS; ``insecure`` turns verification off; SNI is ``server_hostname``.
 * Responses are framed by Content-Length, chunked encoding or EOF. EOF-delimited responses,
   ``Connection: close`` and HTTP/1.0 without keep-alive are never pooled. HEAD, 204 and 304 have
-  no body whatever Content-Length says; 1xx interim responses are skipped (P6).
+  no body whatever Content-Length says; 1xx interim responses are skipped (P6). A status under
+  100, or a 1xx with a body, is an origin error (502), as in Pushpin.
 * A fresh parser is made per exchange: httptools ignores "skip body" for HEAD, so a reused
   parser would read the next response as the HEAD body (verified pitfall, P6).
+* The response head (status line and header lines, 1xx interim heads included) is capped at
+  ``response_head_max`` bytes and ``RESPONSE_HEAD_LINES_MAX`` lines (``HeadBudget``); past either
+  the exchange fails and the client gets Pushpin's 502. Without it an origin that never ends its
+  head grows memory without bound (httptools keeps a partial header value in memory, and llhttp
+  has no size limit of its own).
 """
 
 from __future__ import annotations
@@ -32,13 +38,78 @@ import httptools
 from gripd.core.errors import OriginConnectError, OriginError
 from gripd.core.headers import Headers
 
-__all__ = ["Endpoint", "OriginExchange", "OriginPool", "ResponseHandler"]
+__all__ = [
+    "RESPONSE_HEAD_LINES_MAX",
+    "Endpoint",
+    "HeadBudget",
+    "OriginExchange",
+    "OriginPool",
+    "ResponseHandler",
+]
 
 BodyFraming = Literal["none", "length", "chunked"]
 
 # A reused keep-alive connection may turn out dead (the origin closed it as we wrote). The request
 # is replayed once on a fresh connection if what was sent so far is still buffered; this caps it.
 _REPLAY_MAX = 256 * 1024
+
+#: Header lines one origin response head may have. Pushpin cannot relay more than about 64
+#: (its client side stalls); this is far above that and bounds the per-line overhead a head of
+#: tiny lines would cost within ``response_head_max`` bytes.
+RESPONSE_HEAD_LINES_MAX = 1000
+
+
+class HeadBudget:
+    """Counts an origin response head against a byte cap and ``RESPONSE_HEAD_LINES_MAX``.
+
+    Two counts, because neither alone is enough: the parser callbacks (``begin``, ``status``,
+    ``header``) see whole lines, so a head finished inside one read is measured exactly; ``fed``
+    counts raw bytes read while the head is unfinished, which catches a line that never ends
+    (httptools keeps the partial line and calls back nothing). After the head, ``framing``
+    does the same for chunked trailers: bytes read with no body byte among them. Each raises
+    ``OriginError`` past the cap.
+    """
+
+    __slots__ = ("lines", "max_bytes", "raw", "size")
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0  # status and header lines seen, of every head so far (1xx included)
+        self.lines = 0
+        self.raw = 0  # bytes read since the head began / since the last body byte
+
+    def begin(self) -> None:
+        """A head starts: ``HTTP/1.1 200 `` + CRLF, and the CRLF that ends the head."""
+        self.size += 17
+        self._check(self.size, "head")
+
+    def status(self, reason_len: int) -> None:
+        self.size += reason_len
+        self._check(self.size, "head")
+
+    def header(self, name_len: int, value_len: int) -> None:
+        """One complete header line (``name: value`` CRLF)."""
+        self.size += name_len + value_len + 4
+        self.lines += 1
+        if self.lines > RESPONSE_HEAD_LINES_MAX:
+            raise OriginError(
+                f"Response head from origin has over {RESPONSE_HEAD_LINES_MAX} header lines"
+            )
+        self._check(self.size, "head")
+
+    def fed(self, n: int) -> None:
+        """``n`` bytes were read and the head is still not complete."""
+        self.raw += n
+        self._check(self.raw, "head")
+
+    def framing(self, n: int, body_seen: bool) -> None:
+        """``n`` bytes of the body section were read; ``body_seen``: some were body bytes."""
+        self.raw = 0 if body_seen else self.raw + n
+        self._check(self.raw, "trailer")
+
+    def _check(self, n: int, what: str) -> None:
+        if n > self.max_bytes:
+            raise OriginError(f"Response {what} from origin over {self.max_bytes} bytes")
 
 
 class ResponseHandler(typing.Protocol):
@@ -288,6 +359,8 @@ class _OriginConnection(asyncio.Protocol):
     """One TCP/TLS connection to an origin; carries at most one exchange at a time."""
 
     __slots__ = (
+        "_body_seen",
+        "_budget",
         "_closed",
         "_dirty",
         "_eof_body",
@@ -316,6 +389,7 @@ class _OriginConnection(asyncio.Protocol):
         self.idle_handle: asyncio.TimerHandle | None = None
         self._closed = False
         self._reading_paused = False
+        self._body_seen = False
         self._parser: httptools.HttpResponseParser | None = None
         self._reset_response()
 
@@ -330,6 +404,7 @@ class _OriginConnection(asyncio.Protocol):
         self._eof_body = False
         self._reason: list[bytes] = []
         self._headers: Headers = []
+        self._budget = HeadBudget(self._pool.response_head_max)
 
     @property
     def usable(self) -> bool:
@@ -378,6 +453,8 @@ class _OriginConnection(asyncio.Protocol):
         if not self._got_bytes:
             self._got_bytes = True
             ex._sent = None  # a response has started: never replay now
+        self._body_seen = False
+        head_was_done = self._head_done
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -397,6 +474,15 @@ class _OriginConnection(asyncio.Protocol):
                 self._error(ex, f"Malformed response from origin: {exc}")
                 return
             self._dirty = True  # garbage after a complete response
+        if not self._msg_done and self.exchange is ex:
+            try:
+                if head_was_done:
+                    self._budget.framing(len(data), self._body_seen)
+                elif not self._head_done:
+                    self._budget.fed(len(data))  # every byte of `data` belongs to the head
+            except OriginError as exc:
+                self._error(ex, str(exc))
+                return
         if self._msg_done and self.exchange is ex:
             self._complete(ex)
 
@@ -453,12 +539,15 @@ class _OriginConnection(asyncio.Protocol):
             return
         self._reason = []
         self._headers = []
+        self._budget.begin()
 
     def on_status(self, status: bytes) -> None:
+        self._budget.status(len(status))
         self._reason.append(status)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._head_done:  # later ones are chunked trailers: dropped
+            self._budget.header(len(name), len(value))
             self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
@@ -468,12 +557,21 @@ class _OriginConnection(asyncio.Protocol):
             self._dirty = True
             return
         status = parser.get_status_code()
-        if 100 <= status < 200:
+        if status < 200:
+            if status < 100:
+                # llhttp reads "002" as 2: a status with no class (RFC 9110 15). Pushpin 1.36
+                # answers 502, as for any malformed response.
+                raise OriginError(f"Invalid status code from origin: {status}")
             if status == 101:
                 raise OriginError("Unexpected protocol upgrade from origin")
+            if _has_body_framing(self._headers):
+                # A 1xx response has no content (RFC 9110 15.2), but llhttp would read one by
+                # its Content-Length or chunks; Pushpin 1.36 answers 502.
+                raise OriginError("Interim response from origin has a body")
             self._interim = True  # 100 Continue etc.: skipped
             return
         self._head_done = True
+        self._budget.raw = 0  # from the next read on it counts trailer bytes (``framing``)
         ex._cancel_timer()
         headers = self._headers
         if ex.method == "HEAD" or status in (204, 304):
@@ -491,7 +589,10 @@ class _OriginConnection(asyncio.Protocol):
         if self._msg_done:
             self._dirty = True
             return
+        if self._interim:  # not reached (_has_body_framing), kept as the last guard
+            raise OriginError("Interim response from origin has a body")
         ex = self.exchange
+        self._body_seen = True
         if body and ex is not None and not ex._done:
             ex.handler.on_response_body(body)
 
@@ -525,6 +626,15 @@ class _OriginConnection(asyncio.Protocol):
         self._dirty = True
         ex._fail(OriginError(msg))
         self.close()
+
+
+def _has_body_framing(headers: Headers) -> bool:
+    """Whether a (1xx) head announces a body: a non-zero Content-Length or Transfer-Encoding."""
+    for name, value in headers:
+        n = name.lower()
+        if n == "transfer-encoding" or (n == "content-length" and value.strip() != "0"):
+            return True
+    return False
 
 
 def _is_eof_delimited(headers: Headers) -> bool:
@@ -563,9 +673,11 @@ class OriginPool:
         response_timeout: float = 60.0,
         max_idle_per_endpoint: int = 64,
         idle_timeout: float = 60.0,
+        response_head_max: int = 65_536,
         logger: logging.Logger | None = None,
     ) -> None:
         self.connect_timeout = connect_timeout
+        self.response_head_max = response_head_max
         self.response_timeout = response_timeout
         self.max_idle_per_endpoint = max_idle_per_endpoint
         self.idle_timeout = idle_timeout

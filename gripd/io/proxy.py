@@ -548,7 +548,7 @@ class ProxySession:
         """Answer 502 (F47): the detail only on debug routes."""
         debug = self.route.debug or self.app.config.debug
         body = (detail if debug else "Error while proxying to origin.") + "\n"
-        log.info("%s: %s", self._describe(), detail)
+        log.info("conn %s route %s: %s: %s", self.conn.id, self.route.id, self._describe(), detail)
         self._fail_client(502, body)
 
     def _fail_client(self, code: int, body: str) -> None:

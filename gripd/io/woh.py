@@ -6,6 +6,12 @@ queue meanwhile and go in the next request (whole messages, at most 200,000 byte
 origin's answers carry events back (messages, CLOSE, DISCONNECT), ``Set-Meta-*`` headers and a
 ``Keep-Alive-Interval`` for empty keep-alive POSTs. Connect failures are retried with backoff
 (not for the OPEN); the origin refusing the OPEN is relayed to the client as its answer.
+
+Each request is timed: the origin pool gives up on a response head after
+``origin_response_timeout``, and the whole exchange (connecting to each target, the head, the
+body) is capped at ``origin_connect_timeout`` per target plus ``origin_response_timeout``, so an
+origin that sends a head and then stalls its body is not waited on forever either. A timeout is
+an ``OriginError`` like any other: a 502 for the OPEN, else retried (F40).
 """
 
 from __future__ import annotations
@@ -54,6 +60,13 @@ log = logging.getLogger("gripd.woh")
 MAX_RETRIES = 5  # F40
 # Client message bytes queued while a request is in flight; past this, stop reading the client.
 QUEUE_MAX = 2 * MAX_BATCH_BYTES
+# What one queued event counts for on top of its content, so that empty events (pings, pongs)
+# are bounded too: about the size of its encoded line (``PING\r\n``, ``TEXT 1f\r\n``...).
+EVENT_OVERHEAD = 16
+
+
+def _queued_size(events: list[WsEvent]) -> int:
+    return sum(len(e.content or b"") + EVENT_OVERHEAD for e in events)
 
 
 class WohPeer:
@@ -71,6 +84,9 @@ class WohPeer:
         self.gone = False
         self.ka_interval = 0
         self.ka_timer: asyncio.TimerHandle | None = None
+        # The client's output is backed up (its socket is not being read): no new requests, so
+        # the origin's answers cannot pile up in memory; client messages queue up to QUEUE_MAX.
+        self.paused = False
         self.path = rewrite_path(session.route, origin_form(session.req.url))
 
     def start(self) -> None:
@@ -114,28 +130,34 @@ class WohPeer:
     # -- requests ----------------------------------------------------------------------------
 
     def pause_reading(self) -> None:
-        pass  # origin data only comes in answers to our requests, one at a time
+        """The client stopped taking our writes. Origin data only comes in answers to our
+        requests, so holding the next request is the backpressure (keep-alives still go)."""
+        self.paused = True
 
     def resume_reading(self) -> None:
-        pass
+        if self.paused:
+            self.paused = False
+            self._send_next()
 
     def _push(self, ev: WsEvent) -> None:
         if self.gone:
             return
         self.queue.append(ev)
-        self.queued += len(ev.content or b"")
+        self.queued += len(ev.content or b"") + EVENT_OVERHEAD
         if self.queued > QUEUE_MAX:
             self.s.conn.pause_reading()  # bounded: the client waits for the origin
         if not self.busy and self.opened:
             self._send_next()
 
     def _send_next(self) -> None:
-        if self.busy or self.gone or not self.queue:
+        if self.busy or self.gone or not self.queue or not self.opened:
             return
+        if self.paused and not self.closing:
+            return  # resume_reading() sends it
         one = 1 if self.s.route.targets[0].one_event else 0
         try:
             now, self.queue = batch(self.queue, MAX_BATCH_BYTES, one)
-            self.queued = sum(len(e.content or b"") for e in self.queue)
+            self.queued = _queued_size(self.queue)
             if self.queued <= QUEUE_MAX:
                 self.s.conn.resume_reading()
         except WsEventsError as e:
@@ -156,15 +178,24 @@ class WohPeer:
 
     async def _request(self, events: list[WsEvent]) -> HttpResponse:
         body = encode_events(events)
-        code, reason, headers, data = await fetch(
-            self.app.pool,
-            endpoints_for(self.s),
-            "POST",
-            self.path,
-            self._headers(body),
-            body,
-            limit=RESPONSE_BODY_MAX,
-        )
+        endpoints = endpoints_for(self.s)
+        cfg = self.app.config
+        cap = cfg.origin_connect_timeout * max(len(endpoints), 1) + cfg.origin_response_timeout
+        try:
+            code, reason, headers, data = await asyncio.wait_for(
+                fetch(
+                    self.app.pool,
+                    endpoints,
+                    "POST",
+                    self.path,
+                    self._headers(body),
+                    body,
+                    limit=RESPONSE_BODY_MAX,
+                ),
+                cap,
+            )
+        except TimeoutError:
+            raise OriginError("timeout") from None  # the body stalled (fetch times the head)
         return HttpResponse(code, reason or reason_phrase(code), headers, data)
 
     async def _run(self, events: list[WsEvent]) -> None:

@@ -5,6 +5,11 @@ frames back. The same class serves the client side (``Side.SERVER``: unmasked fr
 published frame is encoded once for every subscriber) and the origin side (``Side.CLIENT``).
 Invalid frames make the protocol close with 1002/1007/1009 as RFC 6455 says (websockets does
 the checking and sends the close frame).
+
+Pings are not answered here: gripd relays a ping to the other side and the far end's pong comes
+back, as Pushpin does (F37). websockets' own automatic pong would make each ping answered
+twice, so ``_RelayProtocol`` leaves that to the handler (relay it, or ``send_pong`` where gripd
+is the far end, as for the test target's ``/ws``).
 """
 
 from __future__ import annotations
@@ -44,9 +49,22 @@ class WsPeerHandler(TypingProtocol):
     """What a WebSocket endpoint reports."""
 
     def on_ws_message(self, is_text: bool, data: bytes) -> None: ...
-    def on_ws_ping(self, data: bytes) -> None: ...
+    def on_ws_ping(self, data: bytes) -> None:
+        """A ping, not answered by the endpoint: relay it or call ``send_pong``."""
+
     def on_ws_pong(self, data: bytes) -> None: ...
     def on_ws_close(self, code: int | None, reason: str) -> None: ...
+
+
+class _RelayProtocol(Protocol):
+    """websockets' ``Protocol`` minus the automatic pong (RFC 6455 5.5.2 is met by the far end
+    whose pong is relayed back, or by the handler)."""
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.PING:
+            self.events.append(frame)  # what Protocol does after queueing its pong
+            return
+        super().recv_frame(frame)
 
 
 class WsEndpoint:
@@ -72,7 +90,7 @@ class WsEndpoint:
         *,
         max_size: int | None = 1 << 20,
     ) -> None:
-        self.proto = Protocol(side, state=State.OPEN, max_size=max_size)
+        self.proto: Protocol = _RelayProtocol(side, state=State.OPEN, max_size=max_size)
         self.handler = handler
         self.write = write
         self.write_eof = write_eof

@@ -4,6 +4,12 @@
 the upgrade request with the headers the proxy computed, and reports one of: opened (101,
 with the origin's headers), rejected (any other status, with headers and body, F37), or
 failed (nothing reachable). After the 101 it is a WebSocket client endpoint.
+
+The handshake response head is capped like every origin head (``HeadBudget``,
+``origin_response_head_max``): past it the handshake fails and the client gets Pushpin's 502.
+The whole answer (the 101 head, or a refusal with its body) must come within
+``response_timeout`` (``origin_response_timeout``) of the handshake request, else the same 502:
+an origin that accepts the connection and never answers would leave the client waiting forever.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ from websockets.protocol import Side
 from websockets.utils import accept_key
 
 from gripd.core import headers as hdr
+from gripd.core.errors import OriginError
 from gripd.core.http import HttpResponse, reason_phrase
-from gripd.io.origin import Endpoint
+from gripd.io.origin import Endpoint, HeadBudget
 from gripd.io.ws_client import WsEndpoint, WsPeerHandler
 
 log = logging.getLogger("gripd.ws.origin")
@@ -45,7 +52,14 @@ class OriginLinkHandler(WsPeerHandler, TypingProtocol):
 class WsOriginLink(asyncio.Protocol):
     """One WebSocket connection to the origin."""
 
-    def __init__(self, handler: OriginLinkHandler, *, max_size: int | None) -> None:
+    def __init__(
+        self,
+        handler: OriginLinkHandler,
+        *,
+        max_size: int | None,
+        head_max: int = 65_536,
+        response_timeout: float = 60.0,
+    ) -> None:
         self.handler = handler
         self.transport: asyncio.Transport | None = None
         self.ws: WsEndpoint | None = None
@@ -55,9 +69,13 @@ class WsOriginLink(asyncio.Protocol):
         self._reason = b""
         self._headers: hdr.Headers = []
         self._body: list[bytes] = []
+        self._body_size = 0
+        self._budget = HeadBudget(head_max)
         self._key = ""
         self._done = False
         self._closed = False
+        self._response_timeout = response_timeout
+        self._timer: asyncio.TimerHandle | None = None
         self.endpoint: Endpoint | None = None
 
     # -- connecting --------------------------------------------------------------------------
@@ -108,7 +126,22 @@ class WsOriginLink(asyncio.Protocol):
         head.append("Upgrade: websocket\r\nConnection: Upgrade\r\n")
         head.append(f"Sec-WebSocket-Key: {self._key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
         assert self.transport is not None
+        if self._closed or self.transport.is_closing():
+            return  # dropped while connecting (the client went away)
         self.transport.write("".join(head).encode("latin-1", "replace"))
+        if self._response_timeout > 0:
+            self._timer = loop.call_later(self._response_timeout, self._on_timeout)
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if not self._done and self.ws is None:
+            self._fail_handshake("timeout waiting for the origin's handshake answer")
+
+    def _cancel_timer(self) -> None:
+        t = self._timer
+        if t is not None:
+            t.cancel()
+            self._timer = None
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -129,9 +162,19 @@ class WsOriginLink(asyncio.Protocol):
         except httptools.HttpParserUpgrade as e:
             self._upgrade(data[e.args[0] :] if e.args else b"")
             return
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__  # httptools wraps what a callback raised
+            self._fail_handshake(str(cause) if isinstance(cause, OriginError) else repr(cause))
+            return
         except httptools.HttpParserError as e:
             self._fail_handshake(f"invalid handshake response: {e}")
             return
+        if not self._headers_done and not self._done:
+            try:
+                self._budget.fed(len(data))  # all of `data` is head: a line that never ends
+            except OriginError as e:
+                self._fail_handshake(str(e))
+                return
         if self._status == 101 and self._headers_done:
             self._upgrade(b"")
 
@@ -176,10 +219,17 @@ class WsOriginLink(asyncio.Protocol):
 
     _headers_done = False
 
+    def on_message_begin(self) -> None:
+        self._budget.begin()
+
     def on_status(self, status: bytes) -> None:
+        self._budget.status(len(status))
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._headers_done:
+            return  # chunked trailers of a refusal: dropped
+        self._budget.header(len(name), len(value))
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
@@ -188,7 +238,8 @@ class WsOriginLink(asyncio.Protocol):
         self._headers_done = True
 
     def on_body(self, body: bytes) -> None:
-        if sum(len(b) for b in self._body) + len(body) <= MAX_REJECT_BODY:
+        if self._body_size + len(body) <= MAX_REJECT_BODY:
+            self._body_size += len(body)
             self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -206,6 +257,7 @@ class WsOriginLink(asyncio.Protocol):
         if self._done:
             return
         self._done = True
+        self._cancel_timer()
         if self._status != 101:
             self._fail_handshake(f"unexpected status {self._status}")
             return
@@ -227,6 +279,7 @@ class WsOriginLink(asyncio.Protocol):
             self.transport.write_eof()
 
     def _fail_handshake(self, detail: str) -> None:
+        self._cancel_timer()
         self._done = True
         self._closed = True
         self.close()
@@ -235,11 +288,13 @@ class WsOriginLink(asyncio.Protocol):
 
     def close(self) -> None:
         """Drop the origin connection (detach, client gone)."""
+        self._cancel_timer()
         t = self.transport
         if t is not None and not t.is_closing():
             t.close()
 
     def abort(self) -> None:
+        self._cancel_timer()
         self._closed = True
         t = self.transport
         if t is not None:

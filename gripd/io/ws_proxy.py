@@ -55,7 +55,12 @@ class WsOriginPeer:
     def __init__(self, app: App, session: WsSession) -> None:
         self.app = app
         self.session = session
-        self.link = WsOriginLink(self, max_size=app.config.ws_max_message_size)
+        self.link = WsOriginLink(
+            self,
+            max_size=app.config.ws_max_message_size,
+            head_max=app.config.origin_response_head_max,
+            response_timeout=app.config.origin_response_timeout,
+        )
         self.opened_at = time.monotonic()
 
     def start(self) -> None:

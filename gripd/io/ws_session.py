@@ -24,6 +24,8 @@ from gripd.core import headers as hdr
 from gripd.core.errors import GripError
 from gripd.core.http import HttpResponse, encode_head, text_response
 from gripd.core.wscontrol import (
+    META_BYTES_MAX,
+    META_KEYS_MAX,
     ControlMessage,
     Detach,
     FlushDelayed,
@@ -34,6 +36,7 @@ from gripd.core.wscontrol import (
     Unsubscribe,
     classify_origin_message,
     parse_control_message,
+    set_meta,
 )
 from gripd.io.ws_client import WsEndpoint, encode_message
 
@@ -85,6 +88,8 @@ class _ClientPeer:
         self.s.client_message(is_text, data)
 
     def on_ws_ping(self, data: bytes) -> None:
+        # Relayed, and the origin's pong relayed back: the client gets exactly one pong (F37).
+        # After a detach there is no origin and, as in Pushpin, the ping goes unanswered.
         if self.s.link is not None and not self.s.detached:
             self.s.link.send_ping(data)
 
@@ -115,7 +120,8 @@ class WsSession:
         self.prefix = "m:"
         self.channels: list[str] = []
         self.implicit: set[str] = set()
-        self.meta: dict[str, str] = {}
+        self.meta: dict[str, str] = {}  # capped by META_KEYS_MAX / META_BYTES_MAX (F36)
+        self.meta_refused = 0
         self.filters: dict[str, list[str]] | None = None  # channel -> filters (F35)
         self.detached = False
         self.active = True
@@ -195,9 +201,11 @@ class WsSession:
         self._release()
         self.active = False
         debug = self.route.debug or self.app.config.debug
-        log.info("ws %s: %s", self.req.url, detail)
+        log.info("conn %s route %s: ws %s: %s", self.conn.id, self.route.id, self.req.url, detail)
         body = (detail if debug else "Error while proxying to origin.") + "\n"
-        self.conn.send_response(text_response(502, body), keep_alive=False)
+        # Pushpin's WebSocket 502 has no Content-Type, unlike its HTTP one [verified, 1.36].
+        resp = HttpResponse(502, "Bad Gateway", [], body.encode())
+        self.conn.send_response(resp, keep_alive=False)
 
     # -- the test target's /ws (F50) ---------------------------------------------------------
 
@@ -305,10 +313,20 @@ class WsSession:
             if self.link is not None:
                 self.link.close()
         elif isinstance(msg, SetMeta):
-            if msg.value is None:
-                self.meta.pop(msg.name, None)
-            else:
-                self.meta[msg.name] = msg.value
+            if not set_meta(self.meta, msg.name, msg.value):
+                # Logged once per connection (then DEBUG), so an origin cannot flood the log.
+                self.meta_refused += 1
+                log.log(
+                    logging.WARNING if self.meta_refused == 1 else logging.DEBUG,
+                    "conn %s route %s: ws %s: too much meta (over %d keys or %d bytes), "
+                    "ignoring set-meta %r",
+                    self.conn.id,
+                    self.route.id,
+                    self.req.url,
+                    META_KEYS_MAX,
+                    META_BYTES_MAX,
+                    msg.name,
+                )
         elif isinstance(msg, KeepAliveMsg):
             self._set_keep_alive(msg)
         elif isinstance(msg, SendDelayed):
@@ -448,7 +466,8 @@ class _EchoLink:
             self.s.client.send(is_text, data)
 
     def send_ping(self, data: bytes) -> None:
-        pass
+        if self.s.client is not None:
+            self.s.client.send_pong(data)  # this origin answers pings, once
 
     def send_pong(self, data: bytes) -> None:
         pass
@@ -459,8 +478,13 @@ class _EchoLink:
     def close(self) -> None:
         pass
 
+    # This origin's output is the client's own input echoed back: when the client's output
+    # backs up (over ``App.write_high_water``), stop reading the client until it drains, the
+    # rule proxied WebSockets follow with a real origin (ws_proxy). Otherwise a client that
+    # sends pings or messages and never reads grows gripd's write buffer without bound.
+
     def pause_reading(self) -> None:
-        pass
+        self.s.conn.pause_reading()
 
     def resume_reading(self) -> None:
-        pass
+        self.s.conn.resume_reading()

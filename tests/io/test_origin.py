@@ -858,3 +858,145 @@ def test_head_keep_alive(version: str, headers: Headers, expected: bool) -> None
 )
 def test_eof_delimited(headers: Headers, expected: bool) -> None:
     assert origin_mod._is_eof_delimited(headers) is expected
+
+
+# -- the response head cap (origin_response_head_max) ------------------------------------------
+
+_CAP = 16_384
+
+
+class _AbortableTransport(_FakeTransport):
+    def abort(self) -> None:
+        self.closing = True
+
+
+def _feed(chunks: list[bytes], *, cap: int = _CAP, method: str = "GET") -> tuple[Recorder, int]:
+    """Feed ``chunks`` to one exchange with a ``cap``-byte head limit, stopping at the first
+    error or end; returns the recorder and how many bytes were fed."""
+
+    async def run() -> tuple[Recorder, int]:
+        pool = OriginPool(response_head_max=cap)
+        pool._loop = asyncio.get_running_loop()
+        conn = origin_mod._OriginConnection(pool, Endpoint(LOCAL, 1))
+        conn.connection_made(_AbortableTransport())
+        rec = Recorder()
+        ex = OriginExchange(pool, conn.endpoint, rec, method, "none", 0)
+        ex._start(conn, b"", reused=False)
+        fed = 0
+        for chunk in chunks:
+            if rec.done.done():
+                break
+            conn.data_received(chunk)
+            fed += len(chunk)
+        await pool.close()
+        return rec, fed
+
+    return asyncio.run(run())
+
+
+def _head(size: int) -> bytes:
+    """A complete response head of exactly ``size`` bytes (one padded header), no body."""
+    base = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Pad: \r\n\r\n"
+    return base.replace(b"X-Pad: ", b"X-Pad: " + b"p" * (size - len(base)))
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_head_at_the_cap_passes_one_byte_more_fails(split: bool) -> None:
+    for size, ok in ((_CAP, True), (_CAP + 1, False)):
+        raw = _head(size)
+        assert len(raw) == size
+        chunks = [raw[i : i + 1000] for i in range(0, len(raw), 1000)] if split else [raw]
+        rec, _ = _feed(chunks)
+        if ok:
+            assert rec.events == ["head", "end"], rec.error
+        else:
+            assert rec.events == ["error"]
+            assert str(rec.error) == f"Response head from origin over {_CAP} bytes"
+
+
+@pytest.mark.parametrize(
+    ("name", "start", "filler"),
+    [
+        ("endless header lines", b"HTTP/1.1 200 OK\r\n", b"X-a: " + b"b" * 1000 + b"\r\n"),
+        ("one header value that never ends", b"HTTP/1.1 200 OK\r\nX-a: ", b"b" * 1000),
+        ("a reason phrase that never ends", b"HTTP/1.1 200 O", b"K" * 1000),
+        ("endless 1xx interim heads", b"", b"HTTP/1.1 100 Continue\r\nX-a: b\r\n\r\n"),
+    ],
+)
+def test_endless_head_fails_near_the_cap(name: str, start: bytes, filler: bytes) -> None:
+    """An origin that never ends its head: refused once past the cap, not buffered forever."""
+    chunks = [start] + [filler * 16] * 5_000  # up to ~80 MB if nothing stopped it
+    rec, fed = _feed(chunks)
+    assert rec.events == ["error"], name
+    assert str(rec.error) == f"Response head from origin over {_CAP} bytes"
+    assert fed <= _CAP + len(filler) * 16 + len(start)
+
+
+def test_too_many_header_lines() -> None:
+    def head(n: int) -> bytes:
+        return b"HTTP/1.1 204 No Content\r\n" + b"X-a: b\r\n" * n + b"\r\n"
+
+    lines = origin_mod.RESPONSE_HEAD_LINES_MAX
+    rec, _ = _feed([head(lines)], cap=65_536)
+    assert rec.events == ["head", "end"] and len(rec.headers) == lines
+    rec, _ = _feed([head(lines + 1)], cap=65_536)
+    assert rec.events == ["error"]
+    assert str(rec.error) == f"Response head from origin has over {lines} header lines"
+
+
+def test_endless_chunked_trailer_fails() -> None:
+    """Trailers are read and dropped; one that never ends is refused, not buffered."""
+    start = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-t: "
+    rec, fed = _feed([start] + [b"t" * 16_000] * 5_000)
+    assert rec.events == ["head", "body", "error"]
+    assert str(rec.error) == f"Response trailer from origin over {_CAP} bytes"
+    assert fed <= 2 * _CAP + len(start)
+
+
+def test_long_chunked_body_is_not_a_trailer() -> None:
+    """Chunk framing between body bytes never adds up towards the trailer cap."""
+    body = b"".join(b"1\r\nx\r\n" for _ in range(20_000))
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body + b"0\r\n\r\n"
+    rec, _ = _feed([raw[i : i + 7] for i in range(0, len(raw), 7)])
+    assert rec.events[0] == "head" and rec.events[-1] == "end"
+    assert bytes(rec.body) == b"x" * 20_000
+
+
+async def _endless_head_origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """``200 OK`` then header lines, stopping after 32 MB (bounded) or when cut off."""
+    await read_head(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\n")
+    line = b"X-a: " + b"b" * 1000 + b"\r\n"
+    for _ in range(2_000):
+        writer.write(line * 16)
+        await asyncio.wait_for(writer.drain(), 10)
+
+
+@scenario
+async def endless_response_head_is_cut_off() -> None:
+    """Over a real socket, for a proxied request and for ``fetch`` (WebSocket-over-HTTP
+    events, next links): the exchange fails at the cap and the origin connection is closed."""
+    async with RawOrigin(_endless_head_origin) as o:
+        pool = OriginPool(response_head_max=_CAP)
+        rec = await fetch(pool, o.port)
+        assert rec.events == ["error"]
+        assert str(rec.error) == f"Response head from origin over {_CAP} bytes"
+        with pytest.raises(OriginError, match="over 16384 bytes"):
+            await asyncio.wait_for(
+                origin_mod.fetch(
+                    pool, [Endpoint(LOCAL, o.port)], "POST", "/", [], b"x", limit=1000
+                ),
+                5,
+            )
+        await asyncio.wait_for(o.closed.wait(), 5)
+        assert pool.connection_count() == 0
+        await pool.close()
+
+
+def test_head_bytes_do_not_count_as_trailer() -> None:
+    """A head just under the cap, then chunk framing before the first body byte: fine."""
+    head = _head(_CAP - 100).replace(b"Content-Length: 0", b"Transfer-Encoding: chunked")
+    ext = b"5;e=" + b"e" * 1000 + b"\r\n"
+    rec, _ = _feed([head, ext, b"hello\r\n0\r\n\r\n"])
+    assert rec.events == ["head", "body", "end"], rec.error
+    assert bytes(rec.body) == b"hello"
