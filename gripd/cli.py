@@ -16,7 +16,9 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from gripd import __version__
 from gripd.core.config import (
@@ -186,18 +188,25 @@ def run(argv: list[str]) -> int:
         await app.run()
 
     try:
-        import uvloop
-
-        uvloop.run(main())
-    except ImportError:
-        asyncio.run(main())
-    except ConfigError as e:
-        print(f"gripd: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
+        _run_loop(main())
+    except (ConfigError, OSError) as e:
+        # One line, no traceback: a bad value or an address that cannot be bound (its setting
+        # named by BindError), the usual reasons a service does not come up.
+        if args.logfile:
+            logging.getLogger("gripd").error("%s", e)
         print(f"gripd: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _run_loop(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` on uvloop when installed, else on asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)
 
 
 def main(argv: list[str] | None = None) -> int:

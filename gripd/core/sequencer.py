@@ -33,6 +33,10 @@ CHANNEL_PENDING_MAX = 100
 EXPIRE_INTERVAL = 1.0
 #: Pushpin ``PublishLastIds(1000000)``: channels whose last-id is remembered.
 LAST_IDS_MAX = 1_000_000
+#: (channel, id) pairs kept for dedup (F33). Pushpin bounds its cache by TTL only; gripd also
+#: bounds it by count, evicting the oldest sighting first, so a publisher of unique ids at a
+#: high rate cannot grow memory without bound (the dedup window then shortens).
+ID_CACHE_MAX = 1_000_000
 
 #: Drop reasons returned by ``Sequencer.add`` (also the counter keys in the pipeline).
 DROP_DUPLICATE_ID = "duplicate_id"
@@ -93,6 +97,7 @@ class Sequencer:
         "_by_time",
         "_dedup",
         "_next_token",
+        "id_cache_max",
         "id_cache_ttl",
         "last_ids",
         "message_wait",
@@ -104,11 +109,13 @@ class Sequencer:
         *,
         message_wait_ms: int = 5000,
         id_cache_ttl: int = 0,
+        id_cache_max: int = ID_CACHE_MAX,
         last_ids_max: int = LAST_IDS_MAX,
         pending_max: int = CHANNEL_PENDING_MAX,
     ) -> None:
         self.message_wait = message_wait_ms / 1000.0
         self.id_cache_ttl = id_cache_ttl
+        self.id_cache_max = id_cache_max
         self.pending_max = pending_max
         self.last_ids = LastIds(last_ids_max)
         # channel -> prev-id -> waiting item
@@ -138,6 +145,8 @@ class Sequencer:
                 key = (item.channel, item.id)
                 if key in dedup:
                     return [], DROP_DUPLICATE_ID  # seen within the TTL (F33)
+                if len(dedup) >= self.id_cache_max:
+                    dedup.popitem(last=False)  # the oldest sighting
                 dedup[key] = now + self.id_cache_ttl
 
         if not seq:

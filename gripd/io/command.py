@@ -43,7 +43,13 @@ from gripd.core import tnetstring
 from gripd.core.config import Config
 from gripd.core.errors import PublishError
 from gripd.core.publish import PublishItem, parse_item
-from gripd.io.zmq_inputs import PublishTarget, ipc_file_mode_of, setup_socket
+from gripd.io.zmq_inputs import (
+    PublishTarget,
+    in_phase,
+    ipc_file_mode_of,
+    limit_message_size,
+    setup_socket,
+)
 
 __all__ = ["CommandReply", "CommandServer", "error_reply", "success_reply"]
 
@@ -105,15 +111,23 @@ class CommandServer:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, *, ipc: bool | None = None) -> None:
+        """Bind ``command_spec`` and serve; ``ipc`` False/True: only if it is a TCP/``ipc://``
+        endpoint (the app binds TCP first), None: always."""
         spec = self.config.command_spec
-        if not spec:
+        if not spec or self.sock is not None or not in_phase(spec, ipc):
             return
         if self._ctx is None:
             self._ctx = zmq.asyncio.Context()
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
-        setup_socket(sock, [spec], bind=True, ipc_file_mode=ipc_file_mode_of(self.config))
+        limit_message_size(sock, self.config)  # one request cannot take any amount of memory
+        mode = ipc_file_mode_of(self.config)
+        try:
+            setup_socket(sock, [spec], bind=True, ipc_file_mode=mode, setting="command_spec")
+        except OSError:
+            sock.close(linger=0)
+            raise
         self.sock = sock
         self.log.info("control server: %s", spec)
         self._task = asyncio.create_task(self._serve(sock))

@@ -32,6 +32,7 @@ from gripd.core.config import Config
 from gripd.core.http import HttpResponse, encode_full
 from gripd.core.stats import PrometheusListen, StatsState, Totals, parse_prometheus_port
 from gripd.io.events import Delivery, Events, Mode, Transport
+from gripd.io.zmq_inputs import BindError, os_reason, prepare_ipc_path
 
 log = logging.getLogger("gripd.metrics")
 
@@ -134,14 +135,20 @@ class Metrics(Events):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Listen on ``prometheus_port`` (nothing when it is empty)."""
+    async def start(self, *, ipc: bool | None = None) -> None:
+        """Listen on ``prometheus_port`` (nothing when it is empty). ``ipc`` False/True: only
+        if it is a TCP port/``ipc://`` path (the app binds TCP first), None: always."""
         value = self.config.prometheus_port
-        if not value:
+        if not value or self._server is not None:
             return
         where: PrometheusListen = parse_prometheus_port(value)
+        if ipc is not None and (where.path is not None) != ipc:
+            return
+        address = value if where.path is not None else f"{where.host or '*'}:{where.port}"
         try:
             if where.path is not None:
+                # A unix server unlinks an existing socket file: never one a live process owns.
+                prepare_ipc_path(where.path, value, "prometheus_port")
                 self._server = await asyncio.start_unix_server(
                     self._serve, where.path, limit=MAX_REQUEST_HEAD
                 )
@@ -154,9 +161,11 @@ class Metrics(Events):
                     reuse_address=True,
                     limit=MAX_REQUEST_HEAD,
                 )
+        except BindError:
+            raise
         except OSError as e:
             # Pushpin logs this and carries on; a gripd that can't be scraped should say so loudly.
-            raise OSError(f"unable to bind to prometheus port: {value}: {e}") from e
+            raise BindError(address, "prometheus_port", os_reason(e)) from None
         log.info("prometheus metrics on %s", value)
 
     async def stop(self) -> None:

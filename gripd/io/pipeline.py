@@ -41,6 +41,10 @@ _LOG = logging.getLogger("gripd.pipeline")
 
 #: Drop reasons this module adds to the sequencer's (counter keys, ``Events.dropped`` reasons).
 DROP_HWM = "hwm"
+#: Items waiting for the rate limiter when ``message_rate`` is set and ``message_hwm`` is not
+#: (Pushpin queues without limit then). Past it an item is dropped as over the HWM, so a
+#: publisher faster than the rate cannot grow memory without bound.
+RATE_QUEUE_MAX = 100_000
 DROP_UNSUBSCRIBED = "seq_unsubscribed"
 
 _MODES: tuple[Mode, ...] = ("response", "stream", "ws")
@@ -173,6 +177,13 @@ class PublishPipeline(Events):
             if hwm > 0 and limiter.queued_weight("") + min(weight, hwm) > hwm:
                 self._drop(DROP_HWM, weight)
                 self.log.warning("exceeded publish hwm (%d), dropping message", hwm)
+                continue
+            if hwm <= 0 and limiter.queued_count() >= RATE_QUEUE_MAX:
+                self._drop(DROP_HWM, weight)
+                self.log.warning(
+                    "rate limiter queue full (%d items, message_hwm unset), dropping message",
+                    RATE_QUEUE_MAX,
+                )
                 continue
             limiter.add("", action, weight, now)
         if direct:

@@ -40,17 +40,11 @@ from gripd.core.stats import (
     encode_packet,
 )
 from gripd.io.events import Delivery, Events, Mode, Transport
+from gripd.io.zmq_inputs import BindError, in_phase, is_ipc, prepare_ipc_path, zmq_reason
 
 log = logging.getLogger("gripd.stats")
 
 OUT_HWM = 200_000
-
-
-def _ensure_ipc_dir(spec: str) -> None:
-    if spec.startswith("ipc://"):
-        d = os.path.dirname(spec[len("ipc://") :])
-        if d:
-            os.makedirs(d, exist_ok=True)
 
 
 class StatsPublisher(Events):
@@ -89,30 +83,41 @@ class StatsPublisher(Events):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Bind the PUB socket (when ``stats_spec`` is set) and start the timers."""
+    async def start(self, *, ipc: bool | None = None) -> None:
+        """Bind the PUB socket (when ``stats_spec`` is set) and start the timers.
+
+        ``ipc`` False/True: bind only if ``stats_spec`` is a TCP/``ipc://`` endpoint (the app
+        binds TCP first, so a second instance never takes a live instance's stats path);
+        the timers start in the last phase (True or None)."""
         spec = self.config.stats_spec
-        if spec:
-            self._ctx = zmq.Context()
-            # XPUB, not PUB: it tells us whether anyone listens, so packets nobody subscribed
-            # to are not even encoded (a per-publish cost otherwise, measured in bench/).
-            sock = self._ctx.socket(zmq.XPUB)
-            sock.setsockopt(zmq.SNDHWM, OUT_HWM)
-            sock.setsockopt(zmq.LINGER, 0)
+        if spec and self._sock is None and in_phase(spec, ipc):
+            self._bind(spec)
+        if ipc is not False and not self._running:
+            self._running = True
+            self._arm_refresh()
+            if self.config.stats_report_interval > 0:
+                self._arm_report()
+
+    def _bind(self, spec: str) -> None:
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        # XPUB, not PUB: it tells us whether anyone listens, so packets nobody subscribed
+        # to are not even encoded (a per-publish cost otherwise, measured in bench/).
+        sock = ctx.socket(zmq.XPUB)
+        sock.setsockopt(zmq.SNDHWM, OUT_HWM)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            if is_ipc(spec):
+                prepare_ipc_path(spec[len("ipc://") :], spec, "stats_spec")
             try:
-                _ensure_ipc_dir(spec)
                 sock.bind(spec)
-            except (zmq.ZMQError, OSError) as e:
-                sock.close(0)
-                self._ctx.term()
-                self._ctx = None
-                raise OSError(f"unable to bind stats socket {spec}: {e}") from e
-            self._sock = sock
-            log.info("stats on %s (%s)", spec, self.format)
-        self._running = True
-        self._arm_refresh()
-        if self.config.stats_report_interval > 0:
-            self._arm_report()
+            except zmq.ZMQError as e:
+                raise BindError(spec, "stats_spec", zmq_reason(e)) from None
+        except OSError:
+            sock.close(0)
+            ctx.term()
+            raise
+        self._ctx, self._sock = ctx, sock
+        log.info("stats on %s (%s)", spec, self.format)
 
     async def stop(self) -> None:
         """Stop the timers and close the socket (pending packets are dropped, linger 0)."""

@@ -13,7 +13,10 @@ Wire format, as Pushpin 1.36's handler (``src/handler/engine.cpp`` ``inPull_read
 Sockets are set up as Pushpin's ``ZUtil::setupSocket``: in bind mode only the first spec is bound;
 in connect mode (``push_in_sub_connect``) every spec is connected, with TCP keep-alive 30/6/5.
 PULL has HWM 101000 (``DEFAULT_HWM``); SUB's send HWM is 0 (unlimited) so subscription changes are
-never dropped.
+never dropped. Unlike Pushpin, both (and the command socket) set ``ZMQ_MAXMSGSIZE`` to
+``[gripd] zmq_max_message_size``, so one message cannot take any amount of memory: ZeroMQ checks
+each frame's size as it arrives and drops the sender's connection past it (see
+:func:`limit_message_size`).
 
 SUB interest (F31 "subscription forwarding"): the SUB socket subscribes to a channel when it
 gains its first local subscriber and unsubscribes when the last one leaves, so an XPUB publisher
@@ -34,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -50,14 +54,22 @@ from gripd.io.events import Events, Mode
 __all__ = [
     "DRAIN_MAX",
     "PULL_HWM",
+    "BindError",
     "Drop",
     "PublishTarget",
     "ZmqInputs",
     "decode_payload",
+    "in_phase",
     "ipc_file_mode_of",
+    "ipc_in_use",
+    "is_ipc",
+    "limit_message_size",
+    "os_reason",
     "parse_pull_message",
     "parse_sub_message",
+    "prepare_ipc_path",
     "setup_socket",
+    "zmq_reason",
 ]
 
 _LOG = logging.getLogger("gripd.zmq")
@@ -149,27 +161,114 @@ def ipc_file_mode_of(config: Config) -> int | None:
         return None
 
 
+class BindError(OSError):
+    """An address gripd cannot listen on; ``str()`` is the one line to print (setting named)."""
+
+    def __init__(self, address: str, setting: str, reason: str) -> None:
+        super().__init__(f"cannot listen on {address} ({setting}): {reason}")
+
+
+def os_reason(e: OSError) -> str:
+    """The plain ``strerror`` of a bind failure (uvloop wraps it in a longer sentence)."""
+    if isinstance(e, socket.gaierror) or not e.errno or e.errno < 0:
+        return e.strerror or str(e)  # a name that does not resolve, not an errno
+    return os.strerror(e.errno)
+
+
+def zmq_reason(e: zmq.ZMQError) -> str:
+    """A ZeroMQ error's text without the ``(addr=...)`` pyzmq appends."""
+    return zmq.strerror(e.errno) if e.errno is not None else str(e)
+
+
+def is_ipc(spec: str) -> bool:
+    """Whether a ZeroMQ endpoint is a unix socket path (``ipc://``)."""
+    return spec.startswith("ipc://")
+
+
+def in_phase(spec: str, ipc: bool | None) -> bool:
+    """Whether ``spec`` is bound in start phase ``ipc`` (None: the one phase of a lone start).
+
+    gripd binds every TCP address before any ``ipc://`` path, so an instance that cannot get its
+    ports exits before it touches the socket files of one already running on them."""
+    return ipc is None or is_ipc(spec) == ipc
+
+
+def ipc_in_use(path: str) -> bool:
+    """Whether a live process accepts on the unix socket ``path``.
+
+    Binding an ``ipc://`` endpoint (ZeroMQ, like asyncio's unix servers) first unlinks the file,
+    silently taking the address from whoever owns it; so probe it first. ZeroMQ ipc endpoints
+    are unix stream sockets: a successful connect means a listener. A refused connect or a
+    missing file is a stale or free path."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+            return False
+        except (TimeoutError, BlockingIOError):
+            return True  # a listener with a full backlog is still a listener
+        except OSError:
+            return False  # not ours to judge (EACCES...): the bind reports it
+        return True
+
+
+def prepare_ipc_path(path: str, spec: str, setting: str) -> None:
+    """Create an ipc socket's directory; refuse a path a live process listens on."""
+    parent = os.path.dirname(path)
+    try:
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise BindError(spec, setting, os_reason(e)) from None
+    if ipc_in_use(path):
+        raise BindError(spec, setting, "Address already in use (another process listens on it)")
+
+
 def setup_socket(
-    sock: zmq.asyncio.Socket, specs: list[str], *, bind: bool, ipc_file_mode: int | None = None
+    sock: zmq.asyncio.Socket,
+    specs: list[str],
+    *,
+    bind: bool,
+    ipc_file_mode: int | None = None,
+    setting: str = "",
 ) -> None:
     """Pushpin's ``ZUtil::setupSocket``: bind the first spec, or connect to every spec.
 
-    For ``ipc://`` binds the socket file's directory is created first, and its mode set to
-    ``ipc_file_mode`` when given.
+    For ``ipc://`` binds the socket file's directory is created first, a path a live process
+    listens on is refused, and the file's mode is set to ``ipc_file_mode`` when given. Failures
+    raise :class:`BindError` naming ``setting``.
     """
+    setting = setting or "zmq"
     if not bind:
         for spec in specs:
-            sock.connect(spec)
+            try:
+                sock.connect(spec)
+            except zmq.ZMQError as e:
+                raise OSError(f"cannot connect to {spec} ({setting}): {zmq_reason(e)}") from None
         return
     spec = specs[0]
-    path = spec[6:] if spec.startswith("ipc://") else None
+    path = spec[6:] if is_ipc(spec) else None
     if path:
-        parent = os.path.dirname(path)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-    sock.bind(spec)
+        prepare_ipc_path(path, spec, setting)
+    try:
+        sock.bind(spec)
+    except zmq.ZMQError as e:
+        raise BindError(spec, setting, zmq_reason(e)) from None
     if path and ipc_file_mode is not None:
         os.chmod(path, ipc_file_mode)
+
+
+def limit_message_size(sock: zmq.Socket[Any], config: Config) -> None:
+    """Refuse inbound frames over ``zmq_max_message_size`` bytes (set before bind/connect).
+
+    ZeroMQ's decoder checks each frame's announced size before reading it; a bigger one is a
+    protocol error that closes that peer's connection (the frame and anything after it on that
+    connection are lost; the peer reconnects by itself). gripd is not told: the socket monitor
+    reports only a disconnect, like any other, so nothing is logged. A message of many frames is
+    bounded per frame only (PULL and command messages with extra frames are dropped once read).
+    """
+    sock.setsockopt(zmq.MAXMSGSIZE, config.zmq_max_message_size)
 
 
 # -- the component -------------------------------------------------------------------------------
@@ -212,24 +311,36 @@ class ZmqInputs(Events):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Bind/connect the sockets and start the receive loops."""
+    async def start(self, *, ipc: bool | None = None) -> None:
+        """Bind/connect the sockets and start the receive loops.
+
+        ``ipc`` False/True binds only the TCP/``ipc://`` endpoints (the app calls both, TCP
+        first); None binds everything. A socket is set up once, in its first spec's phase."""
         cfg = self.config
         if self._ctx is None:
             self._ctx = zmq.asyncio.Context()
         mode = ipc_file_mode_of(cfg)
-        if cfg.push_in_spec:
+        if cfg.push_in_spec and self.pull is None and in_phase(cfg.push_in_spec, ipc):
             pull = self._ctx.socket(zmq.PULL)
             pull.setsockopt(zmq.LINGER, 0)
             pull.setsockopt(zmq.RCVHWM, PULL_HWM)
-            setup_socket(pull, [cfg.push_in_spec], bind=True, ipc_file_mode=mode)
+            limit_message_size(pull, cfg)
+            try:
+                setup_socket(
+                    pull, [cfg.push_in_spec], bind=True, ipc_file_mode=mode, setting="push_in_spec"
+                )
+            except OSError:
+                pull.close(linger=0)
+                raise
             self.pull = pull
             self.log.info("in pull: %s", cfg.push_in_spec)
             self._tasks.append(asyncio.create_task(self._loop(pull, "zmq-pull", "IN pull")))
-        if cfg.push_in_sub_specs:
+        specs = cfg.push_in_sub_specs
+        if specs and self.sub is None and in_phase(specs[0], ipc):
             sub = self._ctx.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.SNDHWM, 0)  # subscription messages must never be dropped
+            limit_message_size(sub, cfg)
             connect = cfg.push_in_sub_connect
             if connect:
                 idle, cnt, intvl = _KEEPALIVE
@@ -239,9 +350,15 @@ class ZmqInputs(Events):
                 sub.setsockopt(zmq.TCP_KEEPALIVE_INTVL, intvl)
             for ch in sorted(self._interest):  # interest gained before start
                 sub.setsockopt(zmq.SUBSCRIBE, ch.encode("utf-8"))
-            setup_socket(sub, cfg.push_in_sub_specs, bind=not connect, ipc_file_mode=mode)
+            try:
+                setup_socket(
+                    sub, specs, bind=not connect, ipc_file_mode=mode, setting="push_in_sub_specs"
+                )
+            except OSError:
+                sub.close(linger=0)
+                raise
             self.sub = sub
-            self.log.info("in sub: %s", ", ".join(cfg.push_in_sub_specs))
+            self.log.info("in sub: %s", ", ".join(specs))
             self._tasks.append(asyncio.create_task(self._loop(sub, "zmq-sub", "IN sub")))
 
     async def stop(self) -> None:

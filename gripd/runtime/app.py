@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 import os
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import zmq.asyncio
 
@@ -41,7 +44,7 @@ from gripd.io.ticklog import TickLog
 from gripd.io.woh import WohPeer
 from gripd.io.ws_proxy import WsOriginPeer
 from gripd.io.ws_session import WsSession
-from gripd.io.zmq_inputs import ZmqInputs
+from gripd.io.zmq_inputs import BindError, ZmqInputs, os_reason
 
 log = logging.getLogger("gripd")
 
@@ -57,8 +60,47 @@ CHECK_NOTICE = (
 )
 
 
+FD_LOG_INTERVAL = 10.0  # at most one descriptor-shortage line per this many seconds
+
+ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
+
+
 def _read_bytes(path: str) -> bytes:
     return Path(path).read_bytes()
+
+
+def _nofile_limit() -> int | None:
+    """The soft RLIMIT_NOFILE (the cli raised it to the hard one), None when unlimited."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, ValueError, OSError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+class RateLog:
+    """Counts events and allows one log line per ``interval`` carrying the count since the
+    previous line, so a flood (descriptor exhaustion, refused connections) stays readable."""
+
+    __slots__ = ("_last", "interval", "pending", "total")
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.pending = 0  # events since the last line
+        self.total = 0
+        self._last = -float("inf")
+
+    def note(self, now: float) -> int:
+        """Count one event; the number to report now, or 0 when this one stays silent."""
+        self.pending += 1
+        self.total += 1
+        if now - self._last < self.interval:
+            return 0
+        self._last = now
+        n, self.pending = self.pending, 0
+        return n
 
 
 class App:
@@ -82,12 +124,23 @@ class App:
         self.open_requests = 0  # proxy sessions in flight (F4 max_open_requests)
         self.waiting: deque[tuple[ClientConnection, Request, Route, bool]] = deque()
         self._refused_logged = 0.0
+        # fd_reserve: clients may use descriptors only below ``fd_high``, the rest is kept for
+        # the publish inputs, the command and stats sockets and origin connections.
+        self.fd_limit = _nofile_limit()
+        self.fd_high: int | None = None
+        if self.fd_limit is not None and config.fd_reserve > 0:
+            # At most half the table is held back, so a tiny limit still serves clients.
+            self.fd_high = self.fd_limit - min(config.fd_reserve, self.fd_limit // 2)
+        self.fd_refusals = RateLog(FD_LOG_INTERVAL)
+        self.accept_errors = RateLog(FD_LOG_INTERVAL)
+        self._prev_handler: ExceptionHandler | None = None
         self.flusher = Flusher(self.loop)
         self.ticklog = TickLog("gripd.proxy", self.loop)  # request lines (F53)
         self.write_high_water = 256 * 1024
         self.pool = OriginPool(
             connect_timeout=config.origin_connect_timeout,
             response_timeout=config.origin_response_timeout,
+            response_head_max=config.origin_response_head_max,
         )
         base = config.config_dir
         sig_key = parse_key(config.sig_key, base_dir=base, read_file=_read_bytes)
@@ -175,6 +228,79 @@ class App:
                 peer,
             )
         self.events.dropped("client_maxconn")
+
+    def refuse_for_fds(self, transport: asyncio.BaseTransport, peer: str) -> bool:
+        """True (and counted, logged at a limited rate) when a new client connection must be
+        closed to keep ``fd_reserve`` descriptors free.
+
+        The kernel hands out the lowest free descriptor, so a socket numbered at or above
+        ``fd_high`` means fewer than ``fd_reserve`` are left. Without this, clients would take
+        the last ones and the control API, ZeroMQ and origin connections would fail (under
+        uvloop an accept that hits EMFILE is closed silently: publishers only see a reset)."""
+        high = self.fd_high
+        if high is None:
+            return False
+        sock = transport.get_extra_info("socket")
+        if sock is None or sock.fileno() < high:
+            return False
+        self.events.dropped("fd_reserve")
+        n = self.fd_refusals.note(time.monotonic())
+        if n:
+            log.warning(
+                "open-file limit nearly reached (descriptor %d, limit %d, fd_reserve %d kept for "
+                "publishing and origins): refused %d client connection(s) since the last report "
+                "(%d in all), last from %s",
+                sock.fileno(),
+                self.fd_limit,
+                self.config.fd_reserve,
+                n,
+                self.fd_refusals.total,
+                peer,
+            )
+        return True
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """EMFILE/ENFILE from accept (asyncio's loop retries each second and reports every
+        failure) is logged at a limited rate with a count; the rest goes to the default."""
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+            n = self.accept_errors.note(time.monotonic())
+            if n:
+                log.error(
+                    "accept failed %d time(s) since the last report: %s (limit %s, "
+                    "fd_reserve %d); waiting connections stay queued",
+                    n,
+                    os.strerror(exc.errno),
+                    self.fd_limit,
+                    self.config.fd_reserve,
+                )
+            return
+        if self._prev_handler is not None:
+            self._prev_handler(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    def _check_fd_budget(self) -> None:
+        """Warn once when ``client_maxconn`` cannot be reached within the open-file limit: a
+        proxied client can need two descriptors (its socket and its origin connection)."""
+        limit = self.fd_limit
+        if limit is None:
+            return
+        cfg = self.config
+        usable = limit if self.fd_high is None else self.fd_high
+        if 2 * cfg.client_maxconn > usable:
+            log.warning(
+                "client_maxconn=%d may need up to %d file descriptors (client + origin "
+                "connection each) but the open-file limit is %d with fd_reserve=%d: new clients "
+                "are refused from descriptor %d on (about %d proxied clients); raise the limit "
+                "(ulimit -n, LimitNOFILE=) or lower client_maxconn",
+                cfg.client_maxconn,
+                2 * cfg.client_maxconn,
+                limit,
+                cfg.fd_reserve,
+                usable,
+                usable // 2,
+            )
 
     def aco(self, route: Route) -> bool:
         """Auto cross-origin (CORS + JSON-P, F45/F46) for this route."""
@@ -306,8 +432,13 @@ class App:
 
     # -- routes ------------------------------------------------------------------------------
 
-    def load_routes(self) -> None:
-        """(Re)load the routes; a bad line is skipped with a ``file:line`` warning (F6)."""
+    def load_routes(self, *, initial: bool = False) -> None:
+        """(Re)load the routes; a bad line is skipped with a ``file:line`` warning (F6).
+
+        On a live reload (file change, SIGHUP) a file with a line that cannot be parsed is not
+        applied: the previous table stays, so a half-written or mistyped file does not turn
+        every new request into a 502 (Pushpin would load what parses, often nothing). At
+        startup there is no previous table and the good lines are used, as in Pushpin."""
         if self.route_lines is not None:
             table, warnings = RouteTable.from_lines(self.route_lines)
         elif self.config.routesfile is None:
@@ -317,13 +448,22 @@ class App:
             try:
                 st = os.stat(path)
                 text = Path(path).read_text()
-            except OSError as e:
+            except (OSError, UnicodeDecodeError) as e:
                 log.error("cannot read routes file %s: %s", path, e)
                 return
             self._routes_stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
             table, warnings = RouteTable.parse(text, path)
         for w in warnings:
             log.warning("%s", w)
+        errors = [w for w in warnings if w.error]
+        if errors and not initial:
+            log.error(
+                "routes not reloaded: %s%s; keeping previous routes (%d entries)",
+                errors[0],
+                f" (and {len(errors) - 1} more)" if len(errors) > 1 else "",
+                len(self.routes),
+            )
+            return
         self.routes = table
         log.info("routes loaded with %d entries", len(table))  # Pushpin's wording
 
@@ -343,37 +483,64 @@ class App:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.load_routes()
-        cfg = self.config
-        await self.stats.start()
-        await self.metrics.start()
-        for listen in cfg.http_port:
-            server = await self.loop.create_server(
-                lambda: ClientConnection(self),
-                host=listen.addr or None,
-                port=listen.port,
-                reuse_address=True,
-                backlog=4096,
-            )
-            self.servers.append(server)
-            log.info("listening on %s:%d", listen.addr or "*", listen.port)
-        await self.pipeline.start()
-        await self.zmq_inputs.start()
-        await self.command.start()
-        control = await start_control_server(
-            self.pipeline,
-            cfg.push_in_http_addr,
-            cfg.push_in_http_port,
-            max_headers_size=cfg.push_in_http_max_headers_size,
-            max_body_size=cfg.push_in_http_max_body_size,
-        )
-        self.servers.append(control)
-        log.info("control API on %s:%d", cfg.push_in_http_addr, cfg.push_in_http_port)
+        """Load the routes and bind everything. Every TCP address is bound before any
+        ``ipc://`` path, and a path a live process listens on is refused, so a second instance
+        on the same configuration exits (one line, no traceback) without disturbing the first.
+        On a failure whatever was bound is released and the :class:`BindError` propagates."""
+        self.load_routes(initial=True)
+        self._check_fd_budget()
+        self._prev_handler = self.loop.get_exception_handler()
+        self.loop.set_exception_handler(self._loop_exception)
+        try:
+            await self._bind(ipc=False)
+            await self._bind(ipc=True)
+        except BaseException:
+            await self.stop(quiet=True)
+            raise
         self._watch_task = self.loop.create_task(self._watch_routes())
         with contextlib.suppress(NotImplementedError, RuntimeError):
             self.loop.add_signal_handler(signal.SIGHUP, self.load_routes)
             self.loop.add_signal_handler(signal.SIGINT, self._stopping.set)
             self.loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
+
+    async def _bind(self, *, ipc: bool) -> None:
+        """One start phase: the TCP listeners (``ipc`` False) or the ``ipc://`` paths (True)."""
+        cfg = self.config
+        if not ipc:
+            for listen in cfg.http_port:
+                try:
+                    server = await self.loop.create_server(
+                        lambda: ClientConnection(self),
+                        host=listen.addr or None,
+                        port=listen.port,
+                        reuse_address=True,
+                        backlog=4096,
+                    )
+                except OSError as e:
+                    address = f"{listen.addr or '*'}:{listen.port}"
+                    raise BindError(address, "http_port", os_reason(e)) from None
+                self.servers.append(server)
+                log.info("listening on %s:%d", listen.addr or "*", listen.port)
+            try:
+                control = await start_control_server(
+                    self.pipeline,
+                    cfg.push_in_http_addr,
+                    cfg.push_in_http_port,
+                    max_headers_size=cfg.push_in_http_max_headers_size,
+                    max_body_size=cfg.push_in_http_max_body_size,
+                    header_timeout=cfg.client_header_timeout,
+                )
+            except OSError as e:
+                address = f"{cfg.push_in_http_addr}:{cfg.push_in_http_port}"
+                setting = "push_in_http_addr/push_in_http_port"
+                raise BindError(address, setting, os_reason(e)) from None
+            self.servers.append(control)
+            log.info("control API on %s:%d", cfg.push_in_http_addr, cfg.push_in_http_port)
+            await self.pipeline.start()
+        await self.zmq_inputs.start(ipc=ipc)
+        await self.command.start(ipc=ipc)
+        await self.metrics.start(ipc=ipc)
+        await self.stats.start(ipc=ipc)
 
     async def run(self) -> None:
         await self.start()
@@ -383,11 +550,15 @@ class App:
     def request_stop(self) -> None:
         self._stopping.set()
 
-    async def stop(self) -> None:
-        log.info("stopping")
+    async def stop(self, *, quiet: bool = False) -> None:
+        """Close everything (also after a failed start: each part tolerates never starting)."""
+        if not quiet:
+            log.info("stopping")
         for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 self.loop.remove_signal_handler(sig)
+        if self.loop.get_exception_handler() == self._loop_exception:
+            self.loop.set_exception_handler(self._prev_handler)
         if self._watch_task is not None:
             self._watch_task.cancel()
         await self.pipeline.stop()

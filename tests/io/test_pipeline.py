@@ -294,6 +294,29 @@ async def test_hwm_drops_with_pushpin_log(make: Make, caplog: pytest.LogCaptureF
     assert eng.ids == ["0"]
 
 
+async def test_rate_without_hwm_queue_is_bounded(
+    make: Make, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pushpin queues without limit when message_rate is set and message_hwm is not; gripd caps
+    # the queue at RATE_QUEUE_MAX items and drops past it (counted as over the HWM).
+    monkeypatch.setattr(pipeline_mod, "RATE_QUEUE_MAX", 3)
+    eng = FakeEngine()
+    rec = Recorder()
+    p = make(eng, rec, message_rate=1, message_hwm=-1)
+    await p.start()
+    p.subscribed("c", "stream", True)
+    with caplog.at_level(logging.WARNING, logger="gripd.pipeline"):
+        p.publish([item(str(n)) for n in range(6)], source="http")
+    # "0".."2" fill the queue (the first batch runs on the next timer turn); the rest drop
+    assert p.counters == {"hwm": 3}
+    assert (
+        caplog.messages
+        == ["rate limiter queue full (3 items, message_hwm unset), dropping message"] * 3
+    )
+    await asyncio.sleep(0.05)
+    assert eng.ids == ["0"]
+
+
 async def test_hwm_without_rate_only_bounds_a_burst(make: Make) -> None:
     eng = FakeEngine()
     p = make(eng, message_hwm=3)
