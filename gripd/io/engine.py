@@ -83,6 +83,7 @@ class Engine:
     ) -> None:
         hold = ResponseHold(self, conn, req, route, ins, body)
         conn.set_handler(hold)
+        conn.hold_started()
         self._subscribe(hold)
         self.counters.response_holds += 1
         # F23: a prev-id that disagrees with the channel's known last id: retry at once.
@@ -118,6 +119,7 @@ class Engine:
             self.write_stream_head(conn, ins.response, chunked)
         hold = StreamHold(self, conn, req, route, ins, chunked)
         conn.set_handler(hold)
+        conn.hold_started()
         self._subscribe(hold)
         self.counters.stream_holds += 1
         self._log_subscribe(req, hold.channels, retry)

@@ -141,6 +141,7 @@ class WsSession:
 
     def start(self) -> None:
         self.conn.set_handler(self)
+        self.conn.hold_started()
         version = (hdr.get(self.req.headers, "sec-websocket-version") or "").strip()
         if not self.key or version != "13":
             self.conn.send_response(
