@@ -685,9 +685,12 @@ class ClientConnection(asyncio.Protocol):
         self.handler = handler
 
     def hold_started(self) -> None:
-        """A hold or WebSocket session now owns the connection, for long: no client timeout
-        applies until it ends, so the timer handle (lazily disarmed, see ``_arm``) is released
-        now rather than when it next fires; it is a tenth of an idle held connection's memory."""
+        """A stream hold or WebSocket session now owns the connection, for long: no client
+        timeout applies until it ends, so the timer handle (lazily disarmed, see ``_arm``) is
+        released now rather than when it next fires; it is a tenth of an idle held connection's
+        memory. Response holds (long-polls) keep the lazy handle: they end with a response and
+        re-arm the idle timeout, and a cancel plus a new handle per cycle costs more CPU than
+        the handle's memory until it fires."""
         self._cancel_timer()
 
     def finish_response(self, keep_alive: bool = True) -> None:

@@ -83,7 +83,6 @@ class Engine:
     ) -> None:
         hold = ResponseHold(self, conn, req, route, ins, body)
         conn.set_handler(hold)
-        conn.hold_started()
         self._subscribe(hold)
         self.counters.response_holds += 1
         # F23: a prev-id that disagrees with the channel's known last id: retry at once.
