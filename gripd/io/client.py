@@ -54,7 +54,7 @@ from gripd.core.requestcheck import Rejection, check_request
 
 if TYPE_CHECKING:
     from gripd.core.jsonp import JsonpRequest
-    from gripd.runtime.app import App
+    from gripd.io.context import ClientHost
 
 log = logging.getLogger("gripd.client")
 
@@ -183,7 +183,7 @@ class ClientConnection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: ClientHost) -> None:
         self.app = app
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)

@@ -31,7 +31,7 @@ from gripd.io.ws_session import WsSession
 if TYPE_CHECKING:
     from gripd.core.routes import Route
     from gripd.io.client import ClientConnection, Request
-    from gripd.runtime.app import App
+    from gripd.io.context import EngineHost
 
 log = logging.getLogger("gripd.engine")
 
@@ -60,7 +60,7 @@ class Counters:
 class Engine:
     """Owns the registry; starts holds; delivers published items."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: EngineHost) -> None:
         self.app = app
         self.loop: asyncio.AbstractEventLoop = app.loop
         self.registry = Registry()

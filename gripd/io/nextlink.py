@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from gripd.core.instruct import NextLink
     from gripd.core.routes import Route
     from gripd.io.client import ClientConnection, Request
+    from gripd.io.context import OriginContext
     from gripd.io.holds import StreamHold
-    from gripd.runtime.app import App
 
 log = logging.getLogger("gripd.nextlink")
 
@@ -39,7 +39,7 @@ def resolve(base: str, link: str) -> str:
 
 
 async def fetch_link(
-    app: App,
+    app: OriginContext,
     route: Route,
     url: str,
     peer_ip: str,
@@ -172,7 +172,7 @@ class LinkState:
         self.task = None
 
 
-async def post_gone(app: App, route: Route, url: str, peer_ip: str) -> None:
+async def post_gone(app: OriginContext, route: Route, url: str, peer_ip: str) -> None:
     """``rel=gone`` (Pushpin 1.41): one best-effort POST when the held client disconnects."""
     parts = urlsplit(url)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")

@@ -36,7 +36,7 @@ from gripd.io.origin import Endpoint, OriginExchange, endpoints_for, origin_form
 if TYPE_CHECKING:
     from gripd.core.jsonp import JsonpRequest
     from gripd.io.client import ClientConnection, Request
-    from gripd.runtime.app import App
+    from gripd.io.context import ProxyHost
 
 log = logging.getLogger("gripd.proxy")
 
@@ -88,7 +88,7 @@ class ProxySession:
 
     def __init__(
         self,
-        app: App,
+        app: ProxyHost,
         conn: ClientConnection,
         req: Request,
         route: Route,

@@ -52,8 +52,8 @@ from gripd.io.origin import fetch, origin_form
 from gripd.io.ws_proxy import endpoints_for, ws_origin_headers
 
 if TYPE_CHECKING:
+    from gripd.io.context import SessionHost
     from gripd.io.ws_session import WsSession
-    from gripd.runtime.app import App
 
 log = logging.getLogger("gripd.woh")
 
@@ -72,7 +72,7 @@ def _queued_size(events: list[WsEvent]) -> int:
 class WohPeer:
     """One client WebSocket carried over HTTP to its origin."""
 
-    def __init__(self, app: App, session: WsSession) -> None:
+    def __init__(self, app: SessionHost, session: WsSession) -> None:
         self.app = app
         self.s = session
         self.cid = str(uuid.uuid4())

@@ -15,8 +15,8 @@ from gripd.io.origin import endpoints_for as route_endpoints
 from gripd.io.ws_origin import WsOriginLink
 
 if TYPE_CHECKING:
+    from gripd.io.context import OriginContext, SessionHost
     from gripd.io.ws_session import WsSession
-    from gripd.runtime.app import App
 
 
 def endpoints_for(session: WsSession) -> list[Endpoint]:
@@ -24,7 +24,7 @@ def endpoints_for(session: WsSession) -> list[Endpoint]:
     return route_endpoints(session.route.targets, session.route.as_host, host)
 
 
-def ws_origin_headers(app: App, session: WsSession, *, ws: bool = True) -> hdr.Headers:
+def ws_origin_headers(app: OriginContext, session: WsSession, *, ws: bool = True) -> hdr.Headers:
     """The origin request headers for a client WebSocket; ``ws=False`` for the
     WebSocket-over-HTTP POSTs, which keep the client's handshake headers (F40)."""
     req = session.req
@@ -52,7 +52,7 @@ def ws_origin_headers(app: App, session: WsSession, *, ws: bool = True) -> hdr.H
 class WsOriginPeer:
     """Bridges a ``WsOriginLink`` (origin socket) and its ``WsSession``."""
 
-    def __init__(self, app: App, session: WsSession) -> None:
+    def __init__(self, app: SessionHost, session: WsSession) -> None:
         self.app = app
         self.session = session
         self.link = WsOriginLink(

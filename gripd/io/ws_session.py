@@ -43,7 +43,7 @@ from gripd.io.ws_client import WsEndpoint, encode_message
 if TYPE_CHECKING:
     from gripd.core.routes import Route
     from gripd.io.client import ClientConnection, Request
-    from gripd.runtime.app import App
+    from gripd.io.context import SessionHost
 
 log = logging.getLogger("gripd.ws")
 
@@ -107,7 +107,7 @@ class WsSession:
     mode: Final = "ws"
 
     def __init__(
-        self, app: App, conn: ClientConnection, req: Request, route: Route, *, trusted: bool
+        self, app: SessionHost, conn: ClientConnection, req: Request, route: Route, *, trusted: bool
     ) -> None:
         self.app = app
         self.conn = conn

@@ -46,3 +46,24 @@ def test_checker_sees_forbidden_imports(tmp_path: Path) -> None:
     f = tmp_path / "m.py"
     f.write_text("import asyncio\nfrom time import monotonic\n")
     assert _imports(f) & FORBIDDEN == {"asyncio", "time"}
+
+
+IO = CORE.parent / "io"
+
+
+def _modules(path: Path) -> set[str]:
+    """Full dotted names of every module ``path`` imports (also under TYPE_CHECKING)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("path", sorted(IO.glob("*.py")), ids=lambda p: p.name)
+def test_io_module_does_not_import_runtime(path: Path) -> None:
+    # Adapters get the narrow interfaces of gripd.io.context, never the application object.
+    bad = {m for m in _modules(path) if m == "gripd.runtime" or m.startswith("gripd.runtime.")}
+    assert not bad, f"{path.name} imports {sorted(bad)}"

@@ -1,0 +1,123 @@
+"""The narrow interfaces adapters are given instead of the whole application object.
+
+Each is a ``Protocol`` listing only what its adapter uses, so ``gripd/io`` never imports
+``gripd/runtime`` and a later runtime (worker processes, a hub) can hand each adapter its own
+implementation. ``gripd.runtime.app.App`` satisfies all of them today. Attributes are read-only
+properties: an adapter reads them, it never rebinds them.
+
+- :class:`OriginContext`: what a request to an origin needs (pool, forwarding, Grip-Sig).
+- :class:`ClientHost`: what a client connection needs (admission, dispatch, write flushing).
+- :class:`EngineHost`: what the hold engine needs (channel state of the publish pipeline,
+  retries, CORS/JSON-P decision), plus an origin context for next links.
+- :class:`ProxyHost`: what one proxied request needs.
+- :class:`SessionHost`: what a WebSocket session and its origin peers need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from gripd.core import headers as hdr
+    from gripd.core.config import Config
+    from gripd.core.forward import ForwardSettings
+    from gripd.core.routes import Route
+    from gripd.io.client import ClientConnection, Flusher, Request
+    from gripd.io.engine import Engine
+    from gripd.io.events import Events
+    from gripd.io.metrics import Metrics
+    from gripd.io.origin import OriginPool
+    from gripd.io.ticklog import TickLog
+    from gripd.io.woh import WohPeer
+    from gripd.io.ws_session import WsSession
+
+
+class OriginContext(Protocol):
+    """Settings, pool and tokens for requests to origins (proxy, next links, WebSockets)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def pool(self) -> OriginPool: ...
+    @property
+    def forward(self) -> ForwardSettings: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    def grip_sig_token(self, route: Route) -> str | None: ...
+    def client_tls(self, headers: hdr.Headers) -> bool: ...
+
+
+class ClientHost(Protocol):
+    """Admission (client_maxconn, fd_reserve), request dispatch and per-tick write flushing."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def connections(self) -> set[ClientConnection]: ...
+    @property
+    def flusher(self) -> Flusher: ...
+    @property
+    def events(self) -> Events: ...
+    @property
+    def write_high_water(self) -> int: ...
+    def next_conn_id(self) -> str: ...
+    def refused_connection(self, peer: str) -> None: ...
+    def refuse_for_fds(self, transport: asyncio.BaseTransport, peer: str) -> bool: ...
+    def handle_request(self, conn: ClientConnection, req: Request) -> None: ...
+
+
+class ChannelState(Protocol):
+    """The publish pipeline's per-channel state the engine consults (F23, F32)."""
+
+    def last_id(self, channel: str) -> str | None: ...
+    def forget_last_id(self, channel: str) -> None: ...
+    def has_subscribers(self, channel: str) -> bool: ...
+
+
+class EngineHost(OriginContext, Protocol):
+    """The hold engine's surroundings: channel state, retries, events, CORS/JSON-P."""
+
+    @property
+    def pipeline(self) -> ChannelState: ...
+    @property
+    def events(self) -> Events: ...
+    def aco(self, route: Route) -> bool: ...
+    def retry_request(
+        self,
+        conn: ClientConnection,
+        req: Request,
+        route: Route,
+        body: list[bytes],
+        last_ids: list[tuple[str, str]],
+    ) -> None: ...
+
+
+class ProxyHost(OriginContext, Protocol):
+    """One proxied request: the engine it hands holds to, request logging, admission."""
+
+    @property
+    def holds(self) -> Engine: ...
+    @property
+    def ticklog(self) -> TickLog: ...
+    def aco(self, route: Route) -> bool: ...
+    def request_done(self) -> None: ...
+
+
+class SessionHost(OriginContext, Protocol):
+    """A WebSocket session and its origin peer (WebSocket or WebSocket-over-HTTP)."""
+
+    @property
+    def holds(self) -> Engine: ...
+    @property
+    def events(self) -> Events: ...
+    @property
+    def write_high_water(self) -> int: ...
+    @property
+    def woh_peers(self) -> dict[str, WohPeer]: ...
+    def request_done(self) -> None: ...
+    def open_ws_origin(self, session: WsSession) -> None: ...
