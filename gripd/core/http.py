@@ -147,3 +147,21 @@ def text_response(code: int, body: str, headers: Headers | None = None) -> HttpR
     if headers:
         h.extend(headers)
     return HttpResponse(code, reason_phrase(code), h, body.encode())
+
+
+def interim_head_problem(status: int, headers: Headers) -> str | None:
+    """For an origin response head with a status under 200: why it cannot be relayed, or None
+    for an ordinary interim response (100 Continue...) that is skipped.
+
+    llhttp reads ``002`` as 2, a status with no class (RFC 9110 15); a 101 was not asked for;
+    a 1xx has no content (RFC 9110 15.2), but llhttp would read one by its Content-Length or
+    chunks. Pushpin 1.36 answers 502 to all three."""
+    if status < 100:
+        return f"Invalid status code from origin: {status}"
+    if status == 101:
+        return "Unexpected protocol upgrade from origin"
+    for name, value in headers:
+        n = name.lower()
+        if n == "transfer-encoding" or (n == "content-length" and value.strip() != "0"):
+            return "Interim response from origin has a body"
+    return None

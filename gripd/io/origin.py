@@ -37,6 +37,7 @@ import httptools
 
 from gripd.core.errors import OriginConnectError, OriginError
 from gripd.core.headers import Headers
+from gripd.core.http import interim_head_problem
 
 __all__ = [
     "RESPONSE_HEAD_LINES_MAX",
@@ -558,16 +559,9 @@ class _OriginConnection(asyncio.Protocol):
             return
         status = parser.get_status_code()
         if status < 200:
-            if status < 100:
-                # llhttp reads "002" as 2: a status with no class (RFC 9110 15). Pushpin 1.36
-                # answers 502, as for any malformed response.
-                raise OriginError(f"Invalid status code from origin: {status}")
-            if status == 101:
-                raise OriginError("Unexpected protocol upgrade from origin")
-            if _has_body_framing(self._headers):
-                # A 1xx response has no content (RFC 9110 15.2), but llhttp would read one by
-                # its Content-Length or chunks; Pushpin 1.36 answers 502.
-                raise OriginError("Interim response from origin has a body")
+            problem = interim_head_problem(status, self._headers)
+            if problem is not None:
+                raise OriginError(problem)
             self._interim = True  # 100 Continue etc.: skipped
             return
         self._head_done = True
@@ -589,8 +583,6 @@ class _OriginConnection(asyncio.Protocol):
         if self._msg_done:
             self._dirty = True
             return
-        if self._interim:  # not reached (_has_body_framing), kept as the last guard
-            raise OriginError("Interim response from origin has a body")
         ex = self.exchange
         self._body_seen = True
         if body and ex is not None and not ex._done:
@@ -626,15 +618,6 @@ class _OriginConnection(asyncio.Protocol):
         self._dirty = True
         ex._fail(OriginError(msg))
         self.close()
-
-
-def _has_body_framing(headers: Headers) -> bool:
-    """Whether a (1xx) head announces a body: a non-zero Content-Length or Transfer-Encoding."""
-    for name, value in headers:
-        n = name.lower()
-        if n == "transfer-encoding" or (n == "content-length" and value.strip() != "0"):
-            return True
-    return False
 
 
 def _is_eof_delimited(headers: Headers) -> bool:

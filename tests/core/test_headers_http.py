@@ -12,6 +12,7 @@ from gripd.core.http import (
     HttpResponse,
     encode_chunk,
     encode_full,
+    interim_head_problem,
     reason_phrase,
     text_response,
 )
@@ -130,3 +131,21 @@ def test_field_problem(name: str, value: str, problem: str | None) -> None:
 
 def test_show_escapes_controls() -> None:
     assert hdr.show("a\r\nb\x00\x7f\tc é") == "a\\r\\nb\\x00\\x7f\\tc é"
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "problem"),
+    [
+        (100, [], None),
+        (103, [("Link", "</a>; rel=preload")], None),
+        (100, [("Content-Length", "0")], None),
+        (2, [], "Invalid status code from origin: 2"),
+        (99, [], "Invalid status code from origin: 99"),
+        (101, [], "Unexpected protocol upgrade from origin"),
+        (199, [("Content-Length", "3")], "Interim response from origin has a body"),
+        (100, [("transfer-encoding", "chunked")], "Interim response from origin has a body"),
+    ],
+)
+def test_interim_head_problem(status: int, headers: hdr.Headers, problem: str | None) -> None:
+    # Pushpin 1.36 answers 502 to each refused head (checked by running it).
+    assert interim_head_problem(status, headers) == problem
