@@ -13,6 +13,7 @@ import errno
 import itertools
 import logging
 import os
+import resource
 import signal
 import time
 from collections import deque
@@ -61,6 +62,7 @@ CHECK_NOTICE = (
 
 
 FD_LOG_INTERVAL = 10.0  # at most one descriptor-shortage line per this many seconds
+MAXCONN_LOG_INTERVAL = 5.0  # at most one client_maxconn line per this many seconds
 
 ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
 
@@ -72,10 +74,8 @@ def _read_bytes(path: str) -> bytes:
 def _nofile_limit() -> int | None:
     """The soft RLIMIT_NOFILE (the cli raised it to the hard one), None when unlimited."""
     try:
-        import resource
-
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (ImportError, ValueError, OSError):
+    except (ValueError, OSError):
         return None
     return None if soft == resource.RLIM_INFINITY else int(soft)
 
@@ -120,10 +120,9 @@ class App:
         self._routes_stamp: tuple[int, int, int] | None = None
         self._conn_ids = itertools.count(1)
         self.connections: set[ClientConnection] = set()
-        self.refused = 0
         self.open_requests = 0  # proxy sessions in flight (F4 max_open_requests)
         self.waiting: deque[tuple[ClientConnection, Request, Route, bool]] = deque()
-        self._refused_logged = 0.0
+        self.maxconn_refusals = RateLog(MAXCONN_LOG_INTERVAL)
         # fd_reserve: clients may use descriptors only below ``fd_high``, the rest is kept for
         # the publish inputs, the command and stats sockets and origin connections.
         self.fd_limit = _nofile_limit()
@@ -217,14 +216,11 @@ class App:
         return self.tokens.token(iss, key, time.time())
 
     def refused_connection(self, peer: str) -> None:
-        now = time.monotonic()
-        self.refused += 1
-        if now - self._refused_logged > 5:
-            self._refused_logged = now
+        if self.maxconn_refusals.note(time.monotonic()):
             log.warning(
                 "client_maxconn (%d) reached: refused %d connection(s), last from %s",
                 self.config.client_maxconn,
-                self.refused,
+                self.maxconn_refusals.total,
                 peer,
             )
         self.events.dropped("client_maxconn")
