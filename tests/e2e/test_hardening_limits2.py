@@ -23,7 +23,8 @@ import contextlib
 import pytest
 
 from tests.conftest import TIME_SCALE, StartFn
-from tests.support.procs import PROBE_PATH, Impl, Server
+from tests.support.procs import Impl, Server
+from tests.support.raworigin import RawOrigin
 
 WAIT = 5.0 * TIME_SCALE
 SEND_MAX = 20 * 1024 * 1024  # what the endless client sends at most (bounded test)
@@ -123,47 +124,23 @@ async def test_head_after_body_in_one_read_not_refused(start: StartFn) -> None:
 SHORT = {"gripd": {"origin_response_timeout": "1", "origin_connect_timeout": "1"}}
 
 
-class SilentOrigin:
+class SilentOrigin(RawOrigin):
     """Answers the readiness probe; for anything else reads the head, then sends ``reply``
     (possibly nothing) and keeps the connection open without another word until cut off."""
 
     def __init__(self, reply: bytes = b"", hold: float = 20.0) -> None:
+        super().__init__(WAIT)
         self.reply = reply
         self.hold = hold  # how long it stays silent at most (bounded test)
-        self.port = 0
         self.heads = 0
-        self.cut_off = asyncio.Event()
-        self._server: asyncio.Server | None = None
 
-    async def __aenter__(self) -> SilentOrigin:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
+    async def respond(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.heads += 1
+        writer.write(self.reply)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._server.wait_closed(), 2)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
-            if PROBE_PATH.encode() in head.split(b"\r\n", 1)[0]:
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
-                )
-                return
-            self.heads += 1
-            writer.write(self.reply)
-            with contextlib.suppress(TimeoutError):
-                while await asyncio.wait_for(reader.read(65536), self.hold):
-                    pass
-            self.cut_off.set()
-        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
-            self.cut_off.set()
-        finally:
-            writer.close()
+            while await asyncio.wait_for(reader.read(65536), self.hold):
+                pass
+        self.cut_off.set()
 
 
 async def ws_answer(s: Server, path: bytes, within: float) -> tuple[bytes, float]:

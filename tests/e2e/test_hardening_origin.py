@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 
 import pytest
@@ -21,7 +20,8 @@ from websockets.frames import Opcode
 
 from tests.conftest import TIME_SCALE, StartFn
 from tests.support.origin import Origin, RecordedRequest, Reply
-from tests.support.procs import PROBE_PATH, Impl, Server
+from tests.support.procs import Impl, Server
+from tests.support.raworigin import RawOrigin
 from tests.support.wsorigin import OriginConn, RawWsClient, WsOrigin
 
 WAIT = 5.0 * TIME_SCALE
@@ -36,50 +36,26 @@ WS_HANDSHAKE = (
 # -- 1. an origin response head that never ends -------------------------------------------------
 
 
-class EndlessHeadOrigin:
+class EndlessHeadOrigin(RawOrigin):
     """Answers every request (but the readiness probe) with ``status`` and then header lines
     without end, until ``STREAM_MAX`` bytes or ``STREAM_SECONDS`` (bounded) or until cut off."""
 
     def __init__(self, status: bytes = b"200 OK") -> None:
+        super().__init__(WAIT)
         self.status = status
-        self.port = 0
         self.sent = 0
-        self.cut_off = asyncio.Event()  # the proxy closed the connection mid-stream
         self.finished = asyncio.Event()  # everything was sent: nobody stopped it
-        self._server: asyncio.Server | None = None
 
-    async def __aenter__(self) -> EndlessHeadOrigin:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._server.wait_closed(), 2)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
-            if PROBE_PATH.encode() in head.split(b"\r\n", 1)[0]:
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
-                )
-                return
-            writer.write(b"HTTP/1.1 " + self.status + b"\r\n")
-            line = b"X-a: " + b"b" * 1000 + b"\r\n"
-            loop = asyncio.get_running_loop()
-            end = loop.time() + STREAM_SECONDS
-            while self.sent < STREAM_MAX and loop.time() < end:
-                writer.write(line * 16)
-                self.sent += len(line) * 16
-                await asyncio.wait_for(writer.drain(), STREAM_SECONDS)
-            self.finished.set()
-        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
-            self.cut_off.set()
-        finally:
-            writer.close()
+    async def respond(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 " + self.status + b"\r\n")
+        line = b"X-a: " + b"b" * 1000 + b"\r\n"
+        loop = asyncio.get_running_loop()
+        end = loop.time() + STREAM_SECONDS
+        while self.sent < STREAM_MAX and loop.time() < end:
+            writer.write(line * 16)
+            self.sent += len(line) * 16
+            await asyncio.wait_for(writer.drain(), STREAM_SECONDS)
+        self.finished.set()
 
 
 async def request_while_sampling_rss(

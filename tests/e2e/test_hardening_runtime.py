@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import resource
 import signal
 import socket
 import subprocess
@@ -36,7 +35,7 @@ from tests.e2e.test_cli_config import (
     wait_until,
 )
 from tests.support.origin import Origin, Reply
-from tests.support.procs import Impl, Server, base_conf, free_ports, render_conf
+from tests.support.procs import Impl, Server, free_ports, start_server
 from tests.support.rawhttp import open_request
 
 # --- routes reload (F6) -------------------------------------------------------------------------
@@ -185,61 +184,6 @@ async def test_live_ipc_path_is_not_taken_over(start: StartFn, tmp_path: Path) -
 NOFILE = 256  # the child's open-file limit: fd_reserve (64) leaves clients ~190 descriptors
 
 
-def start_limited(workdir: Path, routes: list[str], nofile: int) -> Server:
-    """gripd from ``procs``'s configuration, with RLIMIT_NOFILE soft = hard = ``nofile`` (the cli
-    raises the soft limit to the hard one, so both are set)."""
-    workdir.mkdir(parents=True)
-    (workdir / "run").mkdir()
-    http, control, pull, command, sub = free_ports(5)
-    conf = base_conf(
-        rundir=workdir / "run",
-        logdir=workdir,
-        http_port=http,
-        control_port=control,
-        pull_port=pull,
-        command_port=command,
-        sub_port=sub,
-    )
-    conf_path = workdir / "pushpin.conf"
-    conf_path.write_text(render_conf(conf))
-    (workdir / "routes").write_text("".join(r + "\n" for r in routes))
-    log_path = workdir / "gripd.log"
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gripd", "--config", str(conf_path)],
-            cwd=workdir,
-            env=child_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=limit,
-        )
-    server = Server(
-        impl="gripd",
-        http_port=http,
-        control_port=control,
-        zmq_pull_port=pull,
-        command_port=command,
-        sub_port=sub,
-        workdir=workdir,
-        proc=proc,
-        log_path=log_path,
-        conf_path=conf_path,
-    )
-    deadline = time.monotonic() + 20 * TIME_SCALE
-    while not (server.log_text().count("control API on") and server.log_text().count("stats on")):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            server.stop()
-            raise AssertionError(f"gripd did not start; log:\n{server.log_text()}")
-        time.sleep(0.05)
-    return server
-
-
 def fill_descriptors(port: int, most: int = 600) -> tuple[list[socket.socket], int, int]:
     """Open idle client connections until the proxy has refused 40 of them (at most ``most``);
     returns the sockets and the counts (kept open, refused)."""
@@ -275,7 +219,7 @@ async def test_clients_cannot_take_the_descriptors_publishing_needs(
         "GET", "/s", Reply(200, [("Grip-Hold", "stream"), ("Grip-Channel", "fd")], "open\n")
     )
     s = await asyncio.to_thread(
-        start_limited, tmp_path / "g", [f"* 127.0.0.1:{origin.port}"], NOFILE
+        start_server, "gripd", tmp_path / "g", [f"* 127.0.0.1:{origin.port}"], nofile=NOFILE
     )
     socks: list[socket.socket] = []
     try:

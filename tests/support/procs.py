@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -415,13 +416,15 @@ def start_server(
     timeout: float = 20.0,
     extra_args: list[str] | None = None,
     probe: bool = True,
+    nofile: int | None = None,
 ) -> Server:
     """Write ``pushpin.conf`` + ``routes`` into ``workdir``, start ``impl`` and wait until ready.
 
     Ready means: ``GET /`` on the control port answers 200, (``probe``) a ``GET PROBE_PATH``
     through the proxy gets any HTTP response (so the origin must answer that path without a
     hold), and for Pushpin its internal ipc links are connected (``_PUSHPIN_LINKS``).
-    ``conf`` overrides keys by section.
+    ``conf`` overrides keys by section. ``nofile`` sets the child's RLIMIT_NOFILE (soft = hard:
+    gripd raises its soft limit to the hard one at start).
     Raises ServerStartError with the server's log if it exits or is not ready within ``timeout``.
     """
     raise_nofile_limit()
@@ -466,6 +469,7 @@ def start_server(
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            preexec_fn=None if nofile is None else _limit_nofile(nofile),
         )
     server = Server(
         impl=impl,
@@ -486,6 +490,13 @@ def start_server(
         server.stop()
         raise
     return server
+
+
+def _limit_nofile(n: int) -> Callable[[], None]:
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+    return limit
 
 
 def _wait_ready(server: Server, rundir: Path, timeout: float, probe: bool) -> None:
