@@ -24,6 +24,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.conftest import TIME_SCALE, StartFn
+from tests.support import rawhttp
 from tests.support.e2e import get, publish, stream_item
 from tests.support.flood import push_until_blocked
 from tests.support.origin import Origin, RecordedRequest, Reply
@@ -44,22 +45,7 @@ async def read_until_closed(
     reader: asyncio.StreamReader, timeout: float = 10.0, limit: int = 1 << 20
 ) -> tuple[bytes, float]:
     """(everything read until EOF or reset, seconds it took); TimeoutError if still open."""
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    deadline = t0 + timeout * TIME_SCALE
-    out = bytearray()
-    while len(out) < limit:
-        left = deadline - loop.time()
-        if left <= 0:
-            raise TimeoutError(f"connection still open; got {bytes(out[:300])!r}")
-        try:
-            data = await asyncio.wait_for(reader.read(65536), left)
-        except ConnectionResetError:
-            break
-        if not data:
-            break
-        out += data
-    return bytes(out), loop.time() - t0
+    return await rawhttp.read_until_closed(reader, timeout * TIME_SCALE, limit)
 
 
 def recv_until(sock: socket.socket, needle: bytes) -> bytes:

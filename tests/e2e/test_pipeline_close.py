@@ -19,6 +19,7 @@ import asyncio
 import pytest
 
 from tests.conftest import TIME_SCALE, StartFn
+from tests.support import rawhttp
 from tests.support.origin import Origin, Reply
 from tests.support.procs import Impl
 
@@ -30,21 +31,7 @@ async def read_until_closed(port: int, data: bytes, timeout: float = 10.0) -> by
     r, w = await asyncio.open_connection("127.0.0.1", port)
     try:
         w.write(data)
-        out = bytearray()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout * TIME_SCALE
-        while len(out) < 1 << 20:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise TimeoutError(f"connection still open; got {bytes(out[:300])!r}")
-            try:
-                chunk = await asyncio.wait_for(r.read(65536), left)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        return bytes(out)
+        return (await rawhttp.read_until_closed(r, timeout * TIME_SCALE))[0]
     finally:
         w.close()
 

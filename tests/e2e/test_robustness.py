@@ -28,6 +28,7 @@ import jwt
 import pytest
 
 from tests.conftest import TIME_SCALE, StartFn
+from tests.support import rawhttp
 from tests.support.e2e import get, publish
 from tests.support.origin import Origin, Reply
 from tests.support.procs import NO_RATE_LIMIT, Impl, Server
@@ -65,21 +66,7 @@ async def read_until_closed(
     reader: asyncio.StreamReader, timeout: float = 10.0, limit: int = 1 << 20
 ) -> bytes:
     """Everything the server sends until it closes (a reset counts as a close)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout * TIME_SCALE
-    out = bytearray()
-    while len(out) < limit:
-        left = deadline - loop.time()
-        if left <= 0:
-            raise TimeoutError(f"connection not closed; got {bytes(out[:300])!r}")
-        try:
-            data = await asyncio.wait_for(reader.read(65536), left)
-        except ConnectionResetError:
-            break
-        if not data:
-            break
-        out += data
-    return bytes(out)
+    return (await rawhttp.read_until_closed(reader, timeout * TIME_SCALE, limit))[0]
 
 
 async def send_and_read_until_closed(port: int, data: bytes) -> bytes:

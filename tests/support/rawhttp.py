@@ -147,3 +147,26 @@ async def raw_request(
     finally:
         resp.close()
     return resp.status, resp.headers, body
+
+
+async def read_until_closed(
+    reader: asyncio.StreamReader, timeout: float, limit: int = 1 << 20
+) -> tuple[bytes, float]:
+    """Everything the server sends until it closes (a reset counts as a close), at most
+    ``limit`` bytes, and the seconds it took; TimeoutError when still open after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    deadline = t0 + timeout
+    out = bytearray()
+    while len(out) < limit:
+        left = deadline - loop.time()
+        if left <= 0:
+            raise TimeoutError(f"connection still open; got {bytes(out[:300])!r}")
+        try:
+            data = await asyncio.wait_for(reader.read(65536), left)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        out += data
+    return bytes(out), loop.time() - t0
