@@ -1,7 +1,7 @@
 """Stats packets (F43) and the bookkeeping behind them and the Prometheus totals (F44).
 
 Pure: every method takes ``now`` (seconds, any monotonic origin) and returns the packets to
-publish; the adapter (``gripd.io.stats``) owns the socket and the timers.
+publish; the adapter (``gripd.io.observe.stats``) owns the socket and the timers.
 
 Behaviour follows Pushpin 1.36's ``StatsManager`` (SRC ``src/corelib/statsmanager.cpp``,
 ``src/corelib/packet/statspacket.cpp``), checked against packets captured from a running

@@ -23,14 +23,14 @@ if TYPE_CHECKING:
     from gripd.core.config import Config
     from gripd.core.forward import ForwardSettings
     from gripd.core.routes import Route
-    from gripd.io.client import ClientConnection, Flusher, Request
-    from gripd.io.engine import Engine
-    from gripd.io.events import Events
-    from gripd.io.metrics import Metrics
-    from gripd.io.origin import OriginPool
-    from gripd.io.ticklog import TickLog
-    from gripd.io.woh import WohPeer
-    from gripd.io.ws_session import WsSession
+    from gripd.io.handler.engine import Engine
+    from gripd.io.handler.ws_session import WsSession
+    from gripd.io.listener.client import ClientConnection, Flusher, Request
+    from gripd.io.observe.events import Events
+    from gripd.io.observe.metrics import Metrics
+    from gripd.io.observe.ticklog import TickLog
+    from gripd.io.origin.http import OriginPool
+    from gripd.io.origin.woh import WohPeer
 
 
 class OriginContext(Protocol):

@@ -31,21 +31,21 @@ from gripd.core.http import text_response
 from gripd.core.jsonp import JsonpConfig, parse_jsonp_request
 from gripd.core.routes import Route, RouteTable
 from gripd.core.sig import SigningKey, TokenCache, parse_key
-from gripd.io.client import ClientConnection, Flusher, Request
-from gripd.io.command import CommandServer
-from gripd.io.control_http import start_control_server
-from gripd.io.engine import Engine
-from gripd.io.events import EventFanout
-from gripd.io.metrics import Metrics
-from gripd.io.origin import OriginPool
-from gripd.io.pipeline import PublishPipeline
-from gripd.io.proxy import ProxySession, own_response
-from gripd.io.stats import StatsPublisher
-from gripd.io.ticklog import TickLog
-from gripd.io.woh import WohPeer
-from gripd.io.ws_proxy import WsOriginPeer
-from gripd.io.ws_session import WsSession
-from gripd.io.zmq_inputs import BindError, ZmqInputs, os_reason
+from gripd.io.handler.engine import Engine
+from gripd.io.handler.pipeline import PublishPipeline
+from gripd.io.handler.proxy import ProxySession, own_response
+from gripd.io.handler.ws_session import WsSession
+from gripd.io.inputs.command import CommandServer
+from gripd.io.inputs.control_http import start_control_server
+from gripd.io.inputs.zmq import BindError, ZmqInputs, os_reason
+from gripd.io.listener.client import ClientConnection, Flusher, Request
+from gripd.io.observe.events import EventFanout
+from gripd.io.observe.metrics import Metrics
+from gripd.io.observe.stats import StatsPublisher
+from gripd.io.observe.ticklog import TickLog
+from gripd.io.origin.http import OriginPool
+from gripd.io.origin.woh import WohPeer
+from gripd.io.origin.ws_peer import WsOriginPeer
 
 log = logging.getLogger("gripd")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from gripd.core.publish import PublishItem
-from gripd.io.control_http import start_control_server
+from gripd.io.inputs.control_http import start_control_server
 
 ROOT = Path(__file__).resolve().parents[2]
 

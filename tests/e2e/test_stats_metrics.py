@@ -61,8 +61,8 @@ def _conf(prom_port: int, fmt: str) -> dict[str, dict[str, str]]:
 
 async def _start_inprocess(tmp: Path, conf: dict[str, dict[str, str]]) -> Proxy:
     """gripd in this process with the stats and metrics components wired here."""
-    from gripd.io.metrics import Metrics
-    from gripd.io.stats import StatsPublisher
+    from gripd.io.observe.metrics import Metrics
+    from gripd.io.observe.stats import StatsPublisher
     from gripd.runtime.app import App
 
     rundir = Path(tempfile.mkdtemp(prefix="gp-run-"))

@@ -21,8 +21,8 @@ import zmq.asyncio
 
 from gripd.core.config import Listen, default_config
 from gripd.core.tnetstring import dumps, loads
-from gripd.io.command import CommandServer
-from gripd.io.zmq_inputs import ZmqInputs
+from gripd.io.inputs.command import CommandServer
+from gripd.io.inputs.zmq import ZmqInputs
 from gripd.runtime.app import App
 from tests.conftest import StartFn
 from tests.support.origin import Origin, Reply

@@ -18,8 +18,8 @@ from typing import Any, cast
 
 from gripd.core.errors import OriginError
 from gripd.core.headers import Headers
-from gripd.io import origin as origin_mod
-from gripd.io.origin import Endpoint, OriginExchange, OriginPool
+from gripd.io.origin import http as origin_mod
+from gripd.io.origin.http import Endpoint, OriginExchange, OriginPool
 
 from ._common import FakeTransport, LogTrap, chunked, flags_and_rest
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from gripd.core import tnetstring
 from gripd.core.errors import PublishError
 from gripd.core.publish import PublishItem, parse_item
-from gripd.io.zmq_inputs import Drop, parse_pull_message, parse_sub_message
+from gripd.io.inputs.zmq import Drop, parse_pull_message, parse_sub_message
 
 from ._common import flags_and_rest, same
 

@@ -17,9 +17,9 @@ import zmq
 import zmq.asyncio
 
 from gripd.core.config import Config, default_config
-from gripd.io.command import CommandServer
-from gripd.io.stats import StatsPublisher
-from gripd.io.zmq_inputs import BindError, ZmqInputs, ipc_in_use
+from gripd.io.inputs.command import CommandServer
+from gripd.io.inputs.zmq import BindError, ZmqInputs, ipc_in_use
+from gripd.io.observe.stats import StatsPublisher
 from gripd.runtime.app import App, RateLog
 
 

@@ -18,8 +18,8 @@ import zmq.asyncio
 from gripd.core.config import Config, default_config
 from gripd.core.publish import PublishItem
 from gripd.core.tnetstring import dumps, loads
-from gripd.io.command import CommandServer, error_reply, success_reply
-from gripd.io.zmq_inputs import ZmqInputs
+from gripd.io.inputs.command import CommandServer, error_reply, success_reply
+from gripd.io.inputs.zmq import ZmqInputs
 from tests.support.procs import free_ports
 
 

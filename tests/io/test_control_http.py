@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gripd.core.publish import PublishItem
-from gripd.io.control_http import start_control_server
+from gripd.io.inputs.control_http import start_control_server
 
 
 class FakeSink:

@@ -13,7 +13,7 @@ import pytest
 
 from gripd.core.config import default_config
 from gripd.core.stats import StatsState, Totals
-from gripd.io.metrics import Metrics, pushpin_exposition
+from gripd.io.observe.metrics import Metrics, pushpin_exposition
 from tests.support.procs import free_ports
 
 PUSHPIN_ZERO = (

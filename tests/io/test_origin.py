@@ -1,4 +1,4 @@
-"""Tests for gripd.io.origin: the httptools origin client, its pool and failover (F10, F11).
+"""Tests for gripd.io.origin.http: the httptools origin client, its pool and failover (F10, F11).
 
 Every scenario talks to a real origin on 127.0.0.1: aiohttp.web for ordinary HTTP, raw asyncio
 servers for odd framing. Each scenario runs twice, on the default asyncio loop and on uvloop
@@ -32,8 +32,8 @@ from hypothesis import strategies as st
 
 from gripd.core.errors import OriginConnectError, OriginError
 from gripd.core.headers import Headers
-from gripd.io import origin as origin_mod
-from gripd.io.origin import Endpoint, OriginExchange, OriginPool
+from gripd.io.origin import http as origin_mod
+from gripd.io.origin.http import Endpoint, OriginExchange, OriginPool
 
 LOCAL = "127.0.0.1"
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-import gripd.io.pipeline as pipeline_mod
+import gripd.io.handler.pipeline as pipeline_mod
 from gripd.core.config import Config, default_config
 from gripd.core.publish import (
     HttpResponseFormat,
@@ -18,8 +18,8 @@ from gripd.core.publish import (
     PublishItem,
     WsMessageFormat,
 )
-from gripd.io.events import Events
-from gripd.io.pipeline import PublishPipeline
+from gripd.io.handler.pipeline import PublishPipeline
+from gripd.io.observe.events import Events
 
 
 class FakeEngine:

@@ -16,7 +16,7 @@ import zmq.asyncio
 
 from gripd.core import tnetstring
 from gripd.core.config import Config, default_config
-from gripd.io.stats import StatsPublisher
+from gripd.io.observe.stats import StatsPublisher
 from tests.conftest import TIME_SCALE
 
 Frame = tuple[str, dict[str, Any]]

@@ -22,14 +22,14 @@ import zmq.asyncio
 from gripd.core.config import Config, default_config
 from gripd.core.publish import PublishItem
 from gripd.core.tnetstring import dumps
-from gripd.io.events import Events
-from gripd.io.zmq_inputs import (
+from gripd.io.inputs.zmq import (
     DRAIN_MAX,
     Drop,
     ZmqInputs,
     parse_pull_message,
     parse_sub_message,
 )
+from gripd.io.observe.events import Events
 from tests.support.procs import free_ports
 
 # -- pure parsing --------------------------------------------------------------------------------

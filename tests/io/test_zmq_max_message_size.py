@@ -20,8 +20,8 @@ from gripd.core.config import Config, default_config, load_config
 from gripd.core.errors import ConfigError
 from gripd.core.publish import PublishItem
 from gripd.core.tnetstring import dumps, loads
-from gripd.io.command import CommandServer
-from gripd.io.zmq_inputs import ZmqInputs
+from gripd.io.inputs.command import CommandServer
+from gripd.io.inputs.zmq import ZmqInputs
 from tests.support.procs import free_ports
 
 LIMIT = 4096

@@ -48,12 +48,12 @@ from gripd.core.wsevents import (
     woh_client_101_headers,
     woh_request_headers,
 )
-from gripd.io.origin import fetch, origin_form
-from gripd.io.ws_proxy import endpoints_for, ws_origin_headers
+from gripd.io.origin.http import fetch, origin_form
+from gripd.io.origin.ws_peer import endpoints_for, ws_origin_headers
 
 if TYPE_CHECKING:
     from gripd.io.context import SessionHost
-    from gripd.io.ws_session import WsSession
+    from gripd.io.handler.ws_session import WsSession
 
 log = logging.getLogger("gripd.woh")
 

@@ -10,13 +10,13 @@ from gripd.core.forward import ClientRequestInfo, origin_request_headers
 from gripd.core.http import HttpResponse
 from gripd.core.routes import rewrite_path
 from gripd.core.wscontrol import parse_grip_extension
-from gripd.io.origin import Endpoint, origin_form
-from gripd.io.origin import endpoints_for as route_endpoints
-from gripd.io.ws_origin import WsOriginLink
+from gripd.io.origin.http import Endpoint, origin_form
+from gripd.io.origin.http import endpoints_for as route_endpoints
+from gripd.io.origin.websocket import WsOriginLink
 
 if TYPE_CHECKING:
     from gripd.io.context import OriginContext, SessionHost
-    from gripd.io.ws_session import WsSession
+    from gripd.io.handler.ws_session import WsSession
 
 
 def endpoints_for(session: WsSession) -> list[Endpoint]:

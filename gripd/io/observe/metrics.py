@@ -31,8 +31,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from gripd.core.config import Config
 from gripd.core.http import HttpResponse, encode_full
 from gripd.core.stats import PrometheusListen, StatsState, Totals, parse_prometheus_port
-from gripd.io.events import Delivery, Events, Mode, Transport
-from gripd.io.zmq_inputs import BindError, os_reason, prepare_ipc_path
+from gripd.io.inputs.zmq import BindError, os_reason, prepare_ipc_path
+from gripd.io.observe.events import Delivery, Events, Mode, Transport
 
 log = logging.getLogger("gripd.metrics")
 
@@ -79,7 +79,7 @@ class Metrics(Events):
     """Prometheus metrics as an ``Events`` sink plus the HTTP endpoint serving them.
 
     ``stats`` is the state whose totals give Pushpin's five metrics; its owner (normally the
-    :class:`gripd.io.stats.StatsPublisher`) feeds it events and drives its timers.
+    :class:`gripd.io.observe.stats.StatsPublisher`) feeds it events and drives its timers.
     """
 
     def __init__(self, config: Config, *, stats: StatsState) -> None:

@@ -1,6 +1,6 @@
 """The stats PUB socket (F43): turns engine and listener events into Pushpin's stats packets.
 
-``StatsPublisher`` is an :class:`~gripd.io.events.Events` sink. The bookkeeping is the pure
+``StatsPublisher`` is an :class:`~gripd.io.observe.events.Events` sink. The bookkeeping is the pure
 :class:`gripd.core.stats.StatsState`; this adapter owns the clock (``loop.time()``), the three
 timers Pushpin's StatsManager has (refresh every second, report every
 ``stats_report_interval``, activity flush 100 ms after the first request) and the PUB socket.
@@ -39,8 +39,8 @@ from gripd.core.stats import (
     default_instance_id,
     encode_packet,
 )
-from gripd.io.events import Delivery, Events, Mode, Transport
-from gripd.io.zmq_inputs import BindError, in_phase, is_ipc, prepare_ipc_path, zmq_reason
+from gripd.io.inputs.zmq import BindError, in_phase, is_ipc, prepare_ipc_path, zmq_reason
+from gripd.io.observe.events import Delivery, Events, Mode, Transport
 
 log = logging.getLogger("gripd.stats")
 

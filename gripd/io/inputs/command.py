@@ -43,7 +43,7 @@ from gripd.core import tnetstring
 from gripd.core.config import Config
 from gripd.core.errors import PublishError
 from gripd.core.publish import PublishItem, parse_item
-from gripd.io.zmq_inputs import (
+from gripd.io.inputs.zmq import (
     PublishTarget,
     in_phase,
     ipc_file_mode_of,

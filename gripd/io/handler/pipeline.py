@@ -35,7 +35,7 @@ from gripd.core.config import Config
 from gripd.core.publish import PublishItem
 from gripd.core.ratelimit import RateLimiter
 from gripd.core.sequencer import EXPIRE_INTERVAL, Sequencer
-from gripd.io.events import Events, Mode
+from gripd.io.observe.events import Events, Mode
 
 _LOG = logging.getLogger("gripd.pipeline")
 
@@ -52,7 +52,7 @@ _Action = tuple[PublishItem, str]
 
 
 class PipelineEngine(Protocol):
-    """What the pipeline needs from the engine (``gripd.io.engine.Engine`` fits)."""
+    """What the pipeline needs from the engine (``gripd.io.handler.engine.Engine`` fits)."""
 
     def publish(self, items: list[PublishItem], *, source: str) -> None: ...
 

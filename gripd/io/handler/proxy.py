@@ -31,12 +31,12 @@ from gripd.core.instruct import Channel, Instruct, is_grip_response, parse_instr
 from gripd.core.jsonp import JsonpStream, wrap_response
 from gripd.core.routes import Route, Target, rewrite_path, test_target_path
 from gripd.core.testhandler import answer_test_request
-from gripd.io.origin import Endpoint, OriginExchange, endpoints_for, origin_form
+from gripd.io.origin.http import Endpoint, OriginExchange, endpoints_for, origin_form
 
 if TYPE_CHECKING:
     from gripd.core.jsonp import JsonpRequest
-    from gripd.io.client import ClientConnection, Request
     from gripd.io.context import ProxyHost
+    from gripd.io.listener.client import ClientConnection, Request
 
 log = logging.getLogger("gripd.proxy")
 

@@ -16,12 +16,12 @@ from gripd.core.headers import Headers
 from gripd.core.http import LAST_CHUNK, HttpResponse, encode_chunk, encode_head, text_response
 from gripd.core.instruct import Instruct
 from gripd.core.jsonp import wrap_held_response
-from gripd.io.nextlink import LinkState, resolve
+from gripd.io.origin.nextlink import LinkState, resolve
 
 if TYPE_CHECKING:
     from gripd.core.routes import Route
-    from gripd.io.client import ClientConnection, Request
-    from gripd.io.engine import Engine
+    from gripd.io.handler.engine import Engine
+    from gripd.io.listener.client import ClientConnection, Request
 
 log = logging.getLogger("gripd.hold")
 

@@ -28,12 +28,12 @@ from gripd.core.filters import (
 from gripd.core.http import encode_chunk, encode_full
 from gripd.core.jsonp import wrap_held_response
 from gripd.core.publish import PublishItem, apply_http_response
-from gripd.io.holds import ResponseHold, StreamHold
-from gripd.io.ws_client import encode_message
-from gripd.io.ws_session import WsSession
+from gripd.io.handler.holds import ResponseHold, StreamHold
+from gripd.io.handler.ws_session import WsSession
+from gripd.io.ws_endpoint import encode_message
 
 if TYPE_CHECKING:
-    from gripd.io.engine import Engine
+    from gripd.io.handler.engine import Engine
 
 log = logging.getLogger("gripd.engine")
 

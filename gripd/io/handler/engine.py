@@ -21,17 +21,17 @@ from gripd.core.http import HttpResponse, encode_chunk
 from gripd.core.instruct import Instruct, parse_instruct
 from gripd.core.publish import PublishItem
 from gripd.core.registry import Registry
-from gripd.io.events import Events
-from gripd.io.fanout import publish_response, publish_stream, publish_ws
-from gripd.io.holds import ResponseHold, StreamHold, stream_head
-from gripd.io.nextlink import post_gone
-from gripd.io.ticklog import TickLog
-from gripd.io.ws_session import WsSession
+from gripd.io.handler.fanout import publish_response, publish_stream, publish_ws
+from gripd.io.handler.holds import ResponseHold, StreamHold, stream_head
+from gripd.io.handler.ws_session import WsSession
+from gripd.io.observe.events import Events
+from gripd.io.observe.ticklog import TickLog
+from gripd.io.origin.nextlink import post_gone
 
 if TYPE_CHECKING:
     from gripd.core.routes import Route
-    from gripd.io.client import ClientConnection, Request
     from gripd.io.context import EngineHost
+    from gripd.io.listener.client import ClientConnection, Request
 
 log = logging.getLogger("gripd.engine")
 

@@ -18,14 +18,14 @@ from urllib.parse import urljoin, urlsplit
 from gripd.core.errors import OriginError
 from gripd.core.forward import ClientRequestInfo, origin_request_headers
 from gripd.core.http import HttpResponse, reason_phrase
-from gripd.io.origin import endpoints_for, fetch
+from gripd.io.origin.http import endpoints_for, fetch
 
 if TYPE_CHECKING:
     from gripd.core.instruct import NextLink
     from gripd.core.routes import Route
-    from gripd.io.client import ClientConnection, Request
     from gripd.io.context import OriginContext
-    from gripd.io.holds import StreamHold
+    from gripd.io.handler.holds import StreamHold
+    from gripd.io.listener.client import ClientConnection, Request
 
 log = logging.getLogger("gripd.nextlink")
 

@@ -49,7 +49,7 @@ from gripd.core import tnetstring
 from gripd.core.config import Config
 from gripd.core.errors import PublishError
 from gripd.core.publish import PublishItem, parse_item
-from gripd.io.events import Events, Mode
+from gripd.io.observe.events import Events, Mode
 
 __all__ = [
     "DRAIN_MAX",

@@ -38,12 +38,12 @@ from gripd.core.wscontrol import (
     parse_control_message,
     set_meta,
 )
-from gripd.io.ws_client import WsEndpoint, encode_message
+from gripd.io.ws_endpoint import WsEndpoint, encode_message
 
 if TYPE_CHECKING:
     from gripd.core.routes import Route
-    from gripd.io.client import ClientConnection, Request
     from gripd.io.context import SessionHost
+    from gripd.io.listener.client import ClientConnection, Request
 
 log = logging.getLogger("gripd.ws")
 

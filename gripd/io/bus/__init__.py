@@ -1,0 +1,1 @@
+"""The bus that carries published items to every place holding subscribers."""

@@ -1,0 +1,1 @@
+"""What serves a request: proxying, holds, WebSocket sessions, the engine and its pipeline."""

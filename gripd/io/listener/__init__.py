@@ -1,0 +1,1 @@
+"""The client side: accepting connections and parsing their requests."""

@@ -1,0 +1,1 @@
+"""Observability: events, stats packets, Prometheus metrics and request logging."""

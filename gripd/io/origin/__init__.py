@@ -1,0 +1,1 @@
+"""Talking to origins: HTTP requests, WebSockets, WebSocket-over-HTTP and next links."""
