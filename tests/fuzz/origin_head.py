@@ -38,7 +38,7 @@ class _Pool(OriginPool):
     def _call_later(self, delay: float, cb: Callable[[], None]) -> asyncio.TimerHandle:
         return cast(asyncio.TimerHandle, _NullTimer())
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         coro.close()
         raise AssertionError("an exchange on a fresh connection tried a replay")
 
@@ -115,7 +115,7 @@ def fuzz_one(data: bytes) -> None:
         conn.connection_made(transport)
         rec = Recorder()
         ex = OriginExchange(pool, conn.endpoint, rec, method, "none", 0)
-        ex._start(conn, b"", reused=False)
+        ex.start(conn, b"", reused=False)
         for piece in chunked(stream, flags >> 1):
             if transport.is_closing():
                 break  # the connection gave up: nothing more is read

@@ -809,7 +809,7 @@ def test_split_points_do_not_matter(which: int, cuts: list[int]) -> None:
         conn.connection_made(transport)
         rec = Recorder()
         ex = OriginExchange(pool, conn.endpoint, rec, method, "none", 0)
-        ex._start(conn, b"", reused=False)
+        ex.start(conn, b"", reused=False)
         points = sorted({c for c in cuts if c < len(raw)} | {0, len(raw)})
         for a, b in itertools.pairwise(points):
             conn.data_received(raw[a:b])
@@ -881,7 +881,7 @@ def _feed(chunks: list[bytes], *, cap: int = _CAP, method: str = "GET") -> tuple
         conn.connection_made(_AbortableTransport())
         rec = Recorder()
         ex = OriginExchange(pool, conn.endpoint, rec, method, "none", 0)
-        ex._start(conn, b"", reused=False)
+        ex.start(conn, b"", reused=False)
         fed = 0
         for chunk in chunks:
             if rec.done.done():

@@ -143,6 +143,9 @@ class OriginExchange:
     The request head is already written when the exchange is returned by ``OriginPool.open``.
     Response events go to the handler; after ``on_response_end``, ``on_error`` or ``abort()``
     there are no more callbacks.
+
+    The methods under "connection side" are for ``OriginPool`` and its connections only; a
+    handler uses the request body, flow control and ``abort()`` methods.
     """
 
     __slots__ = (
@@ -200,6 +203,16 @@ class OriginExchange:
     @property
     def handler(self) -> ResponseHandler:
         return self._handler
+
+    @property
+    def finished(self) -> bool:
+        """The exchange has ended (response end, error or abort): no more handler callbacks."""
+        return self._done
+
+    @property
+    def request_done(self) -> bool:
+        """The whole request, body included, has been written (the connection may be reused)."""
+        return self._req_done
 
     # -- request body -------------------------------------------------------------------------
 
@@ -259,6 +272,73 @@ class OriginExchange:
         if conn is not None:
             conn.close()
 
+    # -- connection side (OriginPool and its connections) ---------------------------------------
+
+    def start(self, conn: _OriginConnection, head: bytes, reused: bool) -> None:
+        """Bind to ``conn`` and write the request head; on a ``reused`` connection the request
+        is kept for one replay in case that connection turns out dead."""
+        if reused:
+            self._sent = []
+            self._sent_size = 0
+        self._attach(conn)
+        self._write(head)
+        self._restart_timer()
+
+    def fail(self, exc: OriginError) -> None:
+        """Deliver ``on_error`` once and close the connection."""
+        if self._done:
+            return
+        self._finish_state()
+        conn = self._detach()
+        if conn is not None:
+            conn.close()
+        self._handler.on_error(exc)
+
+    def response_started(self) -> None:
+        """The origin began answering: the request can no longer be replayed."""
+        self._sent = None
+
+    def response_head(self, status: int, reason: str, headers: Headers) -> None:
+        """The final response head arrived: stop the response timeout and pass it on."""
+        self._cancel_timer()
+        self._handler.on_response_head(status, reason, headers)
+
+    def response_body(self, data: bytes) -> None:
+        """Response body bytes, passed on unless the exchange has ended."""
+        if not self._done:
+            self._handler.on_response_body(data)
+
+    def complete(self) -> None:
+        """The response was read to its end: finish and unlink from the connection, leaving it
+        open. The caller then pools or closes it and sends ``on_response_end``."""
+        self._finish_state()
+        self._detach()
+
+    def connection_closed(self, *, replayable: bool, eof_end: bool, error: str) -> None:
+        """The connection closed (it has already dropped this exchange).
+
+        ``replayable``: no response byte came, so a kept request may be sent again on a fresh
+        connection; ``eof_end``: the close ended an EOF-delimited body cleanly; otherwise the
+        exchange fails with ``error``.
+        """
+        self._conn = None
+        if self._done:
+            return
+        if self._pool.closed:
+            self.fail(OriginError("origin pool closed"))
+            return
+        if replayable and self._can_replay():
+            self._pool.logger.debug(
+                "reused connection to %s was dead; retrying", self._endpoint.label()
+            )
+            self._retry_task = self._pool.spawn(self._replay())
+            return
+        if eof_end:
+            self._finish_state()
+            self._handler.on_response_end()
+            return
+        self.fail(OriginError(error))
+
     # -- internals ------------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
@@ -271,14 +351,6 @@ class OriginExchange:
                 self._sent = None
         if self._conn is not None:
             self._conn.write(data)
-
-    def _start(self, conn: _OriginConnection, head: bytes, reused: bool) -> None:
-        if reused:
-            self._sent = []
-            self._sent_size = 0
-        self._attach(conn)
-        self._write(head)
-        self._restart_timer()
 
     def _attach(self, conn: _OriginConnection) -> None:
         self._conn = conn
@@ -299,7 +371,7 @@ class OriginExchange:
         self._activity = False
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self._pool._call_later(self._pool.response_timeout, self._on_timeout)
+        self._timer = self._pool.response_timer(self._on_timeout)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -311,7 +383,7 @@ class OriginExchange:
         if self._activity:
             self._restart_timer()  # an upload still moving is not an origin timeout
             return
-        self._fail(OriginError("timeout"))
+        self.fail(OriginError("timeout"))
 
     def _finish_state(self) -> None:
         self._done = True
@@ -321,26 +393,16 @@ class OriginExchange:
             self._retry_task.cancel()
             self._retry_task = None
 
-    def _fail(self, exc: OriginError) -> None:
-        """Deliver ``on_error`` once and close the connection."""
-        if self._done:
-            return
-        self._finish_state()
-        conn = self._detach()
-        if conn is not None:
-            conn.close()
-        self._handler.on_error(exc)
-
     def _can_replay(self) -> bool:
         return self._sent is not None and self._retry_task is None
 
     async def _replay(self) -> None:
         """Send the request again on a fresh connection (the reused one was dead)."""
         try:
-            conn = await self._pool._connect(self._endpoint)
+            conn = await self._pool.connect(self._endpoint)
         except (*_CONNECT_ERRORS, OriginError) as exc:
             self._retry_task = None
-            self._fail(OriginError(f"Unable to connect to {self._endpoint.label()}: {exc}"))
+            self.fail(OriginError(f"Unable to connect to {self._endpoint.label()}: {exc}"))
             return
         self._retry_task = None
         if self._done:
@@ -435,7 +497,7 @@ class _OriginConnection(asyncio.Protocol):
     def close(self) -> None:
         """Close now: unsent request bytes are dropped (a peer that stopped reading can't block)."""
         self._closed = True
-        self._pool._forget(self)
+        self._pool.forget(self)
         if self.transport is not None:
             self.transport.abort()
 
@@ -453,7 +515,7 @@ class _OriginConnection(asyncio.Protocol):
             return
         if not self._got_bytes:
             self._got_bytes = True
-            ex._sent = None  # a response has started: never replay now
+            ex.response_started()
         self._body_seen = False
         head_was_done = self._head_done
         try:
@@ -492,35 +554,23 @@ class _OriginConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self._pool._forget(self)
+        self._pool.forget(self)
         ex = self.exchange
         if ex is None:
             return
         self.exchange = None
-        ex._conn = None
-        if ex._done:
-            return
-        if self._pool._closed:
-            ex._fail(OriginError("origin pool closed"))
-            return
-        if not self._got_bytes and ex._can_replay():
-            self._pool.logger.debug(
-                "reused connection to %s was dead; retrying", ex.endpoint.label()
-            )
-            ex._retry_task = self._pool._spawn(ex._replay())
-            return
-        if self._head_done and self._eof_body and exc is None:
-            # The response body was delimited by the connection closing.
-            ex._finish_state()
-            ex.handler.on_response_end()
-            return
         if self._head_done:
             msg = "Connection to origin lost during response body"
         elif self._got_bytes:
             msg = "Incomplete response head from origin"
         else:
             msg = "Origin closed the connection without a response"
-        ex._fail(OriginError(msg))
+        ex.connection_closed(
+            replayable=not self._got_bytes,
+            # The response body was delimited by the connection closing.
+            eof_end=self._head_done and self._eof_body and exc is None,
+            error=msg,
+        )
 
     def pause_writing(self) -> None:
         ex = self.exchange
@@ -554,7 +604,7 @@ class _OriginConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self._parser
         ex = self.exchange
-        if self._msg_done or ex is None or ex._done or parser is None:
+        if self._msg_done or ex is None or ex.finished or parser is None:
             self._dirty = True
             return
         status = parser.get_status_code()
@@ -566,15 +616,14 @@ class _OriginConnection(asyncio.Protocol):
             return
         self._head_done = True
         self._budget.raw = 0  # from the next read on it counts trailer bytes (``framing``)
-        ex._cancel_timer()
         headers = self._headers
         if ex.method == "HEAD" or status in (204, 304):
             self._no_body = True
         else:
             self._eof_body = _is_eof_delimited(headers)
         reason = b"".join(self._reason).decode("latin-1")
-        ex.handler.on_response_head(status, reason, headers)
-        if self._no_body and ex.method == "HEAD" and self.exchange is ex and not ex._done:
+        ex.response_head(status, reason, headers)  # stops the response timeout
+        if self._no_body and ex.method == "HEAD" and self.exchange is ex and not ex.finished:
             # llhttp would wait for a body of Content-Length bytes: the response ends here (P6).
             self._keep_alive = _keep_alive(parser.get_http_version(), headers)
             self._msg_done = True
@@ -585,8 +634,8 @@ class _OriginConnection(asyncio.Protocol):
             return
         ex = self.exchange
         self._body_seen = True
-        if body and ex is not None and not ex._done:
-            ex.handler.on_response_body(body)
+        if body and ex is not None:
+            ex.response_body(body)
 
     def on_message_complete(self) -> None:
         if self._interim:
@@ -602,21 +651,20 @@ class _OriginConnection(asyncio.Protocol):
     # -- end of a response ----------------------------------------------------------------------
 
     def _complete(self, ex: OriginExchange) -> None:
-        reusable = self._keep_alive and not self._dirty and ex._req_done and not self._closed
-        ex._finish_state()
-        ex._detach()
+        reusable = self._keep_alive and not self._dirty and ex.request_done and not self._closed
+        ex.complete()
         self._parser = None
         if self._reading_paused:
             self.resume()
         if reusable:
-            self._pool._release(self)
+            self._pool.release(self)
         else:
             self.close()
         ex.handler.on_response_end()
 
     def _error(self, ex: OriginExchange, msg: str) -> None:
         self._dirty = True
-        ex._fail(OriginError(msg))
+        ex.fail(OriginError(msg))
         self.close()
 
 
@@ -701,13 +749,13 @@ class OriginPool:
             reused = conn is not None
             if conn is None:
                 try:
-                    conn = await self._connect(ep)
+                    conn = await self.connect(ep)
                 except _CONNECT_ERRORS as exc:
                     self.logger.info("origin %s: connect failed: %r", ep.label(), exc)
                     tried.append(ep.label())
                     continue
             ex = OriginExchange(self, ep, handler, method, body_framing, content_length)
-            ex._start(conn, head, reused)
+            ex.start(conn, head, reused)
             return ex
         raise OriginConnectError(tried)
 
@@ -718,36 +766,32 @@ class OriginPool:
             task.cancel()
         for conn in list(self._conns):
             if conn.exchange is not None:
-                conn.exchange._fail(OriginError("origin pool closed"))
+                conn.exchange.fail(OriginError("origin pool closed"))
             conn.close()
         self._idle.clear()
         await asyncio.sleep(0)  # let transports run connection_lost
 
-    # -- internals ------------------------------------------------------------------------------
+    # -- exchange and connection side -----------------------------------------------------------
 
-    def _call_later(self, delay: float, cb: Callable[[], None]) -> asyncio.TimerHandle:
-        loop = self._loop or asyncio.get_running_loop()
-        return loop.call_later(delay, cb)
+    @property
+    def closed(self) -> bool:
+        """``close()`` was called: no new connections, running exchanges fail."""
+        return self._closed
 
-    def _spawn(self, coro: typing.Coroutine[typing.Any, typing.Any, None]) -> asyncio.Task[None]:
+    def response_timer(self, cb: Callable[[], None]) -> asyncio.TimerHandle:
+        """Call ``cb`` after ``response_timeout`` (an exchange waiting for its response head)."""
+        return self._call_later(self.response_timeout, cb)
+
+    def spawn(self, coro: typing.Coroutine[typing.Any, typing.Any, None]) -> asyncio.Task[None]:
+        """Run ``coro`` (an exchange's replay) as a task that ``close()`` cancels."""
         loop = self._loop or asyncio.get_running_loop()
         task = loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _ssl_context(self, insecure: bool) -> ssl.SSLContext:
-        ctx = self._ssl.get(insecure)
-        if ctx is None:
-            ctx = ssl.create_default_context()
-            if insecure:  # F11 `insecure`: ignore certificate errors
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            ctx.set_alpn_protocols(["http/1.1"])
-            self._ssl[insecure] = ctx
-        return ctx
-
-    async def _connect(self, ep: Endpoint) -> _OriginConnection:
+    async def connect(self, ep: Endpoint) -> _OriginConnection:
+        """A new connection to ``ep`` (never an idle one); raises the connect errors."""
         if self._closed:
             raise OriginError("origin pool is closed")
         loop = asyncio.get_running_loop()
@@ -773,6 +817,46 @@ class OriginPool:
         self._conns.add(proto)
         return proto
 
+    def release(self, conn: _OriginConnection) -> None:
+        """Park a finished keep-alive connection, evicting the oldest over the cap."""
+        if self._closed or self.max_idle_per_endpoint <= 0 or not conn.usable:
+            conn.close()
+            return
+        idle = self._idle.get(conn.endpoint)
+        while idle and len(idle) >= self.max_idle_per_endpoint:
+            next(iter(idle)).close()  # close() removes it from `idle` (and maybe `_idle`)
+        self._idle.setdefault(conn.endpoint, {})[conn] = None
+        conn.idle_handle = self._call_later(self.idle_timeout, conn.close)
+
+    def forget(self, conn: _OriginConnection) -> None:
+        """Drop a closed connection from the books (open and idle sets, idle timer)."""
+        self._conns.discard(conn)
+        if conn.idle_handle is not None:
+            conn.idle_handle.cancel()
+            conn.idle_handle = None
+        idle = self._idle.get(conn.endpoint)
+        if idle is not None and conn in idle:
+            del idle[conn]
+            if not idle:
+                del self._idle[conn.endpoint]
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _call_later(self, delay: float, cb: Callable[[], None]) -> asyncio.TimerHandle:
+        loop = self._loop or asyncio.get_running_loop()
+        return loop.call_later(delay, cb)
+
+    def _ssl_context(self, insecure: bool) -> ssl.SSLContext:
+        ctx = self._ssl.get(insecure)
+        if ctx is None:
+            ctx = ssl.create_default_context()
+            if insecure:  # F11 `insecure`: ignore certificate errors
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["http/1.1"])
+            self._ssl[insecure] = ctx
+        return ctx
+
     def _take_idle(self, ep: Endpoint) -> _OriginConnection | None:
         idle = self._idle.get(ep)
         while idle:
@@ -784,28 +868,6 @@ class OriginPool:
                 return conn
             conn.close()
         return None
-
-    def _release(self, conn: _OriginConnection) -> None:
-        """Park a finished keep-alive connection, evicting the oldest over the cap."""
-        if self._closed or self.max_idle_per_endpoint <= 0 or not conn.usable:
-            conn.close()
-            return
-        idle = self._idle.get(conn.endpoint)
-        while idle and len(idle) >= self.max_idle_per_endpoint:
-            next(iter(idle)).close()  # close() removes it from `idle` (and maybe `_idle`)
-        self._idle.setdefault(conn.endpoint, {})[conn] = None
-        conn.idle_handle = self._call_later(self.idle_timeout, conn.close)
-
-    def _forget(self, conn: _OriginConnection) -> None:
-        self._conns.discard(conn)
-        if conn.idle_handle is not None:
-            conn.idle_handle.cancel()
-            conn.idle_handle = None
-        idle = self._idle.get(conn.endpoint)
-        if idle is not None and conn in idle:
-            del idle[conn]
-            if not idle:
-                del self._idle[conn.endpoint]
 
     def idle_count(self, ep: Endpoint) -> int:
         """Idle keep-alive connections parked for ``ep`` (for tests and stats)."""
