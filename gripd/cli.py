@@ -181,14 +181,27 @@ def run(argv: list[str]) -> int:
     _raise_nofile_limit()
     if cfg.config_path is None:
         logging.getLogger("gripd").info("no configuration file found; using the embedded default")
-    from gripd.runtime.app import App
+    workers = cfg.workers or cpu_count()
 
     async def main() -> None:
-        app = App(cfg, route_lines=args.route)
-        await app.run()
+        if workers == 1:
+            from gripd.runtime.app import App
+
+            await App(cfg, route_lines=args.route).run()
+        else:
+            from gripd.runtime.hub import Hub
+
+            hub = Hub(
+                cfg,
+                workers=workers,
+                route_lines=args.route,
+                log_level=level,
+                logfile=args.logfile,
+            )
+            await hub.run()
 
     try:
-        _run_loop(main())
+        run_loop(main())
     except (ConfigError, OSError) as e:
         # One line, no traceback: a bad value or an address that cannot be bound (its setting
         # named by BindError), the usual reasons a service does not come up.
@@ -199,7 +212,15 @@ def run(argv: list[str]) -> int:
     return 0
 
 
-def _run_loop(coro: Coroutine[Any, Any, None]) -> None:
+def cpu_count() -> int:
+    """CPUs this process may run on (the default for ``[gripd] workers``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def run_loop(coro: Coroutine[Any, Any, None]) -> None:
     """Run ``coro`` on uvloop when installed, else on asyncio's default loop."""
     try:
         import uvloop

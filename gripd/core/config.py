@@ -23,6 +23,8 @@ import posixpath
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from urllib.parse import unquote as pct
+from urllib.parse import urlsplit
 
 from gripd.core.errors import ConfigError
 from gripd.core.headers import split_unquoted, unquote
@@ -190,6 +192,10 @@ class Config:
       a client connection accepted into the reserve is closed at once.
     - ``zmq_max_message_size``: largest ZeroMQ message frame accepted on the PULL, SUB and
       command sockets (``ZMQ_MAXMSGSIZE``); ZeroMQ drops the peer's connection past it.
+    - ``workers``: worker processes sharing the client ports; None (unset) = one per CPU, 1 =
+      a single process.
+    - ``bus``: ``redis://[user:password@]host[:port][/db]`` (or ``rediss://``) to share channels
+      with other instances through Redis; empty = this instance only.
 
     ``extra`` holds every key seen (both files merged, main wins), per section, with templates and
     port offset applied, so new or unmodelled keys (``zurl_out_specs``, ``updates_check``...) stay
@@ -266,6 +272,8 @@ class Config:
     origin_response_head_max: int = 65_536
     fd_reserve: int = 64
     zmq_max_message_size: int = 10_000_000
+    workers: int | None = None
+    bus: str = ""
     extra: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
@@ -674,6 +682,8 @@ def load_config(
         origin_response_head_max=r.int_("gripd", "origin_response_head_max", 65_536, minimum=256),
         fd_reserve=r.int_("gripd", "fd_reserve", 64, minimum=0),
         zmq_max_message_size=r.int_("gripd", "zmq_max_message_size", 10_000_000, minimum=1024),
+        workers=_workers(r),
+        bus=_bus(r),
         extra=extra,
     )
 
@@ -691,6 +701,59 @@ def default_config(cwd: str) -> Config:
 
     cfg = load_config(DEFAULT_PUSHPIN_CONF, path=None, read_file=no_file)
     return replace(cfg, config_dir=cwd, routesfile=None)
+
+
+WORKERS_MAX = 1024
+
+
+def _workers(r: _Reader) -> int | None:
+    """``[gripd] workers``: a positive integer; unset means one per CPU (decided at start)."""
+    e = r.entry("gripd", "workers")
+    if e is None or unquote(e[0]).strip().lower() in ("", "auto"):
+        return None
+    n = r.int_("gripd", "workers", 1, minimum=1)
+    if n > WORKERS_MAX:
+        raise r.error("gripd", "workers", f"must be at most {WORKERS_MAX}")
+    return n
+
+
+def parse_bus_url(url: str) -> tuple[str, str, int, int, str | None, str | None]:
+    """``redis://[user:password@]host[:port][/db]`` (or ``rediss://`` for TLS) ->
+    (scheme, host, port, db, username, password). Raises ValueError naming the problem."""
+    try:
+        u = urlsplit(url)
+        port = u.port
+    except ValueError as e:
+        raise ValueError(f"not a valid URL: {e}") from None
+    if u.scheme not in ("redis", "rediss"):
+        raise ValueError("must start with redis:// or rediss://")
+    if not u.hostname:
+        raise ValueError("has no host")
+    if u.query or u.fragment:
+        raise ValueError("must not have a query or fragment")
+    path = u.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError("database must be a number")
+    db = int(path) if path else 0
+    if db > 1_000_000:
+        raise ValueError("database number is too large")
+    user = pct(u.username) if u.username else None
+    password = pct(u.password) if u.password is not None else None
+    return u.scheme, u.hostname, port or 6379, db, user, password
+
+
+def _bus(r: _Reader) -> str:
+    value = r.str_("gripd", "bus", "").strip()
+    if not value:
+        return ""
+    try:
+        parse_bus_url(value)
+    except ValueError as e:
+        # The value is not echoed: it may carry a password.
+        entry = r.entry("gripd", "bus")
+        where = (entry[1], entry[2]) if entry is not None else (None, None)
+        raise ConfigError(f"[gripd] bus: {e}", *where) from None
+    return value
 
 
 def _slow_policy(r: _Reader) -> str:

@@ -72,6 +72,10 @@ class LastIds:
     def remove(self, channel: str) -> None:
         self._ids.pop(channel, None)
 
+    def items(self) -> list[tuple[str, str]]:
+        """Every (channel, last id), least recently set first."""
+        return list(self._ids.items())
+
     def clear(self) -> None:
         self._ids.clear()
 

@@ -1,14 +1,14 @@
 """The narrow interfaces adapters are given instead of the whole application object.
 
 Each is a ``Protocol`` listing only what its adapter uses, so ``gripd/io`` never imports
-``gripd/runtime`` and a later runtime (worker processes, a hub) can hand each adapter its own
-implementation. ``gripd.runtime.app.App`` satisfies all of them today. Attributes are read-only
+``gripd/runtime``. ``gripd.runtime.app.App`` satisfies all of them, in a single process and in
+a worker process alike. Attributes are read-only
 properties: an adapter reads them, it never rebinds them.
 
 - :class:`OriginContext`: what a request to an origin needs (pool, forwarding, Grip-Sig).
 - :class:`ClientHost`: what a client connection needs (admission, dispatch, write flushing).
-- :class:`EngineHost`: what the hold engine needs (channel state of the publish pipeline,
-  retries, CORS/JSON-P decision), plus an origin context for next links.
+- :class:`EngineHost`: what the hold engine needs (retries, events, CORS/JSON-P decision),
+  plus an origin context for next links; :class:`LastIds` is the sequencer state it reads.
 - :class:`ProxyHost`: what one proxied request needs.
 - :class:`SessionHost`: what a WebSocket session and its origin peers need.
 """
@@ -27,10 +27,15 @@ if TYPE_CHECKING:
     from gripd.io.handler.ws_session import WsSession
     from gripd.io.listener.client import ClientConnection, Flusher, Request
     from gripd.io.observe.events import Events
-    from gripd.io.observe.metrics import Metrics
     from gripd.io.observe.ticklog import TickLog
     from gripd.io.origin.http import OriginPool
     from gripd.io.origin.woh import WohPeer
+
+
+class LatencyObserver(Protocol):
+    """Where origin latencies go (the Prometheus histogram, F44)."""
+
+    def observe_origin_latency(self, seconds: float) -> None: ...
 
 
 class OriginContext(Protocol):
@@ -45,7 +50,7 @@ class OriginContext(Protocol):
     @property
     def forward(self) -> ForwardSettings: ...
     @property
-    def metrics(self) -> Metrics: ...
+    def metrics(self) -> LatencyObserver: ...
     def grip_sig_token(self, route: Route) -> str | None: ...
     def client_tls(self, headers: hdr.Headers) -> bool: ...
 
@@ -66,24 +71,23 @@ class ClientHost(Protocol):
     @property
     def write_high_water(self) -> int: ...
     def next_conn_id(self) -> str: ...
+    def at_maxconn(self) -> bool: ...
     def refused_connection(self, peer: str) -> None: ...
     def refuse_for_fds(self, transport: asyncio.BaseTransport, peer: str) -> bool: ...
     def handle_request(self, conn: ClientConnection, req: Request) -> None: ...
 
 
-class ChannelState(Protocol):
-    """The publish pipeline's per-channel state the engine consults (F23, F32)."""
+class LastIds(Protocol):
+    """The sequencer's per-channel last ids, which the engine checks prev-ids against (F23,
+    F26) and resets on a conflict (``gripd.core.sequencer.Sequencer`` fits)."""
 
     def last_id(self, channel: str) -> str | None: ...
     def forget_last_id(self, channel: str) -> None: ...
-    def has_subscribers(self, channel: str) -> bool: ...
 
 
 class EngineHost(OriginContext, Protocol):
-    """The hold engine's surroundings: channel state, retries, events, CORS/JSON-P."""
+    """The hold engine's surroundings: retries, events, CORS/JSON-P."""
 
-    @property
-    def pipeline(self) -> ChannelState: ...
     @property
     def events(self) -> Events: ...
     def aco(self, route: Route) -> bool: ...
@@ -101,7 +105,7 @@ class ProxyHost(OriginContext, Protocol):
     """One proxied request: the engine it hands holds to, request logging, admission."""
 
     @property
-    def holds(self) -> Engine: ...
+    def engine(self) -> Engine: ...
     @property
     def ticklog(self) -> TickLog: ...
     def aco(self, route: Route) -> bool: ...
@@ -112,7 +116,7 @@ class SessionHost(OriginContext, Protocol):
     """A WebSocket session and its origin peer (WebSocket or WebSocket-over-HTTP)."""
 
     @property
-    def holds(self) -> Engine: ...
+    def engine(self) -> Engine: ...
     @property
     def events(self) -> Events: ...
     @property

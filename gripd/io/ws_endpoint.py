@@ -22,6 +22,14 @@ from websockets.exceptions import ProtocolError
 from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import Protocol, Side, State
 
+#: Published ``ws-message`` types (F30) and WebSocket control messages, as opcodes.
+OPCODES: dict[str, Opcode] = {
+    "text": Opcode.TEXT,
+    "binary": Opcode.BINARY,
+    "ping": Opcode.PING,
+    "pong": Opcode.PONG,
+}
+
 log = logging.getLogger("gripd.ws")
 
 # Server frames are never masked, so a frame serialized once can go to every subscriber.

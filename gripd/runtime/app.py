@@ -18,49 +18,43 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import zmq.asyncio
-
 from gripd.core import headers as hdr
 from gripd.core.config import Config
-from gripd.core.errors import ClientError, ConfigError
-from gripd.core.forward import ForwardSettings, client_is_tls, is_trusted_client
-from gripd.core.http import text_response
-from gripd.core.jsonp import JsonpConfig, parse_jsonp_request
+from gripd.core.dispatch import DispatchSettings, Respond, Wait, dispatch
+from gripd.core.errors import ConfigError
+from gripd.core.forward import ForwardSettings, client_is_tls
+from gripd.core.publish import PublishItem
 from gripd.core.routes import Route, RouteTable
+from gripd.core.sequencer import Sequencer
 from gripd.core.sig import SigningKey, TokenCache, parse_key
+from gripd.io.bus.base import Bus
+from gripd.io.bus.hub import FrameLink, WorkerLink
+from gripd.io.context import LatencyObserver
+from gripd.io.handler.channels import ChannelTracker
 from gripd.io.handler.engine import Engine
 from gripd.io.handler.pipeline import PublishPipeline
 from gripd.io.handler.proxy import ProxySession, own_response
 from gripd.io.handler.ws_session import WsSession
-from gripd.io.inputs.command import CommandServer
-from gripd.io.inputs.control_http import start_control_server
-from gripd.io.inputs.zmq import BindError, ZmqInputs, os_reason
+from gripd.io.inputs.zmq import BindError, os_reason
 from gripd.io.listener.client import ClientConnection, Flusher, Request
-from gripd.io.observe.events import EventFanout
-from gripd.io.observe.metrics import Metrics
-from gripd.io.observe.stats import StatsPublisher
+from gripd.io.observe.events import Events
 from gripd.io.observe.ticklog import TickLog
 from gripd.io.origin.http import OriginPool
 from gripd.io.origin.woh import WohPeer
 from gripd.io.origin.ws_peer import WsOriginPeer
+from gripd.runtime.admission import Admission
+from gripd.runtime.buses import make_bus
+from gripd.runtime.services import Services
 
 log = logging.getLogger("gripd")
 
 ROUTES_POLL_INTERVAL = 1.0  # F6: Pushpin reloads the routes file ~1 s after a change
 
-# F53: Pushpin answers a request carrying ``Pushpin-Check`` with its license notice; gripd
-# answers with its own (it is a different program, under Apache-2.0).
-CHECK_NOTICE = (
-    "gripd, a GRIP proxy compatible with Pushpin.\n"
-    "\n"
-    "Licensed under the Apache License, Version 2.0. You may obtain a copy of the\n"
-    "License at http://www.apache.org/licenses/LICENSE-2.0\n"
-)
-
-
+WAITING_POLL = 0.05  # with workers: how often requests waiting for max_open_requests look again
 FD_LOG_INTERVAL = 10.0  # at most one descriptor-shortage line per this many seconds
 MAXCONN_LOG_INTERVAL = 5.0  # at most one client_maxconn line per this many seconds
 
@@ -112,15 +106,32 @@ class App:
         *,
         route_lines: list[str] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        worker: WorkerSetup | None = None,
     ) -> None:
         self.config = config
         self.loop = loop or asyncio.get_running_loop()
         self.route_lines = route_lines
+        self.worker = worker
+        # Lines every worker would repeat (routes loaded or not, start warnings): the first
+        # worker logs them at their level, the others at debug.
+        first = worker is None or worker.index == 0
+        self._info = logging.INFO if first else logging.DEBUG
+        self._warning = logging.WARNING if first else logging.DEBUG
+        self._error = logging.ERROR if first else logging.DEBUG
         self.routes = RouteTable.parse("", "<none>")[0]
         self._routes_stamp: tuple[int, int, int] | None = None
-        self._conn_ids = itertools.count(1)
-        self.connections: set[ClientConnection] = set()
-        self.open_requests = 0  # proxy sessions in flight (F4 max_open_requests)
+        self.admission: Admission | None = None
+        self.connections: set[ClientConnection]
+        if worker is None:
+            self._conn_ids = itertools.count(1)
+            self.connections = set()
+        else:
+            # Connection ids are unique in the instance: worker i of n counts i+1, i+1+n, ...
+            self._conn_ids = itertools.count(worker.index + 1, worker.count)
+            self.admission = worker.admission
+            self.connections = _CountedSet(worker.admission)
+        self._open_requests = 0  # proxy sessions in flight (F4 max_open_requests)
+        self._waiting_timer: asyncio.TimerHandle | None = None
         self.waiting: deque[tuple[ClientConnection, Request, Route, bool]] = deque()
         self.maxconn_refusals = RateLog(MAXCONN_LOG_INTERVAL)
         # fd_reserve: clients may use descriptors only below ``fd_high``, the rest is kept for
@@ -157,38 +168,87 @@ class App:
         )
         self.tokens = TokenCache()
         self._route_keys: dict[tuple[str, str], SigningKey | None] = {}
-        self.events = EventFanout()
-        self.stats = StatsPublisher(config, loop=self.loop)  # Metrics reads its state
-        self.events.add(self.stats)
-        self.metrics = Metrics(config, stats=self.stats.state)
-        self.events.add(self.metrics)
-        self.holds = Engine(self)
-        # Every publish input goes through dedup, sequencing and rate limiting (F32–F34).
-        self.pipeline = PublishPipeline(config, self.holds, events_out=self.events)
-        self.events.add(self.pipeline)
-        self.zmq = zmq.asyncio.Context()
-        self.zmq_inputs = ZmqInputs(
-            config,
-            self.pipeline,
-            has_channel=self.holds.registry.has_channel,
-            events_out=self.events,
-            context=self.zmq,
+        self.dispatch_settings = DispatchSettings(
+            self.forward, config.auto_cross_origin, config.max_open_requests
         )
-        self.events.add(self.zmq_inputs)
-        self.command = CommandServer(
-            config,
-            sink=self.pipeline,
-            recover=self.pipeline.recover,
-            is_connected=self.stats.check_connection,
-            refresh=self.refresh_woh,
-            context=self.zmq,
-        )
-        self.woh_peers: dict[str, WohPeer] = {}  # WebSocket-over-HTTP sessions by Connection-Id
+        # The per-instance services (publish inputs, stats, Prometheus) live here in a single
+        # process; in a worker they live in the hub and the events go there over the link.
+        self.link: WorkerLink | None = None
+        self.metrics: LatencyObserver
+        self.services: Services | None = None
+        self.events: Events
+        if worker is None:
+            self.services = Services(
+                config,
+                self.loop,
+                entry=_Entry(self),
+                refresh=self.refresh_woh,
+                has_channel=self._has_channel,
+            )
+            self.events = self.services.events
+            self.metrics = self.services.metrics
+        else:
+            self.link = WorkerLink(_NoSink(), self._on_command)
+            self.link.attach(worker.link)
+            self.events = self.link
+            self.metrics = self.link  # origin latencies go to the hub's histogram
+        # Channel interest (with the one linger) is tracked once; sequencing, the ZeroMQ SUB
+        # socket and the bus listen to it (in a worker: the link, for the hub's routing).
+        self.channels = ChannelTracker(config.subscription_linger, self.loop)
+        self.bus: Bus
+        self.woh_peers: dict[str, WohPeer]  # WebSocket-over-HTTP sessions by Connection-Id
+        self.pipeline: PublishPipeline | None = None
+        if self.link is None:
+            sequencer = Sequencer(
+                message_wait_ms=config.message_wait, id_cache_ttl=config.id_cache_ttl
+            )
+            self.engine = Engine(self, self.channels, sequencer)
+            # Inputs -> bus -> pipeline (dedup, sequencing, rate limit: F32–F34) -> engine.
+            self.pipeline = PublishPipeline(
+                config,
+                self.engine,
+                channels=self.channels,
+                sequencer=sequencer,
+                events_out=self.events,
+            )
+            self.bus = make_bus(config, self.pipeline)
+            self.woh_peers = {}
+            if self.services is not None:
+                self.services.metrics.bus = self.bus  # its state and counters, for Prometheus
+        else:
+            # The hub runs the pipeline; its output comes here, with its last ids replicated.
+            self.engine = Engine(self, self.channels, self.link.last_ids, first_subscription=False)
+            self.link.sink = self.engine
+            self.bus = self.link
+            self.woh_peers = _WohPeers(self.link)
+        self.channels.add_listener(self.bus)
+        if self.services is not None:
+            self.channels.add_listener(self.services.zmq_inputs)
         self.servers: list[asyncio.Server] = []
         self._stopping = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
 
     # -- identity and per-request helpers ----------------------------------------------------
+
+    @property
+    def open_requests(self) -> int:
+        """Sessions in flight (F4 ``max_open_requests``): the whole instance's with workers."""
+        if self.admission is not None:
+            return self.admission.open_requests()
+        return self._open_requests
+
+    def _add_open(self, delta: int) -> None:
+        self._open_requests += delta
+        if self.admission is not None:
+            self.admission.add_open(delta)
+
+    def at_maxconn(self) -> bool:
+        """F3 ``client_maxconn`` reached (counting every worker's connections)."""
+        n = self.admission.connections() if self.admission is not None else len(self.connections)
+        return n >= self.config.client_maxconn
+
+    def _has_channel(self, channel: str) -> bool:
+        return self.engine.registry.has_channel(channel)
 
     def next_conn_id(self) -> str:
         return str(next(self._conn_ids))
@@ -303,78 +363,35 @@ class App:
         return route.aco or self.config.auto_cross_origin
 
     def handle_request(self, conn: ClientConnection, req: Request) -> None:
-        """Route a parsed request head and start whatever serves it."""
-        host_header = hdr.get(req.headers, "host") or ""
-        url = req.url
-        if url.startswith(("http://", "https://")):
-            host_header = url.split("://", 1)[1].split("/", 1)[0]
-        host = _strip_port(host_header)
-        path = url.split("?", 1)[0]
-        if path.startswith(("http://", "https://")):
-            rest = path.split("://", 1)[1]
-            path = rest[rest.find("/") :] if "/" in rest else "/"
-        tls = self.client_tls(req.headers)
-        route_id = ""
-        if self.config.accept_pushpin_route:  # F4: the client picks the route by id
-            route_id = (hdr.get(req.headers, "pushpin-route") or "").strip()
-        if route_id and not self.routes.is_id_shared(route_id):
-            route = self.routes.lookup_by_id(route_id)
-        else:
-            route = self.routes.lookup(host, path, ws=req.upgrade, ssl=tls)
-        # Pushpin's order (requestsession.cpp): JSON-P, then Pushpin-Check, then "no route".
-        # Its own answers from here on are JSON-P wrapped or CORS-decorated like any other.
-        aco = self.config.auto_cross_origin or (route is not None and route.aco)
-        if aco and not req.upgrade:
-            try:  # F46: JSON-P turns a GET into the request its parameters describe
-                jr = parse_jsonp_request(
-                    req.method,
-                    req.url,
-                    req.headers,
-                    JsonpConfig.from_route(route) if route is not None else JsonpConfig(),
-                )
-            except ClientError as e:
-                err = text_response(e.status, e.message + "\n")
-                conn.send_response(own_response(req, err, True), req.method)
-                return
-            if jr is not None:
-                req.method, req.url, req.headers, req.jsonp = jr.method, jr.uri, jr.headers, jr
-                if jr.body:
-                    req.body_chunks.append(jr.body)
-                    req.body_size += len(jr.body)
-        if hdr.contains(req.headers, "pushpin-check"):
-            resp = own_response(req, text_response(200, CHECK_NOTICE), aco)  # F53
-            conn.send_response(resp, req.method)
-            return
-        if route is None:
-            resp = own_response(req, text_response(502, f"No route for host: {host}\n"), aco)
-            conn.send_response(resp, req.method)
-            return
-        trusted = False
-        if self.forward.upstream_key is not None:
-            trusted = is_trusted_client(req.headers, self.forward, time.time())
-        ws = req.upgrade and "websocket" in (hdr.get(req.headers, "upgrade") or "").lower()
-        ctype = (hdr.get(req.headers, "content-type") or "").split(";")[0].strip().lower()
-        if (
-            not ws
-            and ctype == "application/websocket-events"
-            and route.targets[0].over_http
-            and not trusted
-        ):
-            # F41: only a trusted upstream proxy may speak WOH to us
-            err = text_response(403, "Client not allowed to send WebSocket events directly.\n")
-            conn.send_response(own_response(req, err, aco), req.method)
-            return
-        limit = self.config.max_open_requests
-        if 0 <= limit <= self.open_requests:
-            # F4 max_open_requests: like Pushpin, stop taking requests (HTTP sessions with the
-            # origin and WebSocket sessions) until one finishes.
-            self.waiting.append((conn, req, route, trusted))
+        """Carry out what :func:`gripd.core.dispatch.dispatch` decides for a request head:
+        answer it, queue it (F4 max_open_requests) or start the session that serves it."""
+        d = dispatch(
+            req.method,
+            req.url,
+            req.headers,
+            req.upgrade,
+            self.routes,
+            self.dispatch_settings,
+            open_requests=self.open_requests,
+            now=time.time(),
+        )
+        jr = d.rewrite
+        if jr is not None:  # F46: the request JSON-P describes replaces this one
+            req.method, req.url, req.headers, req.jsonp = jr.method, jr.uri, jr.headers, jr
+            if jr.body:
+                req.body_chunks.append(jr.body)
+                req.body_size += len(jr.body)
+        if isinstance(d, Respond):
+            conn.send_response(own_response(req, d.response, d.aco), req.method)
+        elif isinstance(d, Wait):
+            self.waiting.append((conn, req, d.route, d.trusted))
             conn.pause_reading()
-            return
-        self._begin(conn, req, route, trusted)
+            self._arm_waiting()
+        else:
+            self._begin(conn, req, d.route, d.trusted)
 
     def _begin(self, conn: ClientConnection, req: Request, route: Route, trusted: bool) -> None:
-        self.open_requests += 1
+        self._add_open(1)
         if req.upgrade and "websocket" in (hdr.get(req.headers, "upgrade") or "").lower():
             WsSession(self, conn, req, route, trusted=trusted).start()
         else:
@@ -394,13 +411,29 @@ class App:
 
     def request_done(self) -> None:
         """A session ended (answered, held, failed, WebSocket closed): let a waiting one in."""
-        self.open_requests -= 1
+        self._add_open(-1)
+        self._let_waiting_in()
+
+    def _let_waiting_in(self) -> None:
         while self.waiting and self.open_requests < max(self.config.max_open_requests, 1):
             conn, req, route, trusted = self.waiting.popleft()
             if conn.closed:
                 continue
             conn.resume_reading()
             self._begin(conn, req, route, trusted)
+
+    def _arm_waiting(self) -> None:
+        """With workers, a session that ends in another worker frees a place too: look again
+        every ``WAITING_POLL`` seconds while requests wait."""
+        if self.admission is None or self._waiting_timer is not None:
+            return
+        self._waiting_timer = self.loop.call_later(WAITING_POLL, self._waiting_tick)
+
+    def _waiting_tick(self) -> None:
+        self._waiting_timer = None
+        self._let_waiting_in()
+        if self.waiting:
+            self._arm_waiting()
 
     def refresh_woh(self, args: dict[str, str]) -> bool:
         """The ``refresh`` command (F42): WebSocket-over-HTTP sessions send a request now;
@@ -411,7 +444,7 @@ class App:
                 return False
             peer.refresh()
             return True
-        for s in self.holds.registry.subscribers(args.get("channel", "")):
+        for s in self.engine.registry.subscribers(args.get("channel", "")):
             if isinstance(s, WsSession) and isinstance(s.link, WohPeer):
                 s.link.refresh()
         return True
@@ -445,15 +478,16 @@ class App:
                 st = os.stat(path)
                 text = Path(path).read_text()
             except (OSError, UnicodeDecodeError) as e:
-                log.error("cannot read routes file %s: %s", path, e)
+                log.log(self._error, "cannot read routes file %s: %s", path, e)
                 return
             self._routes_stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
             table, warnings = RouteTable.parse(text, path)
         for w in warnings:
-            log.warning("%s", w)
+            log.log(self._warning, "%s", w)
         errors = [w for w in warnings if w.error]
         if errors and not initial:
-            log.error(
+            log.log(
+                self._error,
                 "routes not reloaded: %s%s; keeping previous routes (%d entries)",
                 errors[0],
                 f" (and {len(errors) - 1} more)" if len(errors) > 1 else "",
@@ -461,7 +495,8 @@ class App:
             )
             return
         self.routes = table
-        log.info("routes loaded with %d entries", len(table))  # Pushpin's wording
+        # Pushpin's wording; with workers, the first one speaks for all.
+        log.log(self._info, "routes loaded with %d entries", len(table))
 
     async def _watch_routes(self) -> None:
         path = self.config.routesfile
@@ -484,7 +519,8 @@ class App:
         on the same configuration exits (one line, no traceback) without disturbing the first.
         On a failure whatever was bound is released and the :class:`BindError` propagates."""
         self.load_routes(initial=True)
-        self._check_fd_budget()
+        if self._info == logging.INFO:
+            self._check_fd_budget()
         self._prev_handler = self.loop.get_exception_handler()
         self.loop.set_exception_handler(self._loop_exception)
         try:
@@ -496,11 +532,14 @@ class App:
         self._watch_task = self.loop.create_task(self._watch_routes())
         with contextlib.suppress(NotImplementedError, RuntimeError):
             self.loop.add_signal_handler(signal.SIGHUP, self.load_routes)
-            self.loop.add_signal_handler(signal.SIGINT, self._stopping.set)
+            if self.worker is None:  # a worker ignores Ctrl-C: its hub stops it
+                self.loop.add_signal_handler(signal.SIGINT, self._stopping.set)
             self.loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
 
     async def _bind(self, *, ipc: bool) -> None:
-        """One start phase: the TCP listeners (``ipc`` False) or the ``ipc://`` paths (True)."""
+        """One start phase: the TCP listeners (``ipc`` False) or the ``ipc://`` paths (True).
+        A worker binds only its client listeners, sharing each port with the other workers
+        (SO_REUSEPORT); the hub binds the rest."""
         cfg = self.config
         if not ipc:
             for listen in cfg.http_port:
@@ -510,41 +549,49 @@ class App:
                         host=listen.addr or None,
                         port=listen.port,
                         reuse_address=True,
+                        reuse_port=self.worker is not None or None,
                         backlog=4096,
                     )
                 except OSError as e:
                     address = f"{listen.addr or '*'}:{listen.port}"
                     raise BindError(address, "http_port", os_reason(e)) from None
                 self.servers.append(server)
-                log.info("listening on %s:%d", listen.addr or "*", listen.port)
-            try:
-                control = await start_control_server(
-                    self.pipeline,
-                    cfg.push_in_http_addr,
-                    cfg.push_in_http_port,
-                    max_headers_size=cfg.push_in_http_max_headers_size,
-                    max_body_size=cfg.push_in_http_max_body_size,
-                    header_timeout=cfg.client_header_timeout,
-                )
-            except OSError as e:
-                address = f"{cfg.push_in_http_addr}:{cfg.push_in_http_port}"
-                setting = "push_in_http_addr/push_in_http_port"
-                raise BindError(address, setting, os_reason(e)) from None
-            self.servers.append(control)
-            log.info("control API on %s:%d", cfg.push_in_http_addr, cfg.push_in_http_port)
-            await self.pipeline.start()
-        await self.zmq_inputs.start(ipc=ipc)
-        await self.command.start(ipc=ipc)
-        await self.metrics.start(ipc=ipc)
-        await self.stats.start(ipc=ipc)
+                if self.worker is None or self.worker.index == 0:
+                    log.info("listening on %s:%d", listen.addr or "*", listen.port)
+            if self.pipeline is not None:
+                await self.pipeline.start()
+            await self.bus.start()
+        if self.services is not None:
+            await self.services.bind(ipc=ipc)
 
     async def run(self) -> None:
         await self.start()
         await self._stopping.wait()
         await self.stop()
 
+    async def wait_stopped(self) -> None:
+        """Until SIGTERM (or SIGINT in a single process) or :meth:`request_stop`."""
+        await self._stopping.wait()
+
     def request_stop(self) -> None:
         self._stopping.set()
+
+    # -- messages from the hub (worker mode) ---------------------------------------------------
+
+    def on_hub_message(self, msg: tuple[Any, ...]) -> None:
+        if self.link is not None:
+            self.link.on_message(msg)
+
+    def _on_command(self, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "recover":
+            self.engine.recover()  # the hub's pipeline already forgot the last ids
+        elif kind == "refresh":
+            self.refresh_woh(msg[1])
+        elif kind == "firstsub":
+            self.engine.first_subscription(msg[1])
+        elif kind == "stop":
+            self.request_stop()
 
     async def stop(self, *, quiet: bool = False) -> None:
         """Close everything (also after a failed start: each part tolerates never starting)."""
@@ -557,26 +604,91 @@ class App:
             self.loop.set_exception_handler(self._prev_handler)
         if self._watch_task is not None:
             self._watch_task.cancel()
-        await self.pipeline.stop()
-        await self.command.stop()
-        await self.zmq_inputs.stop()
+        if self._waiting_timer is not None:
+            self._waiting_timer.cancel()
+        if self.pipeline is not None:
+            await self.pipeline.stop()
+        self.channels.stop()
+        if self.services is not None:
+            await self.services.stop_inputs()
+        await self.bus.stop()
         for server in self.servers:
             server.close()
         for conn in list(self.connections):
             conn.close()
         await self.pool.close()
         self.ticklog.flush()
-        self.holds.ticklog.flush()
-        await self.metrics.stop()
-        await self.stats.stop()
-        self.zmq.term()
+        self.engine.ticklog.flush()
+        if self.services is not None:
+            await self.services.stop()
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2.0)
 
 
-def _strip_port(host: str) -> str:
-    if host.startswith("["):
-        end = host.find("]")
-        return host[1:end] if end > 0 else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+@dataclass(frozen=True, slots=True)
+class WorkerSetup:
+    """What makes an :class:`App` one worker of a multi-worker instance."""
+
+    index: int
+    count: int
+    link: FrameLink
+    admission: Admission
+
+
+class _Entry:
+    """The publish inputs' target in a single process: the bus, and ``recover`` locally."""
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def publish(self, items: list[PublishItem], *, source: str) -> None:
+        self.app.bus.publish(items, source=source)
+
+    def recover(self) -> None:
+        assert self.app.pipeline is not None
+        self.app.pipeline.recover()
+
+
+class _NoSink:
+    """Placeholder until the worker's engine exists."""
+
+    def publish(self, items: list[PublishItem], *, source: str) -> None:
+        raise RuntimeError("items before the engine exists")
+
+
+class _CountedSet(set[ClientConnection]):
+    """A worker's connections, with the count kept in the instance's shared admission."""
+
+    def __init__(self, admission: Admission) -> None:
+        super().__init__()
+        self._admission = admission
+
+    def add(self, conn: ClientConnection) -> None:
+        super().add(conn)
+        self._admission.set_connections(len(self))
+
+    def discard(self, conn: object) -> None:
+        super().discard(conn)
+        self._admission.set_connections(len(self))
+
+
+class _WohPeers(dict[str, WohPeer]):
+    """A worker's WebSocket-over-HTTP sessions; the hub learns which worker holds which
+    Connection-Id, so ``refresh {cid}`` reaches the right one (F42)."""
+
+    def __init__(self, link: WorkerLink) -> None:
+        super().__init__()
+        self._link = link
+
+    def __setitem__(self, cid: str, peer: WohPeer) -> None:
+        if cid not in self:
+            self._link.woh_opened(cid)
+        super().__setitem__(cid, peer)
+
+    def pop(self, cid: str, default: Any = None) -> Any:
+        if cid in self:
+            self._link.woh_closed(cid)
+        return super().pop(cid, default)

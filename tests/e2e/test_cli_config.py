@@ -33,6 +33,7 @@ from tests.support.procs import (
     base_conf,
     free_ports,
     merge_conf,
+    process_tree,
     publish_http,
     render_conf,
 )
@@ -167,15 +168,21 @@ async def settle(s: Server) -> None:
 
 
 def listening_ports(pid: int) -> set[int]:
-    """TCP ports ``pid`` listens on (its socket inodes matched against /proc/net/tcp{,6})."""
+    """TCP ports ``pid`` and its children (the workers) listen on (their socket inodes matched
+    against /proc/net/tcp{,6})."""
     inodes: set[str] = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
+    for p in process_tree(pid):
         try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            fds = os.listdir(f"/proc/{p}/fd")
         except OSError:
             continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{p}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
     ports: set[int] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:

@@ -12,6 +12,7 @@ address first and never takes over a live ipc path, so those tests are gripd-onl
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import signal
@@ -218,8 +219,16 @@ async def test_clients_cannot_take_the_descriptors_publishing_needs(
     origin.route(
         "GET", "/s", Reply(200, [("Grip-Hold", "stream"), ("Grip-Channel", "fd")], "open\n")
     )
+    # One process: the limit and the reserve are per process (each worker has its own table).
     s = await asyncio.to_thread(
-        start_server, "gripd", tmp_path / "g", [f"* 127.0.0.1:{origin.port}"], nofile=NOFILE
+        functools.partial(
+            start_server,
+            "gripd",
+            tmp_path / "g",
+            [f"* 127.0.0.1:{origin.port}"],
+            nofile=NOFILE,
+            conf={"gripd": {"workers": "1"}},
+        )
     )
     socks: list[socket.socket] = []
     try:

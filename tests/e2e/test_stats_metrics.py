@@ -86,8 +86,9 @@ async def _start_inprocess(tmp: Path, conf: dict[str, dict[str, str]]) -> Proxy:
     app = App(cfg, route_lines=["* test"])
     stats = StatsPublisher(cfg)
     metrics = Metrics(cfg, stats=stats.state)
-    app.events.add(stats)
-    app.events.add(metrics)
+    assert app.services is not None
+    app.services.events.add(stats)
+    app.services.events.add(metrics)
     await stats.start()
     await metrics.start()
     await app.start()

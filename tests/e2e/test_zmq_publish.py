@@ -280,7 +280,8 @@ async def app_rig(origin: Origin) -> AsyncIterator[tuple[App, ZmqInputs, Command
     app = App(cfg, route_lines=[f"* 127.0.0.1:{origin.port}"])
     await app.start()
     try:
-        yield app, app.zmq_inputs, app.command
+        assert app.services is not None
+        yield app, app.services.zmq_inputs, app.services.command
     finally:
         await app.stop()
 

@@ -78,6 +78,9 @@ class StubApp:
         self._n += 1
         return f"fuzz-{self._n}"
 
+    def at_maxconn(self) -> bool:
+        return len(self.connections) >= self.config.client_maxconn
+
     def refused_connection(self, peer: str) -> None:
         raise AssertionError("refused a connection under client_maxconn")
 

@@ -161,4 +161,5 @@ async def test_emfile_from_accept_is_logged_at_a_limited_rate(
     ]
     assert app.accept_errors.total == 50 and app.accept_errors.pending == 49
     assert other == [{"message": "something else"}]
-    app.zmq.term()
+    assert app.services is not None
+    app.services.zmq.term()

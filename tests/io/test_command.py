@@ -377,7 +377,7 @@ async def test_pubcontrol_discovers_uris_and_publishes() -> None:
             b"via push\n",
         )
 
-        inputs.subscribed("s", "stream", True)
+        inputs.gained("s")
         subs: list[tuple[str, str]] = []
 
         def run_pub() -> None:

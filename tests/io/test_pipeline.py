@@ -114,7 +114,7 @@ async def test_reorders_only_with_subscribers(make: Make) -> None:
     p.publish([item("1"), item("3", "2")], source="http")
     assert eng.ids == ["1", "3"]
     assert p.last_id("c") is None
-    p.subscribed("c", "stream", True)
+    p.channels.subscribed("c", "stream")
     assert p.has_subscribers("c")
     eng.calls.clear()
     p.publish([item("1")], source="http")  # first message on the channel: delivered
@@ -136,7 +136,7 @@ async def test_no_seq_bypasses_reordering(make: Make) -> None:
     eng = FakeEngine()
     p = make(eng)
     await p.start()
-    p.subscribed("c", "stream", True)
+    p.channels.subscribed("c", "stream")
     p.publish([item("1"), item("3", "2", no_seq=True)], source="http")
     assert eng.ids == ["1", "3"]
     assert p.last_id("c") == "1"
@@ -146,7 +146,7 @@ async def test_gap_released_after_message_wait(make: Make) -> None:
     eng = FakeEngine()
     p = make(eng, message_wait=200)
     await p.start()
-    p.subscribed("c", "stream", True)
+    p.channels.subscribed("c", "stream")
     loop = asyncio.get_running_loop()
     p.publish([item("1")], source="http")
     t0 = loop.time()
@@ -164,9 +164,9 @@ async def test_unsubscribe_discards_waiting_and_forgets_last_id(make: Make) -> N
     rec = Recorder()
     p = make(eng, rec, message_wait=100)
     await p.start()
-    p.subscribed("c", "stream", True)
+    p.channels.subscribed("c", "stream")
     p.publish([item("1"), item("3", "2")], source="http")
-    p.unsubscribed("c", "stream", True)
+    p.channels.unsubscribed("c", "stream")
     assert not p.has_subscribers("c")
     assert p.last_id("c") is None
     assert p.counters == {"seq_unsubscribed": 1}
@@ -179,14 +179,14 @@ async def test_long_poll_channel_lingers(make: Make) -> None:
     eng = FakeEngine()
     p = make(eng, subscription_linger=1)
     await p.start()
-    p.subscribed("c", "response", True)
+    p.channels.subscribed("c", "response")
     p.publish([item("1", fmt="response")], source="http")
-    p.unsubscribed("c", "response", True)
+    p.channels.unsubscribed("c", "response")
     # between polls the channel still counts as subscribed, so its last-id survives
     assert p.has_subscribers("c")
     assert p.last_id("c") == "1"
-    p.subscribed("c", "response", True)  # polls again: the linger ends
-    p.unsubscribed("c", "response", True)
+    p.channels.subscribed("c", "response")  # polls again: the linger ends
+    p.channels.unsubscribed("c", "response")
     await asyncio.sleep(0.5)
     assert p.has_subscribers("c")
     await asyncio.sleep(0.8)
@@ -198,11 +198,11 @@ async def test_stream_leaving_ends_a_lingering_channel(make: Make) -> None:
     eng = FakeEngine()
     p = make(eng, subscription_linger=60)
     await p.start()
-    p.subscribed("c", "response", True)
-    p.subscribed("c", "stream", False)
-    p.unsubscribed("c", "response", False)
+    p.channels.subscribed("c", "response")
+    p.channels.subscribed("c", "stream")
+    p.channels.unsubscribed("c", "response")
     assert p.has_subscribers("c")
-    p.unsubscribed("c", "stream", True)  # Pushpin removes the sub at once here
+    p.channels.unsubscribed("c", "stream")  # Pushpin removes the sub at once here
     assert not p.has_subscribers("c")
 
 
@@ -210,13 +210,13 @@ async def test_other_modes_keep_the_channel(make: Make) -> None:
     eng = FakeEngine()
     p = make(eng)
     await p.start()
-    p.subscribed("c", "ws", True)
-    p.subscribed("c", "stream", False)
-    p.unsubscribed("c", "ws", False)
+    p.channels.subscribed("c", "ws")
+    p.channels.subscribed("c", "stream")
+    p.channels.unsubscribed("c", "ws")
     assert p.has_subscribers("c")
-    p.unsubscribed("c", "stream", True)
+    p.channels.unsubscribed("c", "stream")
     assert not p.has_subscribers("c")
-    p.unsubscribed("c", "stream", True)  # unbalanced events are ignored
+    p.channels.unsubscribed("c", "stream")  # unbalanced events are ignored
 
 
 async def test_dedup(make: Make) -> None:
@@ -234,7 +234,7 @@ async def test_sequencer_drops_are_counted(make: Make) -> None:
     eng = FakeEngine()
     p = make(eng)
     await p.start()
-    p.subscribed("c", "stream", True)
+    p.channels.subscribed("c", "stream")
     p.publish([item("1"), item("3", "2"), item("3x", "2")], source="http")
     assert p.counters == {"seq_same_prev_id": 1}
 
@@ -243,7 +243,7 @@ async def test_rate_limit_spreads_deliveries(make: Make) -> None:
     eng = FakeEngine()
     p = make(eng, message_rate=10)  # one delivery per 100 ms
     await p.start()
-    p.subscribed("c", "stream", True)
+    p.channels.subscribed("c", "stream")
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     p.publish([item(str(n)) for n in range(4)], source="http")
@@ -260,7 +260,7 @@ async def test_rate_counts_deliveries_not_items(make: Make) -> None:
     p = make(eng, message_rate=10)
     await p.start()
     for _ in range(3):
-        p.subscribed("c", "stream", False)
+        p.channels.subscribed("c", "stream")
     p.publish([item("0"), item("1")], source="http")
     await asyncio.sleep(0.05)
     assert eng.ids == ["0"]  # 3 deliveries: the next item waits 3 batches
@@ -274,7 +274,7 @@ async def test_items_nobody_receives_skip_the_queue(make: Make) -> None:
     eng = FakeEngine()
     p = make(eng, message_rate=1)
     await p.start()
-    p.subscribed("c", "response", True)
+    p.channels.subscribed("c", "response")
     p.publish([item("s", fmt="stream"), item("w", fmt="ws", ch="c")], source="http")
     assert eng.ids == ["s", "w"]  # no stream or ws subscriber: weight 0
 
@@ -284,7 +284,7 @@ async def test_hwm_drops_with_pushpin_log(make: Make, caplog: pytest.LogCaptureF
     rec = Recorder()
     p = make(eng, rec, message_rate=1, message_hwm=2)
     await p.start()
-    p.subscribed("c", "stream", True)
+    p.channels.subscribed("c", "stream")
     with caplog.at_level(logging.WARNING, logger="gripd.pipeline"):
         p.publish([item(str(n)) for n in range(4)], source="http")
     assert p.counters == {"hwm": 2}
@@ -304,7 +304,7 @@ async def test_rate_without_hwm_queue_is_bounded(
     rec = Recorder()
     p = make(eng, rec, message_rate=1, message_hwm=-1)
     await p.start()
-    p.subscribed("c", "stream", True)
+    p.channels.subscribed("c", "stream")
     with caplog.at_level(logging.WARNING, logger="gripd.pipeline"):
         p.publish([item(str(n)) for n in range(6)], source="http")
     # "0".."2" fill the queue (the first batch runs on the next timer turn); the rest drop
@@ -322,7 +322,7 @@ async def test_hwm_without_rate_only_bounds_a_burst(make: Make) -> None:
     p = make(eng, message_hwm=3)
     await p.start()
     for _ in range(2):
-        p.subscribed("c", "stream", False)
+        p.channels.subscribed("c", "stream")
     # 2 deliveries per item: the second item would make 4 > 3
     p.publish([item("0"), item("1")], source="http")
     assert p.counters == {"hwm": 2}
@@ -338,7 +338,7 @@ async def test_an_item_alone_is_never_dropped_by_hwm(make: Make) -> None:
     p = make(eng, message_hwm=2)
     await p.start()
     for _ in range(5):
-        p.subscribed("c", "stream", False)
+        p.channels.subscribed("c", "stream")
     p.publish([item("0")], source="http")
     await asyncio.sleep(0.01)
     assert eng.ids == ["0"]
@@ -349,7 +349,7 @@ async def test_block_size_weights(make: Make) -> None:
     eng = FakeEngine()
     p = make(eng, message_rate=10, message_block_size=10)
     await p.start()
-    p.subscribed("c", "stream", True)
+    p.channels.subscribed("c", "stream")
     p.publish([item("big", size=25), item("next")], source="http")  # 3 blocks, then 1
     await asyncio.sleep(0.05)
     assert eng.ids == ["big"]
@@ -361,7 +361,7 @@ async def test_recover_clears_last_ids(make: Make) -> None:
     eng = FakeEngine()
     p = make(eng)
     await p.start()
-    p.subscribed("c", "stream", True)
+    p.channels.subscribed("c", "stream")
     p.publish([item("1")], source="http")
     p.recover()
     assert eng.recovered == 1
@@ -374,7 +374,7 @@ async def test_stop_cancels_timers(make: Make) -> None:
     eng = FakeEngine()
     p = make(eng, message_rate=1, message_wait=50)
     await p.start()
-    p.subscribed("c", "stream", True)
+    p.channels.subscribed("c", "stream")
     p.publish([item("1"), item("2"), item("4", "3")], source="http")
     await p.stop()
     await asyncio.sleep(0.2)
@@ -391,7 +391,7 @@ async def test_engine_failure_keeps_the_timer_alive(make: Make) -> None:
     eng = Flaky()
     p = make(eng, message_rate=100)
     await p.start()
-    p.subscribed("c", "stream", True)
+    p.channels.subscribed("c", "stream")
     p.publish([item(str(n)) for n in range(5)], source="http")
     await asyncio.sleep(0.2)
     assert eng.ids == ["3", "4"]  # the first batch (3 items) was lost with the error

@@ -22,6 +22,7 @@ import zmq.asyncio
 from gripd.core.config import Config, default_config
 from gripd.core.publish import PublishItem
 from gripd.core.tnetstring import dumps
+from gripd.io.handler.channels import ChannelTracker
 from gripd.io.inputs.zmq import (
     DRAIN_MAX,
     Drop,
@@ -192,6 +193,9 @@ class Rig:
         self.inputs = inputs
         self.sink = sink
         self.drops = drops
+        # Subscriptions reach the SUB socket through the channel tracker, as in the app.
+        self.tracker = ChannelTracker(inputs.config.subscription_linger)
+        self.tracker.add_listener(inputs)
 
 
 async def start_rig(config: Config, **kw: object) -> Rig:
@@ -304,9 +308,9 @@ async def connected_xpub(ctx: zmq.asyncio.Context, spec: str) -> zmq.asyncio.Soc
 
 async def test_sub_interest_and_exact_channel_filter(rig: Rig, ctx: zmq.asyncio.Context) -> None:
     xpub = await connected_xpub(ctx, rig.inputs.config.push_in_sub_specs[0])
-    rig.inputs.subscribed("news", "stream", True)
+    rig.tracker.subscribed("news", "stream")
     assert await xpub_recv(xpub) == b"\x01news"
-    rig.inputs.subscribed("news", "stream", False)  # a second subscriber changes nothing
+    rig.tracker.subscribed("news", "stream")  # a second subscriber changes nothing
     await no_more(xpub)
     payload = b"T" + dumps({b"formats": {b"http-stream": {b"content": b"x"}}})
     # "newsflash" passes ZeroMQ's prefix filter but has no local subscriber of that name.
@@ -319,9 +323,9 @@ async def test_sub_interest_and_exact_channel_filter(rig: Rig, ctx: zmq.asyncio.
     assert rig.sink.calls[0][1] == "zmq-sub"
     assert rig.inputs.filtered == 1
     assert items[0].http_stream is not None
-    rig.inputs.unsubscribed("news", "stream", False)
+    rig.tracker.unsubscribed("news", "stream")
     await no_more(xpub)
-    rig.inputs.unsubscribed("news", "stream", True)
+    rig.tracker.unsubscribed("news", "stream")
     assert await xpub_recv(xpub) == b"\x00news"
     assert rig.inputs.sub_channels == frozenset()
     xpub.close()
@@ -329,7 +333,7 @@ async def test_sub_interest_and_exact_channel_filter(rig: Rig, ctx: zmq.asyncio.
 
 async def test_sub_wrong_frames_dropped(rig: Rig, ctx: zmq.asyncio.Context) -> None:
     xpub = await connected_xpub(ctx, rig.inputs.config.push_in_sub_specs[0])
-    rig.inputs.subscribed("c", "ws", True)
+    rig.tracker.subscribed("c", "ws")
     assert await xpub_recv(xpub) == b"\x01c"
     await xpub.send_multipart([b"c"])
     await xpub.send_multipart([b"c", b"J{", b"extra"])
@@ -344,18 +348,18 @@ async def test_response_unsubscribe_lingers(ctx: zmq.asyncio.Context) -> None:
     r = await start_rig(make_config(subscription_linger=1))
     try:
         xpub = await connected_xpub(ctx, r.inputs.config.push_in_sub_specs[0])
-        r.inputs.subscribed("lp", "response", True)
+        r.tracker.subscribed("lp", "response")
         assert await xpub_recv(xpub) == b"\x01lp"
-        r.inputs.unsubscribed("lp", "response", True)
+        r.tracker.unsubscribed("lp", "response")
         await no_more(xpub, 0.5)  # lingering
-        r.inputs.subscribed("lp", "response", True)  # the client polled again
-        r.inputs.unsubscribed("lp", "response", True)
+        r.tracker.subscribed("lp", "response")  # the client polled again
+        r.tracker.unsubscribed("lp", "response")
         await no_more(xpub, 0.7)  # linger restarted: 1 s from the second leave
         assert await xpub_recv(xpub, 2.0) == b"\x00lp"
         # stream holds don't linger
-        r.inputs.subscribed("s", "stream", True)
+        r.tracker.subscribed("s", "stream")
         assert await xpub_recv(xpub) == b"\x01s"
-        r.inputs.unsubscribed("s", "stream", True)
+        r.tracker.unsubscribed("s", "stream")
         assert await xpub_recv(xpub) == b"\x00s"
         xpub.close()
     finally:
@@ -365,14 +369,13 @@ async def test_response_unsubscribe_lingers(ctx: zmq.asyncio.Context) -> None:
 async def test_linger_expiry_keeps_interest_if_channel_came_back(
     ctx: zmq.asyncio.Context,
 ) -> None:
-    live: set[str] = set()
-    r = await start_rig(make_config(subscription_linger=1), has_channel=live.__contains__)
+    r = await start_rig(make_config(subscription_linger=1))
     try:
         xpub = await connected_xpub(ctx, r.inputs.config.push_in_sub_specs[0])
-        r.inputs.subscribed("x", "response", True)
+        r.tracker.subscribed("x", "response")
         assert await xpub_recv(xpub) == b"\x01x"
-        r.inputs.unsubscribed("x", "response", True)
-        live.add("x")  # e.g. a subscriber the events did not mention yet
+        r.tracker.unsubscribed("x", "response")
+        r.tracker.subscribed("x", "stream")  # a stream subscriber while it lingers
         await no_more(xpub, 1.5)
         assert r.inputs.sub_channels == frozenset({"x"})
         xpub.close()
@@ -383,7 +386,7 @@ async def test_linger_expiry_keeps_interest_if_channel_came_back(
 async def test_interest_before_start_is_applied(ctx: zmq.asyncio.Context) -> None:
     sink = Sink()
     inputs = ZmqInputs(make_config(), sink)
-    inputs.subscribed("early", "stream", True)
+    inputs.gained("early")
     await inputs.start()
     try:
         xpub = await connected_xpub(ctx, inputs.config.push_in_sub_specs[0])
@@ -402,7 +405,7 @@ async def test_sub_connect_mode(ctx: zmq.asyncio.Context) -> None:
         make_config(push_in_sub_specs=[f"tcp://127.0.0.1:{port}"], push_in_sub_connect=True)
     )
     try:
-        r.inputs.subscribed("k", "ws", True)
+        r.tracker.subscribed("k", "ws")
         assert await xpub_recv(xpub) == b"\x01k"
         await xpub.send_multipart([b"k", b"J" + json.dumps(ITEM).encode()])
         items = await r.sink.wait_items(1)
@@ -490,7 +493,7 @@ async def test_tools_publish2_py_xpub(rig: Rig, ctx: zmq.asyncio.Context) -> Non
     """tools/publish2.py: XPUB waits for ``\\x01<channel>``, then sends [channel, tnetstring]
     with no channel in the item."""
     xpub = await connected_xpub(ctx, rig.inputs.config.push_in_sub_specs[0])
-    rig.inputs.subscribed("room", "stream", True)
+    rig.tracker.subscribed("room", "stream")
     assert await xpub_recv(xpub) == b"\x01room"
     item = {b"formats": {b"http-stream": {b"content": b"x\n"}}}
     await xpub.send_multipart([b"room", tnetstring3.dumps(item)])

@@ -134,7 +134,7 @@ async def test_sub_refuses_oversized_message(
     inputs: tuple[ZmqInputs, Sink], ctx: zmq.asyncio.Context
 ) -> None:
     z, sink = inputs
-    z.subscribed("c", "stream", True)
+    z.gained("c")
     spec = z.config.push_in_sub_specs[0]
 
     async def publisher() -> zmq.asyncio.Socket:

@@ -252,6 +252,47 @@ def tree_cpu_seconds(pid: int) -> float:
     return total / tick
 
 
+def cmdline(pid: int) -> str:
+    """``pid``'s command line, arguments joined by spaces ("" once it has gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    return _alive(pid)
+
+
+def established_peer_ports(pid: int, local_port: int) -> set[int]:
+    """Remote ports of the ESTABLISHED TCP connections on ``local_port`` that ``pid`` holds open.
+
+    From /proc: ``pid``'s socket descriptors matched by inode against its ``net/tcp`` and
+    ``net/tcp6`` tables. For a server process these are the client ports it serves, which tells
+    which of several processes sharing a port (SO_REUSEPORT) got a given client."""
+    inodes: set[int] = set()
+    fd_dir = f"/proc/{pid}/fd"
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(fd_dir):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"{fd_dir}/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
+    out: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            local, remote, state, inode = f[1], f[2], f[3], int(f[9])
+            if state == "01" and inode in inodes and int(local.rsplit(":", 1)[1], 16) == local_port:
+                out.add(int(remote.rsplit(":", 1)[1], 16))
+    return out
+
+
 @dataclass
 class Server:
     """A running proxy under test. Stop it with ``stop()`` (or use it as a context manager)."""
@@ -528,3 +569,30 @@ def _wait_ready(server: Server, rundir: Path, timeout: float, probe: bool) -> No
         f"{server.impl} not ready after {timeout:.0f}s (control={control_ok}, proxy={proxy_ok}); "
         f"log:\n{server.log_text()}"
     )
+
+
+def run_gripd_expecting_exit(
+    tmp_path: Path, gripd_section: dict[str, str], timeout: float = 20.0
+) -> tuple[subprocess.CompletedProcess[str], str, Path]:
+    """Run gripd on a generated config whose ``[gripd]`` section is ``gripd_section`` (the
+    other ports are never bound: a config error stops it first); returns the finished process,
+    the config text and its path."""
+    ports = dict(http_port=1, control_port=2, pull_port=3, command_port=4, sub_port=5)
+    conf = base_conf(rundir=tmp_path / "run", logdir=tmp_path, **ports)
+    conf["gripd"] = dict(gripd_section)
+    text = render_conf(conf)
+    path = tmp_path / "pushpin.conf"
+    path.write_text(text)
+    (tmp_path / "routes").write_text("* test\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    res = subprocess.run(
+        [sys.executable, "-m", "gripd", "--config", str(path)],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return res, text, path

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-from websockets.frames import Opcode
 
 from gripd.core.errors import InstructError
 from gripd.core.filters import FilterError, process_initial_body
@@ -21,16 +18,17 @@ from gripd.core.http import HttpResponse, encode_chunk
 from gripd.core.instruct import Instruct, parse_instruct
 from gripd.core.publish import PublishItem
 from gripd.core.registry import Registry
+from gripd.io.handler.channels import ChannelTracker
 from gripd.io.handler.fanout import publish_response, publish_stream, publish_ws
 from gripd.io.handler.holds import ResponseHold, StreamHold, stream_head
 from gripd.io.handler.ws_session import WsSession
-from gripd.io.observe.events import Events
+from gripd.io.observe.events import Events, Mode
 from gripd.io.observe.ticklog import TickLog
 from gripd.io.origin.nextlink import post_gone
 
 if TYPE_CHECKING:
     from gripd.core.routes import Route
-    from gripd.io.context import EngineHost
+    from gripd.io.context import EngineHost, LastIds
     from gripd.io.listener.client import ClientConnection, Request
 
 log = logging.getLogger("gripd.engine")
@@ -38,33 +36,31 @@ log = logging.getLogger("gripd.engine")
 FIRST_SUBSCRIPTION_DELAY = 1.0  # Pushpin's SUBSCRIBED_DELAY (F22)
 
 Hold = ResponseHold | StreamHold | WsSession
-_WS_OPCODES = {
-    "text": Opcode.TEXT,
-    "binary": Opcode.BINARY,
-    "ping": Opcode.PING,
-    "pong": Opcode.PONG,
-}
-
-
-@dataclass(slots=True)
-class Counters:
-    """Plain counters; the metrics issue exposes them."""
-
-    publishes_received: int = 0
-    deliveries: int = 0
-    drops_slow_client: int = 0
-    response_holds: int = 0
-    stream_holds: int = 0
 
 
 class Engine:
-    """Owns the registry; starts holds; delivers published items."""
+    """Owns the registry; starts holds; delivers published items.
 
-    def __init__(self, app: EngineHost) -> None:
+    Every subscription goes through :meth:`subscribe` / :meth:`unsubscribe_channels`, which keep
+    the registry, the channel tracker (``channels``) and the events in step. ``last_ids`` is
+    the sequencer's per-channel last-id state (F23, F26), read and reset here."""
+
+    def __init__(
+        self,
+        app: EngineHost,
+        channels: ChannelTracker,
+        last_ids: LastIds,
+        *,
+        first_subscription: bool = True,
+    ) -> None:
         self.app = app
+        # F22's first-subscription update decided here (one process), or by the hub, which
+        # knows the instance's first subscriber and calls :meth:`first_subscription`.
+        self.first_subscription_here = first_subscription
         self.loop: asyncio.AbstractEventLoop = app.loop
         self.registry = Registry()
-        self.counters = Counters()
+        self.channels = channels
+        self.last_ids = last_ids
         self.write_buffer_max = app.config.client_write_buffer_max
         self.events: Events = app.events
         self.ticklog = TickLog("gripd.engine", self.loop)
@@ -83,14 +79,14 @@ class Engine:
     ) -> None:
         hold = ResponseHold(self, conn, req, route, ins, body)
         conn.set_handler(hold)
-        self._subscribe(hold)
-        self.counters.response_holds += 1
+        self.subscribe(hold, hold.channels, "response")
         # F23: a prev-id that disagrees with the channel's known last id: retry at once.
         conflict = False
+        last_ids = self.last_ids
         for ch, pid in hold.prev_ids.items():
-            last = self.app.pipeline.last_id(ch) if pid is not None else None
+            last = last_ids.last_id(ch) if pid is not None else None
             if last is not None and last != pid:
-                self.app.pipeline.forget_last_id(ch)
+                last_ids.forget_last_id(ch)
                 conflict = True
         if conflict:
             self.loop.call_soon(hold.retry)
@@ -119,36 +115,55 @@ class Engine:
         hold = StreamHold(self, conn, req, route, ins, chunked)
         conn.set_handler(hold)
         conn.hold_started()
-        self._subscribe(hold)
-        self.counters.stream_holds += 1
+        self.subscribe(hold, hold.channels, "stream")
         self._log_subscribe(req, hold.channels, retry)
         if follow:
             hold.update()
             return hold
         # F26: on the first hold, a prev-id that disagrees with the known last id re-fetches.
         conflict = False
+        last_ids = self.last_ids
         for ch, pid in (hold.prev_ids or {}).items():
-            last = self.app.pipeline.last_id(ch) if pid is not None else None
+            last = last_ids.last_id(ch) if pid is not None else None
             if last is not None and last != pid:
-                self.app.pipeline.forget_last_id(ch)
+                last_ids.forget_last_id(ch)
                 conflict = True
         if conflict:
             hold.update()
         return hold
 
-    def _subscribe(self, hold: Hold) -> None:
-        first = self.registry.subscribe(hold, hold.channels)
-        # A channel whose last long-poll left less than subscription_linger ago still has its
-        # subscription (Pushpin), so a retried hold does not count as a first subscriber.
-        new = [ch for ch in first if not self.app.pipeline.has_subscribers(ch)]
+    def subscribe(self, sub: Hold, channels: list[str], mode: Mode) -> None:
+        """``sub`` joins ``channels``: registry, channel interest and events, in that order."""
+        first = self.registry.subscribe(sub, channels)
         events = self.events
-        for ch in hold.channels:
-            events.subscribed(ch, hold.mode, ch in first)
-        if new and self.app.config.update_on_first_subscription:
-            for ch in new:
-                self.loop.call_later(FIRST_SUBSCRIPTION_DELAY, self._first_subscription, ch)
+        tracker = self.channels
+        # F22's first-subscription update is for HTTP holds (a WebSocket client has no request
+        # to retry), as before this went through one place.
+        update = (
+            self.first_subscription_here
+            and self.app.config.update_on_first_subscription
+            and mode != "ws"
+        )
+        for ch in channels:
+            # A channel whose last long-poll left less than subscription_linger ago is still
+            # held (Pushpin), so a retried hold does not gain it and is no first subscriber.
+            gained = tracker.subscribed(ch, mode)
+            events.subscribed(ch, mode, ch in first)
+            if gained and update:
+                self.loop.call_later(FIRST_SUBSCRIPTION_DELAY, self.first_subscription, ch)
 
-    def _first_subscription(self, channel: str) -> None:
+    def unsubscribe_channels(self, sub: Hold, channels: list[str] | None, mode: Mode) -> None:
+        """``sub`` leaves ``channels`` (all of its channels when None)."""
+        if channels is None:
+            channels = self.registry.channels_of(sub)
+        last = self.registry.unsubscribe(sub, channels)
+        events = self.events
+        tracker = self.channels
+        for ch in channels:
+            tracker.unsubscribed(ch, mode)
+            events.unsubscribed(ch, mode, ch in last)
+
+    def first_subscription(self, channel: str) -> None:
         """F22: ~1 s after a channel's first subscriber, update its sessions, closing the race
         between a backend's subscribe and its publish (``update_on_first_subscription``)."""
         for s in self.registry.subscribers(channel):
@@ -170,13 +185,9 @@ class Engine:
         added = [c for c in channels if c not in old]
         hold.channels = list(channels)
         if gone:
-            last = self.registry.unsubscribe(hold, gone)
-            for ch in gone:
-                self.events.unsubscribed(ch, "stream", ch in last)
+            self.unsubscribe_channels(hold, gone, "stream")
         if added:
-            first = self.registry.subscribe(hold, added)
-            for ch in added:
-                self.events.subscribed(ch, "stream", ch in first)
+            self.subscribe(hold, added, "stream")
 
     def apply_link_response(self, hold: StreamHold, resp: HttpResponse) -> None:
         """F25: append a next link's body and follow its instructions."""
@@ -214,10 +225,8 @@ class Engine:
             hold.close_stream()  # no link and no hold: the response ends
 
     def unsubscribe(self, hold: Hold) -> None:
-        last = self.registry.unsubscribe(hold)
-        events = self.events
-        for ch in hold.channels:
-            events.unsubscribed(ch, hold.mode, ch in last)
+        """``hold`` leaves every channel it holds."""
+        self.unsubscribe_channels(hold, None, hold.mode)
 
     def retry(
         self,
@@ -232,7 +241,6 @@ class Engine:
             self.app.retry_request(conn, req, route, body, last_ids)
 
     def slow_client(self, hold: StreamHold | WsSession) -> None:
-        self.counters.drops_slow_client += 1
         self.events.dropped("slow_client")
         if self.app.config.slow_client_policy == "close":
             log.warning(
@@ -265,7 +273,6 @@ class Engine:
 
     def publish(self, items: list[PublishItem], *, source: str = "http") -> None:
         for item in items:
-            self.counters.publishes_received += 1
             self.events.message_received(item.channel, source)
             try:
                 n = self._publish_one(item)
@@ -295,7 +302,6 @@ class Engine:
             if n:
                 self.events.delivered(item.channel, item.id, "ws-message", n)
             sent += n
-        self.counters.deliveries += sent
         return sent
 
     def recover(self) -> None:

@@ -30,19 +30,13 @@ from gripd.core.jsonp import wrap_held_response
 from gripd.core.publish import PublishItem, apply_http_response
 from gripd.io.handler.holds import ResponseHold, StreamHold
 from gripd.io.handler.ws_session import WsSession
-from gripd.io.ws_endpoint import encode_message
+from gripd.io.ws_endpoint import OPCODES, encode_message
 
 if TYPE_CHECKING:
     from gripd.io.handler.engine import Engine
 
 log = logging.getLogger("gripd.engine")
 
-_WS_OPCODES = {
-    "text": Opcode.TEXT,
-    "binary": Opcode.BINARY,
-    "ping": Opcode.PING,
-    "pong": Opcode.PONG,
-}
 _DROP = object()
 
 Sub = ResponseHold | StreamHold | WsSession
@@ -87,7 +81,7 @@ def _admit(
     """Pushpin's per-subscriber order for HTTP holds: the prev-id check (F23/F26), then the
     published ``content-filters`` (F30), then the delivery filters (F35)."""
     if not s.follows(item.channel, item.prev_id, item.id):
-        engine.app.pipeline.forget_last_id(item.channel)
+        engine.last_ids.forget_last_id(item.channel)
         s.resync()  # out of sequence: retry the request or re-fetch the link
         return False
     if listed is not None:
@@ -197,7 +191,7 @@ def publish_ws(engine: Engine, item: PublishItem, subs: list[object]) -> int:
     fmt = item.ws_message
     assert fmt is not None
     n = 0
-    op = _WS_OPCODES.get(fmt.type, Opcode.TEXT)
+    op = OPCODES.get(fmt.type, Opcode.TEXT)
     data = fmt.content
     if op in (Opcode.PING, Opcode.PONG):
         data = data[:125]  # control frames carry at most 125 bytes (RFC 6455 5.5)

@@ -4,12 +4,11 @@ Every publish input (HTTP control API, ZeroMQ PULL/SUB, the command socket) hand
 ``PublishPipeline.publish`` instead of the engine, as Pushpin's ``handlePublishItem`` feeds its
 ``Sequencer`` whose ready items go through the ``RateLimiter`` (src/handler/engine.cpp).
 
-What "the channel has local subscribers" means for sequencing is Pushpin's ``cs.subs``: a
-channel joins on any subscription and leaves when its last subscriber is gone, except that
-when the last *response* (long-poll) hold of a channel goes, the channel lingers for
-``subscription_linger`` seconds (Pushpin lingers it in its stats manager "in case the client
-long-polls again"), so last-ids survive between polls. Leaving discards the channel's waiting
-items and forgets its last-id.
+What "the channel has local subscribers" means for sequencing is Pushpin's ``cs.subs``: the
+channel interest of :class:`~gripd.io.handler.channels.ChannelTracker` (a channel joins on any
+subscription and leaves when its last subscriber is gone, lingering ``subscription_linger``
+seconds after its last long-poll, so last-ids survive between polls). The pipeline is one of the
+tracker's listeners: a lost channel's waiting items are discarded and its last-id forgotten.
 
 Rate limiting differs from Pushpin in granularity, not in rate: Pushpin queues one action per
 (subscriber, format) keyed by the subscriber's route id; the engine here delivers whole items,
@@ -20,22 +19,22 @@ fairness is not modelled. HWM: an item is dropped, as a whole, when Pushpin woul
 at least one of its deliveries; an item alone in the queue is always accepted. Items nobody
 would receive bypass the queue.
 
-Three timers at most (``loop.call_at``), one each for the sequencer's 1 s expiry tick, the
-limiter's next batch and the oldest subscription linger; none per item.
+Two timers at most (``loop.call_at``), one each for the sequencer's 1 s expiry tick and the
+limiter's next batch; none per item (the linger timer is the tracker's).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from typing import Protocol
 
 from gripd.core.config import Config
 from gripd.core.publish import PublishItem
 from gripd.core.ratelimit import RateLimiter
 from gripd.core.sequencer import EXPIRE_INTERVAL, Sequencer
-from gripd.io.observe.events import Events, Mode
+from gripd.io.handler.channels import ChannelTracker
+from gripd.io.observe.events import Events
 
 _LOG = logging.getLogger("gripd.pipeline")
 
@@ -47,7 +46,6 @@ DROP_HWM = "hwm"
 RATE_QUEUE_MAX = 100_000
 DROP_UNSUBSCRIBED = "seq_unsubscribed"
 
-_MODES: tuple[Mode, ...] = ("response", "stream", "ws")
 _Action = tuple[PublishItem, str]
 
 
@@ -59,14 +57,17 @@ class PipelineEngine(Protocol):
     def recover(self) -> None: ...
 
 
-class PublishPipeline(Events):
-    """Implements the ``PublishSink`` protocol in front of the engine; observes subscriptions."""
+class PublishPipeline:
+    """Implements the ``PublishSink`` protocol in front of the engine; listens to channel
+    interest (``channels``: the process's tracker; a private one when None, for tests)."""
 
     def __init__(
         self,
         config: Config,
         engine: PipelineEngine,
         *,
+        channels: ChannelTracker | None = None,
+        sequencer: Sequencer | None = None,
         events_out: Events | None = None,
         logger: logging.Logger | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
@@ -75,25 +76,24 @@ class PublishPipeline(Events):
         self.events_out = events_out or Events()
         self.log = logger or _LOG
         self._loop = loop
-        self.sequencer = Sequencer(
+        self.sequencer = sequencer or Sequencer(
             message_wait_ms=config.message_wait, id_cache_ttl=config.id_cache_ttl
         )
+        if channels is None:
+            channels = ChannelTracker(config.subscription_linger, loop)
+        self.channels = channels
+        self.interest = channels.interest
+        channels.add_listener(self)
         self.hwm = config.message_hwm
         self.block_size = config.message_block_size
         # The HWM is checked here (item granularity, see the module doc), not by the limiter.
         self.limiter: RateLimiter[_Action] = RateLimiter(config.message_rate, -1)
         self.limited = config.message_rate > 0 or config.message_hwm > 0
-        self.linger = float(config.subscription_linger)
         self.counters: dict[str, int] = {}  # drops by reason
-        # Pushpin's ``cs.subs``: channels with local subscribers (or a lingering long-poll one).
-        self._subs: set[str] = set()
-        self._mode_counts: dict[str, list[int]] = {}  # channel -> [response, stream, ws]
-        self._lingering: OrderedDict[str, float] = OrderedDict()  # channel -> expiry
         self._sources: dict[int, str] = {}  # id(waiting item) -> its input, while it waits
         self._seq_timer: asyncio.TimerHandle | None = None
         self._rate_timer: asyncio.TimerHandle | None = None
         self._rate_when: float | None = None
-        self._linger_timer: asyncio.TimerHandle | None = None
         self._stopped = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -105,10 +105,10 @@ class PublishPipeline(Events):
     async def stop(self) -> None:
         """Cancel the timers; items still waiting or queued are discarded."""
         self._stopped = True
-        for h in (self._seq_timer, self._rate_timer, self._linger_timer):
+        for h in (self._seq_timer, self._rate_timer):
             if h is not None:
                 h.cancel()
-        self._seq_timer = self._rate_timer = self._linger_timer = None
+        self._seq_timer = self._rate_timer = None
         self._rate_when = None
 
     @property
@@ -123,7 +123,7 @@ class PublishPipeline(Events):
         """Run ``items`` (one input's batch, in order) through dedup, sequencing, rate limit."""
         now = self.loop.time()
         seq = self.sequencer
-        subs = self._subs
+        subs = self.interest
         ready: list[_Action] = []
         for item in items:
             out, reason = seq.add(item, seq=not item.no_seq and item.channel in subs, now=now)
@@ -158,7 +158,7 @@ class PublishPipeline(Events):
 
     def has_subscribers(self, channel: str) -> bool:
         """Whether items for ``channel`` are sequenced now (Pushpin ``cs.subs``)."""
-        return channel in self._subs
+        return channel in self.interest
 
     # -- delivery ----------------------------------------------------------------------------
 
@@ -192,7 +192,7 @@ class PublishPipeline(Events):
 
     def _weight(self, item: PublishItem) -> int:
         """Deliveries this item would make now (x blocks with ``message_block_size``)."""
-        counts = self._mode_counts.get(item.channel)
+        counts = self.interest.counts(item.channel)
         if counts is None:
             return 0
         total = 0
@@ -276,60 +276,14 @@ class PublishPipeline(Events):
             self.log.exception("pipeline: rate-limited delivery failed")
         self._arm_rate_timer()
 
-    # -- subscriptions (Events) ----------------------------------------------------------------
+    # -- channel interest (InterestListener) ----------------------------------------------
 
-    def subscribed(self, channel: str, mode: Mode, first: bool) -> None:
-        counts = self._mode_counts.get(channel)
-        if counts is None:
-            counts = self._mode_counts[channel] = [0, 0, 0]
-        counts[_MODES.index(mode)] += 1
-        self._subs.add(channel)
-        if mode == "response":
-            self._lingering.pop(channel, None)  # a new long-poll ends the linger
+    def gained(self, channel: str) -> None:
+        """Nothing to do: the sequencer starts keeping the channel's state on its next item."""
 
-    def unsubscribed(self, channel: str, mode: Mode, last: bool) -> None:
-        counts = self._mode_counts.get(channel)
-        if counts is None:
-            return
-        i = _MODES.index(mode)
-        if counts[i] > 0:
-            counts[i] -= 1
-        if counts[i]:
-            return
-        if not any(counts):
-            del self._mode_counts[channel]
-        if mode == "response" and self.linger > 0:
-            if channel not in self._lingering:
-                self._lingering[channel] = self.loop.time() + self.linger
-                self._arm_linger_timer()
-        elif channel not in self._mode_counts:
-            self._remove_sub(channel)
-
-    def _remove_sub(self, channel: str) -> None:
-        if channel not in self._subs:
-            return
-        self._subs.discard(channel)
+    def lost(self, channel: str) -> None:
         discarded = self.sequencer.channel_removed(channel)
         for it in discarded:
             self._sources.pop(id(it), None)
         if discarded:
             self._drop(DROP_UNSUBSCRIBED, len(discarded))
-
-    def _arm_linger_timer(self) -> None:
-        if self._linger_timer is not None or self._stopped or not self._lingering:
-            return
-        when = next(iter(self._lingering.values()))
-        self._linger_timer = self.loop.call_at(when, self._linger_tick)
-
-    def _linger_tick(self) -> None:
-        self._linger_timer = None
-        now = self.loop.time()
-        lingering = self._lingering
-        while lingering:
-            channel, when = next(iter(lingering.items()))
-            if when > now:
-                break
-            del lingering[channel]
-            if channel not in self._mode_counts:
-                self._remove_sub(channel)
-        self._arm_linger_timer()

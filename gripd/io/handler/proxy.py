@@ -355,7 +355,7 @@ class ProxySession:
             self.conn.send_response(wrap_response(resp, self.req.jsonp), self.req.method)
         elif self._through is not None:
             self._log("accept")
-            self.app.holds.start_stream(
+            self.app.engine.start_stream(
                 self.conn, self.req, self.route, self._through, self._chunked, head_sent=True
             )
         elif self._mode == "grip":
@@ -453,7 +453,7 @@ class ProxySession:
                 return
             self._through = ins
             self._chunked = self.req.http_version == "1.1"
-            self.app.holds.write_stream_head(self.conn, ins.response, self._chunked)
+            self.app.engine.write_stream_head(self.conn, ins.response, self._chunked)
             self._started = True
             data = b"".join(self._grip_buf)
             self._grip_buf = []
@@ -504,7 +504,7 @@ class ProxySession:
         if self.app.aco(self.route) and not (ins.hold_mode == "response" and self.req.jsonp):
             ins.response.headers = apply_cors(self.req.headers, ins.response.headers)  # F45
         self._log("accept")
-        holds = self.app.holds
+        holds = self.app.engine
         chunked = self.req.http_version == "1.1"
         if ins.hold_mode == "response":
             holds.start_response(

@@ -38,7 +38,7 @@ from gripd.core.wscontrol import (
     parse_control_message,
     set_meta,
 )
-from gripd.io.ws_endpoint import WsEndpoint, encode_message
+from gripd.io.ws_endpoint import OPCODES, WsEndpoint, encode_message
 
 if TYPE_CHECKING:
     from gripd.core.routes import Route
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gripd.ws")
 
-_OPCODES = {"text": Opcode.TEXT, "binary": Opcode.BINARY, "ping": Opcode.PING, "pong": Opcode.PONG}
 
 # Headers of the origin's 101 that describe that handshake only (F37, F41).
 _NOT_COPIED = frozenset(
@@ -307,8 +306,7 @@ class WsSession:
             ch = self.route.prefix + msg.channel
             if ch not in self.implicit and ch in self.channels:
                 self.channels.remove(ch)
-                last = self.app.holds.registry.unsubscribe(self, [ch])
-                self.app.events.unsubscribed(ch, "ws", ch in last)
+                self.app.engine.unsubscribe_channels(self, [ch], "ws")
         elif isinstance(msg, Detach):
             self.detached = True
             if self.link is not None:
@@ -332,7 +330,7 @@ class WsSession:
             self._set_keep_alive(msg)
         elif isinstance(msg, SendDelayed):
             self._flush_delayed()
-            op = _OPCODES.get(msg.message_type, Opcode.TEXT)
+            op = OPCODES.get(msg.message_type, Opcode.TEXT)
             self.delayed_frame = encode_message(op, msg.content)
             self.delayed_timer = self.app.loop.call_later(msg.timeout, self._flush_delayed)
         elif isinstance(msg, FlushDelayed):
@@ -353,7 +351,7 @@ class WsSession:
         if msg.content is None:
             self.ka_frame = b""
             return
-        op = _OPCODES.get(msg.message_type, Opcode.TEXT)
+        op = OPCODES.get(msg.message_type, Opcode.TEXT)
         self.ka_frame = encode_message(op, msg.content)
         self.ka_timeout = float(msg.timeout)
         self.ka_interval = msg.mode == "interval"
@@ -382,12 +380,11 @@ class WsSession:
         if not channel or channel in self.channels:
             return
         self.channels.append(channel)
-        first = self.app.holds.registry.subscribe(self, [channel])
-        self.app.events.subscribed(channel, "ws", bool(first))
+        self.app.engine.subscribe(self, [channel], "ws")
 
     def _unsubscribe_all(self) -> None:
         if self.channels:
-            self.app.holds.unsubscribe(self)
+            self.app.engine.unsubscribe(self)
             self.channels = []
 
     def _write_frame(self, frame: bytes) -> None:
@@ -402,9 +399,9 @@ class WsSession:
         client = self.client
         if not self.active or client is None or not client.open:
             return False
-        if self.conn.buffered() > self.app.holds.write_buffer_max:
+        if self.conn.buffered() > self.app.engine.write_buffer_max:
             self.dropped += 1
-            self.app.holds.slow_client(self)
+            self.app.engine.slow_client(self)
             return False
         self.conn.queue(frame)
         self.last_write = now

@@ -18,12 +18,12 @@ never dropped. Unlike Pushpin, both (and the command socket) set ``ZMQ_MAXMSGSIZ
 each frame's size as it arrives and drops the sender's connection past it (see
 :func:`limit_message_size`).
 
-SUB interest (F31 "subscription forwarding"): the SUB socket subscribes to a channel when it
-gains its first local subscriber and unsubscribes when the last one leaves, so an XPUB publisher
-sees which channels are wanted. Like Pushpin (``removeSub`` runs from the stats manager's
-``unsubscribed`` signal, which lingers response-mode subscriptions, F43), when the last leaver
-was a response hold the unsubscribe waits ``subscription_linger`` seconds, so a long-polling client
-that re-polls keeps the interest without churn; stream/WS leavers unsubscribe at once.
+SUB interest (F31 "subscription forwarding"): the SUB socket subscribes to a channel when the
+channel tracker gains it and unsubscribes when it is lost, so an XPUB publisher sees which
+channels are wanted. The tracker applies Pushpin's linger (``removeSub`` runs from the stats
+manager's ``unsubscribed`` signal, which lingers response-mode subscriptions, F43): after the
+last long-poll leaves, the channel stays ``subscription_linger`` seconds, so a re-polling client
+keeps the interest without churn; when the last stream/WS subscriber leaves it goes at once.
 ZeroMQ filters by prefix, so a SUB item is only handed on when its channel has local subscribers
 under exactly that name (``has_channel``); others are counted in ``filtered``.
 
@@ -49,7 +49,7 @@ from gripd.core import tnetstring
 from gripd.core.config import Config
 from gripd.core.errors import PublishError
 from gripd.core.publish import PublishItem, parse_item
-from gripd.io.observe.events import Events, Mode
+from gripd.io.observe.events import Events
 
 __all__ = [
     "DRAIN_MAX",
@@ -274,12 +274,12 @@ def limit_message_size(sock: zmq.Socket[Any], config: Config) -> None:
 # -- the component -------------------------------------------------------------------------------
 
 
-class ZmqInputs(Events):
-    """The PULL and SUB publish inputs; register it with ``app.events`` for SUB interest.
+class ZmqInputs:
+    """The PULL and SUB publish inputs; register it with the channel tracker (``gained`` /
+    ``lost``) for SUB interest.
 
     ``has_channel(name)`` says whether ``name`` has local subscribers (the engine's
-    ``registry.has_channel``); by default the channels seen through ``subscribed`` /
-    ``unsubscribed`` are used.
+    ``registry.has_channel``); by default the channels the SUB socket is subscribed to.
     """
 
     def __init__(
@@ -298,15 +298,13 @@ class ZmqInputs(Events):
         self.log = logger or _LOG
         self._own_context = context is None
         self._ctx = context
-        self._live: set[str] = set()  # channels with local subscribers (default has_channel)
-        self.has_channel: Callable[[str], bool] = has_channel or self._live.__contains__
+        self._interest: set[str] = set()  # channels the SUB socket is subscribed to
+        self.has_channel: Callable[[str], bool] = has_channel or self._interest.__contains__
         self.counters: dict[str, int] = {}  # dropped messages by reason
         self.received: dict[str, int] = {"zmq-pull": 0, "zmq-sub": 0}  # items handed on
         self.filtered = 0  # SUB items for channels with no exact-name local subscriber
         self.pull: zmq.asyncio.Socket | None = None
         self.sub: zmq.asyncio.Socket | None = None
-        self._interest: set[str] = set()  # channels the SUB socket is subscribed to
-        self._linger: dict[str, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -363,9 +361,6 @@ class ZmqInputs(Events):
 
     async def stop(self) -> None:
         """Stop the loops and close the sockets (linger 0) and our context."""
-        for h in self._linger.values():
-            h.cancel()
-        self._linger.clear()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -450,44 +445,23 @@ class ZmqInputs(Events):
         if self.events_out is not None:
             self.events_out.dropped(d.reason)
 
-    # -- SUB interest (Events) ---------------------------------------------------------------
+    # -- SUB interest (InterestListener) -------------------------------------------------------
 
     @property
     def sub_channels(self) -> frozenset[str]:
         """Channels the SUB socket is currently subscribed to."""
         return frozenset(self._interest)
 
-    def subscribed(self, channel: str, mode: Mode, first: bool) -> None:
-        self._live.add(channel)
-        h = self._linger.pop(channel, None)
-        if h is not None:
-            h.cancel()
+    def gained(self, channel: str) -> None:
+        """A channel became interesting here: subscribe the SUB socket to it (F31)."""
         if channel not in self._interest:
             self._interest.add(channel)
             if self.sub is not None:
                 self.log.debug("SUB socket subscribe: %s", channel)
                 self.sub.setsockopt(zmq.SUBSCRIBE, channel.encode("utf-8"))
 
-    def unsubscribed(self, channel: str, mode: Mode, last: bool) -> None:
-        if not last:
-            return
-        self._live.discard(channel)
-        linger = self.config.subscription_linger
-        if mode == "response" and linger > 0:
-            old = self._linger.pop(channel, None)
-            if old is not None:
-                old.cancel()
-            loop = asyncio.get_running_loop()
-            self._linger[channel] = loop.call_later(linger, self._linger_expired, channel)
-        else:
-            self._remove_interest(channel)
-
-    def _linger_expired(self, channel: str) -> None:
-        self._linger.pop(channel, None)
-        if not self.has_channel(channel):
-            self._remove_interest(channel)
-
-    def _remove_interest(self, channel: str) -> None:
+    def lost(self, channel: str) -> None:
+        """A channel is no longer interesting (after the linger): unsubscribe it."""
         if channel in self._interest:
             self._interest.discard(channel)
             if self.sub is not None:

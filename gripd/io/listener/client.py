@@ -225,7 +225,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else ""
         transport.set_write_buffer_limits(high=self.app.write_high_water)
-        if len(self.app.connections) >= self.app.config.client_maxconn:
+        if self.app.at_maxconn():
             # F3 client_maxconn: over the limit a new connection is closed at once.
             self.closed = True
             self.app.refused_connection(self.peer)

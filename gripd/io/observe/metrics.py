@@ -16,6 +16,11 @@ gripd's own metrics come after them from a private ``CollectorRegistry`` (no pro
 state) in the standard prometheus-client format, under the same prefix: connections by
 transport, subscriptions by mode, channels, publishes received by input, deliveries by
 transport, drops by reason, slow-client drops and the origin request latency histogram.
+
+When ``[gripd] bus`` names a Redis server the bus's state and counters follow, read from the bus
+object at scrape time (:class:`BusCollector`): ``gripd_bus_connected`` and the
+``gripd_bus_*_total`` counters. With the in-process bus these series are absent (there is no
+connection to watch), so an alert on ``gripd_bus_connected == 0`` never fires for it.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ import contextlib
 import logging
 import os
 import re
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from gripd.core.config import Config
 from gripd.core.http import HttpResponse, encode_full
@@ -47,6 +54,31 @@ PUSHPIN_METRICS: tuple[tuple[str, str, str], ...] = (
     ("connection_minute", "counter", "Number of minutes clients have been connected"),
     ("message_received", "counter", "Number of messages received by the publish API"),
     ("message_sent", "counter", "Number of messages sent to clients"),
+)
+
+#: The bus counters: (key of ``RedisBus.counters``, metric name without ``_total``, help).
+BUS_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("published", "bus_items_published", "Items this instance sent to the bus (Redis took them)"),
+    (
+        "received",
+        "bus_items_received",
+        "Items received from the bus for channels this instance holds",
+    ),
+    (
+        "publish_failed",
+        "bus_publish_failed",
+        "Items that could not reach Redis and were delivered to this instance's subscribers only",
+    ),
+    (
+        "decode_errors",
+        "bus_decode_errors",
+        "Messages in a bus channel dropped because they are not valid bus messages",
+    ),
+    ("reconnects", "bus_reconnects", "Times the bus connected again after losing Redis"),
+)
+BUS_CONNECTED_HELP = (
+    "1 while the bus is connected to Redis, 0 while it delivers locally only "
+    "(absent with the in-process bus)"
 )
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -75,6 +107,41 @@ def pushpin_exposition(prefix: str, totals: Totals) -> str:
     )
 
 
+class BusCollector:
+    """The bus's ``connected`` flag and ``counters``, collected at scrape time.
+
+    ``source()`` gives the bus (or None); a bus without both attributes (the in-process
+    :class:`~gripd.io.bus.local.LocalBus`) yields nothing, so its series are absent."""
+
+    def __init__(self, prefix: str, source: Callable[[], object | None]) -> None:
+        self.prefix = prefix  # already made valid, ends with ``gripd_``
+        self.source = source
+
+    def describe(self) -> list[Metric]:
+        """The names this collector may produce (the registry checks them for clashes)."""
+        return self._families(False, {})
+
+    def collect(self) -> Iterator[Metric]:
+        bus = self.source()
+        connected = getattr(bus, "connected", None)
+        counters = getattr(bus, "counters", None)
+        if not isinstance(connected, bool) or not isinstance(counters, dict):
+            return iter(())
+        return iter(self._families(connected, counters))
+
+    def _families(self, connected: bool, counters: dict[str, int]) -> list[Metric]:
+        out: list[Metric] = [
+            GaugeMetricFamily(
+                self.prefix + "bus_connected", BUS_CONNECTED_HELP, value=1 if connected else 0
+            )
+        ]
+        for key, name, help_ in BUS_COUNTERS:
+            out.append(
+                CounterMetricFamily(self.prefix + name, help_, value=int(counters.get(key, 0)))
+            )
+        return out
+
+
 class Metrics(Events):
     """Prometheus metrics as an ``Events`` sink plus the HTTP endpoint serving them.
 
@@ -85,6 +152,8 @@ class Metrics(Events):
     def __init__(self, config: Config, *, stats: StatsState) -> None:
         self.config = config
         self.stats = stats
+        # The instance's bus (``connected``, ``counters`` when it is Redis), set by the runtime.
+        self.bus: object | None = None
         self.prefix = config.prometheus_prefix
         self.registry = CollectorRegistry(auto_describe=True)
         p = _metric_name_prefix(self.prefix) + "gripd_"
@@ -120,6 +189,7 @@ class Metrics(Events):
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
+        reg.register(BusCollector(p, lambda: self.bus))
         # Known label values start at 0 so the series exist before the first event.
         for t in ("http", "ws"):
             self.connections.labels(t)

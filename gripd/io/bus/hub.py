@@ -1,0 +1,496 @@
+"""The worker-hub bus: one instance's hub process and its worker processes.
+
+The hub owns the publish inputs; each worker owns client connections and their subscriptions.
+They talk over one Unix socket pair per worker, in length-prefixed pickle frames (both ends are
+this program, started by the hub, so pickle is safe here; it is never used for anything read
+from the network). Everything one side writes in one loop tick goes out as one frame.
+
+The publish pipeline (dedup, sequencing, rate limit: F32–F34) runs once, in the hub, on the
+instance's channel interest, exactly as in a single process; workers get its output. The
+sequencer's last ids are replicated to every worker (``lid`` messages, sent before the items
+that set them), because a worker checks a new hold's prev-id against them (F23, F26) at once.
+
+Worker -> hub: ``("gained", [channels])`` / ``("lost", [channels])`` (the worker's channel
+interest, so the hub sends a channel's items only to workers that hold it), ``("ev", ...)``
+(connections, subscriptions, deliveries and drops, for the instance's stats and metrics and
+the instance's channel interest; see :class:`WorkerLink`), ``("forget", channel)`` (a hold saw
+an inconsistent last id), ``("ready", error)`` once its listeners are bound.
+
+Hub -> worker: ``("items", source, [PublishItem])``, ``("lid", channel, id | None)``,
+``("lidclear",)``, ``("lidset", [(channel, id)])`` (everything known, to a new worker),
+``("recover",)``, ``("refresh", args)``, ``("stop",)``.
+
+A worker that reads too slowly does not grow the hub's memory: past ``WORKER_WRITE_MAX`` queued
+bytes the hub drops items for that worker (logged and counted) until it catches up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any, cast
+
+from gripd.core.publish import PublishItem
+from gripd.core.sequencer import LAST_IDS_MAX, LastIds
+from gripd.io.bus.base import BusSink
+from gripd.io.observe.events import Delivery, Events, Mode, Transport
+
+log = logging.getLogger("gripd.bus")
+
+_LEN = struct.Struct("!I")
+FRAME_MAX = 1 << 30  # a frame bigger than this is a bug, not a message
+WORKER_WRITE_MAX = 64 << 20  # bytes queued to one worker before its items are dropped
+
+Message = tuple[Any, ...]
+
+
+class FrameLink(asyncio.Protocol):
+    """Length-prefixed pickle frames over a stream socket; messages written in one tick are
+    batched into one frame (a list of messages)."""
+
+    def __init__(
+        self,
+        on_message: Callable[[Message], None],
+        on_lost: Callable[[], None],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.on_message = on_message
+        self.on_lost = on_lost
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._out: list[Message] = []
+        self._flush_armed = False
+        self.closed = False
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        pos = 0
+        n = len(buf)
+        while n - pos >= 4:
+            (size,) = _LEN.unpack_from(buf, pos)
+            if size > FRAME_MAX:
+                log.error("bus: oversized frame (%d bytes) from peer; closing the link", size)
+                self.close()
+                return
+            if n - pos - 4 < size:
+                break
+            frame = bytes(buf[pos + 4 : pos + 4 + size])
+            pos += 4 + size
+            for msg in pickle.loads(frame):
+                try:
+                    self.on_message(msg)
+                except Exception:  # one bad message must not stop the link
+                    log.exception("bus: handling %r failed", msg[0] if msg else msg)
+        if pos:
+            del buf[:pos]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.transport = None
+        self.on_lost()
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def send(self, msg: Message) -> None:
+        """Queue ``msg``; it goes out with everything else sent in this tick."""
+        if self.closed:
+            return
+        self._out.append(msg)
+        if not self._flush_armed:
+            self._flush_armed = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_armed = False
+        out, self._out = self._out, []
+        t = self.transport
+        if not out or t is None or self.closed:
+            return
+        data = pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)
+        t.write(_LEN.pack(len(data)) + data)
+
+    def buffered(self) -> int:
+        t = self.transport
+        return t.get_write_buffer_size() if t is not None else 0
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.flush()
+            self.transport.close()
+
+
+async def open_link(
+    sock: socket.socket,
+    on_message: Callable[[Message], None],
+    on_lost: Callable[[], None],
+) -> FrameLink:
+    """Wrap a connected Unix stream socket in a :class:`FrameLink`."""
+    loop = asyncio.get_running_loop()
+    link = FrameLink(on_message, on_lost, loop)
+    await loop.create_unix_connection(lambda: link, sock=sock)
+    return link
+
+
+# --- the hub side --------------------------------------------------------------------------------
+
+
+class HubRouter:
+    """Routes published items to the workers that hold their channels.
+
+    It stands where a single process's engine stands: after the pipeline. Which worker holds
+    which channel comes from the workers' ``gained``/``lost``; the instance-wide interest the
+    pipeline, the ZeroMQ SUB socket and the bus need is the hub's own tracker, fed by the
+    forwarded subscription events (:class:`EventRelay`)."""
+
+    def __init__(self) -> None:
+        self.links: dict[int, FrameLink] = {}
+        self.interest: dict[str, set[int]] = {}  # channel -> workers holding it
+        self.listeners: list[Any] = []  # InterestListener: first worker gains / last loses
+        self.dropped: dict[int, int] = {}  # items dropped per worker (slow reader)
+        self.on_drop: Callable[[int], None] | None = None  # count of items dropped
+        self.received: Callable[[PublishItem, str], None] | None = None
+
+    def attach(self, index: int, link: FrameLink) -> None:
+        self.links[index] = link
+
+    def detach(self, index: int) -> None:
+        """Worker ``index`` is gone: it holds nothing any more."""
+        self.links.pop(index, None)
+        self.dropped.pop(index, None)
+        lost = [ch for ch, ws in self.interest.items() if index in ws]
+        self.lost(index, lost)
+
+    def gained(self, index: int, channels: list[str]) -> None:
+        interest = self.interest
+        for ch in channels:
+            holders = interest.get(ch)
+            if holders is None:
+                interest[ch] = {index}
+                for listener in self.listeners:
+                    listener.gained(ch)
+            else:
+                holders.add(index)
+
+    def lost(self, index: int, channels: list[str]) -> None:
+        interest = self.interest
+        for ch in channels:
+            holders = interest.get(ch)
+            if holders is None or index not in holders:
+                continue
+            holders.discard(index)
+            if not holders:
+                del interest[ch]
+                for listener in self.listeners:
+                    try:
+                        listener.lost(ch)
+                    except Exception:
+                        log.exception("channel %s: interest listener failed", ch)
+
+    def has_channel(self, channel: str) -> bool:
+        return channel in self.interest
+
+    # BusSink
+    def publish(self, items: list[PublishItem], *, source: str) -> None:
+        """Send each item to the workers holding its channel, keeping the batch's order."""
+        if self.received is not None:
+            for item in items:
+                self.received(item, source)
+        interest = self.interest
+        per: dict[int, list[PublishItem]] = {}
+        for item in items:
+            holders = interest.get(item.channel)
+            if not holders:
+                continue
+            for w in holders:
+                lst = per.get(w)
+                if lst is None:
+                    per[w] = [item]
+                else:
+                    lst.append(item)
+        for w, lst in per.items():
+            link = self.links.get(w)
+            if link is None:
+                continue
+            if link.buffered() > WORKER_WRITE_MAX:
+                n = self.dropped.get(w, 0)
+                self.dropped[w] = n + len(lst)
+                if self.on_drop is not None:
+                    self.on_drop(len(lst))
+                if n == 0 or (n + len(lst)) // 1000 > n // 1000:
+                    log.warning(
+                        "worker %d is not reading (%d bytes queued): dropped %d item(s) so far",
+                        w,
+                        link.buffered(),
+                        n + len(lst),
+                    )
+                continue
+            link.send(("items", source, lst))
+
+    def broadcast(self, msg: Message) -> None:
+        for link in self.links.values():
+            link.send(msg)
+
+    def recover(self) -> None:
+        """F27 ``recover`` after the pipeline forgot its last ids: every worker retries."""
+        self.broadcast(("recover",))
+
+    def send_to_holders(self, channel: str, msg: Message) -> None:
+        """``msg`` to every worker holding ``channel`` now."""
+        for w in self.interest.get(channel, ()):
+            link = self.links.get(w)
+            if link is not None:
+                link.send(msg)
+
+
+class BroadcastLastIds(LastIds):
+    """The hub sequencer's last ids; every change goes to every worker's replica."""
+
+    __slots__ = ("router",)
+
+    def __init__(self, router: HubRouter, max_size: int = LAST_IDS_MAX) -> None:
+        super().__init__(max_size)
+        self.router = router
+
+    def set(self, channel: str, item_id: str) -> None:
+        super().set(channel, item_id)
+        self.router.broadcast(("lid", channel, item_id))
+
+    def remove(self, channel: str) -> None:
+        if channel in self:
+            super().remove(channel)
+            self.router.broadcast(("lid", channel, None))
+
+    def clear(self) -> None:
+        super().clear()
+        self.router.broadcast(("lidclear",))
+
+
+# --- the worker side -----------------------------------------------------------------------------
+
+
+class WorkerLink(Events):
+    """A worker's end: the bus (interest out, items in) and the events forwarded to the hub.
+
+    Items from the hub go to ``sink`` (the worker's pipeline). ``on_command`` gets
+    ``recover``, ``refresh`` and ``stop`` messages."""
+
+    def __init__(self, sink: BusSink, on_command: Callable[[Message], None]) -> None:
+        self.sink = sink
+        self.on_command = on_command
+        self.link: FrameLink | None = None
+        self.last_ids = LastIdReplica(self)
+
+    def attach(self, link: FrameLink) -> None:
+        self.link = link
+
+    def on_message(self, msg: Message) -> None:
+        kind = msg[0]
+        if kind == "items":
+            self.sink.publish(msg[2], source=msg[1])
+        elif kind == "lid":
+            self.last_ids.apply(msg[1], msg[2])
+        elif kind == "lidclear":
+            self.last_ids.clear()
+        elif kind == "lidset":
+            for channel, item_id in msg[1]:
+                self.last_ids.apply(channel, item_id)
+        else:
+            self.on_command(msg)
+
+    def _send(self, msg: Message) -> None:
+        if self.link is not None:
+            self.link.send(msg)
+
+    # Bus
+    def publish(self, items: list[PublishItem], *, source: str) -> None:
+        """Workers have no publish inputs (the hub has them); delivered here, unprocessed."""
+        self.sink.publish(items, source=source)
+
+    def subscribe(self, channel: str) -> None:
+        self._send(("gained", [channel]))
+
+    def unsubscribe(self, channel: str) -> None:
+        self._send(("lost", [channel]))
+
+    # InterestListener
+    def gained(self, channel: str) -> None:
+        self.subscribe(channel)
+
+    def lost(self, channel: str) -> None:
+        self.unsubscribe(channel)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        if self.link is not None:
+            self.link.flush()
+
+    # Events, forwarded (``message_received`` is counted once, by the hub)
+    def connection_opened(self, conn_id: str, peer: str, transport: Transport) -> None:
+        self._send(("ev", "open", conn_id, peer, transport))
+
+    def connection_closed(self, conn_id: str) -> None:
+        self._send(("ev", "close", conn_id))
+
+    def request_received(self) -> None:
+        self._send(("ev", "req"))
+
+    def subscribed(self, channel: str, mode: Mode, first: bool) -> None:
+        self._send(("ev", "sub", channel, mode))
+
+    def unsubscribed(self, channel: str, mode: Mode, last: bool) -> None:
+        self._send(("ev", "unsub", channel, mode))
+
+    def delivered(self, channel: str, item_id: str | None, transport: Delivery, count: int) -> None:
+        self._send(("ev", "deliv", channel, item_id, transport, count))
+
+    def dropped(self, reason: str, count: int = 1) -> None:
+        self._send(("ev", "drop", reason, count))
+
+    def observe_origin_latency(self, seconds: float) -> None:
+        self._send(("ev", "lat", seconds))
+
+    def forget(self, channel: str) -> None:
+        """A hold found ``channel``'s last id inconsistent: the hub's sequencer forgets it."""
+        self._send(("forget", channel))
+
+    def woh_opened(self, cid: str) -> None:
+        self._send(("ev", "woh+", cid))
+
+    def woh_closed(self, cid: str) -> None:
+        self._send(("ev", "woh-", cid))
+
+
+class LastIdReplica:
+    """A worker's copy of the hub sequencer's last ids, for prev-id checks at hold start (F23,
+    F26); forgetting one (an inconsistent hold) forgets it in the hub too."""
+
+    __slots__ = ("_ids", "_link")
+
+    def __init__(self, link: WorkerLink) -> None:
+        self._ids = LastIds()
+        self._link = link
+
+    def last_id(self, channel: str) -> str | None:
+        return self._ids.get(channel)
+
+    def forget_last_id(self, channel: str) -> None:
+        self._ids.remove(channel)
+        self._link.forget(channel)
+
+    def apply(self, channel: str, item_id: str | None) -> None:
+        if item_id is None:
+            self._ids.remove(channel)
+        else:
+            self._ids.set(channel, item_id)
+
+    def clear(self) -> None:
+        self._ids.clear()
+
+
+class EventRelay:
+    """The hub's end of forwarded events: replays them into the instance's ``Events`` with
+    instance-wide ``first``/``last`` flags, and remembers what each worker holds so that a
+    worker's death closes its connections and subscriptions in stats and metrics."""
+
+    def __init__(
+        self,
+        events: Events,
+        latency: Callable[[float], None] | None = None,
+        tracker: Any = None,
+    ) -> None:
+        self.events = events
+        self.latency = latency
+        self.tracker = tracker  # the instance's ChannelTracker: subscribed / unsubscribed
+        # Called when the instance gains a channel (for the first-subscription update, F22).
+        self.on_gained: Callable[[str, str], None] | None = None
+        self.subs: dict[tuple[str, str], int] = {}  # (channel, mode) -> subscribers
+        self.channel_subs: dict[str, int] = {}  # channel -> subscribers of any mode
+        self.conns: dict[int, dict[str, None]] = {}  # worker -> its open connection ids
+        self.worker_subs: dict[int, dict[tuple[str, str], int]] = {}
+        self.woh: dict[str, int] = {}  # WebSocket-over-HTTP connection id -> worker
+
+    def handle(self, worker: int, ev: Message) -> None:
+        kind = ev[1]
+        events = self.events
+        if kind == "deliv":
+            events.delivered(ev[2], ev[3], ev[4], ev[5])
+        elif kind == "sub":
+            self._sub(worker, ev[2], ev[3])
+        elif kind == "unsub":
+            self._unsub(worker, ev[2], ev[3])
+        elif kind == "open":
+            self.conns.setdefault(worker, {})[ev[2]] = None
+            events.connection_opened(ev[2], ev[3], ev[4])
+        elif kind == "close":
+            self.conns.get(worker, {}).pop(ev[2], None)
+            events.connection_closed(ev[2])
+        elif kind == "req":
+            events.request_received()
+        elif kind == "drop":
+            events.dropped(ev[2], ev[3])
+        elif kind == "woh+":
+            self.woh[ev[2]] = worker
+        elif kind == "woh-" and self.woh.get(ev[2]) == worker:
+            del self.woh[ev[2]]
+        elif kind == "lat" and self.latency is not None:
+            self.latency(ev[2])
+
+    def _sub(self, worker: int, channel: str, mode: Mode) -> None:
+        key = (channel, mode)
+        self.subs[key] = self.subs.get(key, 0) + 1
+        mine = self.worker_subs.setdefault(worker, {})
+        mine[key] = mine.get(key, 0) + 1
+        n = self.channel_subs.get(channel, 0)
+        self.channel_subs[channel] = n + 1
+        gained = self.tracker is not None and self.tracker.subscribed(channel, mode)
+        if gained and self.on_gained is not None:
+            self.on_gained(channel, mode)
+        self.events.subscribed(channel, mode, n == 0)
+
+    def _unsub(self, worker: int, channel: str, mode: Mode) -> None:
+        key = (channel, mode)
+        mine = self.worker_subs.get(worker, {})
+        if not mine.get(key):
+            return
+        mine[key] -= 1
+        if not mine[key]:
+            del mine[key]
+        self.subs[key] -= 1
+        if not self.subs[key]:
+            del self.subs[key]
+        n = self.channel_subs[channel] - 1
+        if n:
+            self.channel_subs[channel] = n
+        else:
+            del self.channel_subs[channel]
+        if self.tracker is not None:
+            self.tracker.unsubscribed(channel, mode)
+        self.events.unsubscribed(channel, mode, n == 0)
+
+    def has_channel(self, channel: str) -> bool:
+        """Whether any worker has a subscriber of ``channel`` now (no linger)."""
+        return channel in self.channel_subs
+
+    def worker_gone(self, worker: int) -> None:
+        """Close in stats what the dead worker held."""
+        for key, n in list(self.worker_subs.get(worker, {}).items()):
+            for _ in range(n):
+                self._unsub(worker, key[0], key[1])  # type: ignore[arg-type]
+        self.worker_subs.pop(worker, None)
+        for conn_id in list(self.conns.pop(worker, {})):
+            self.events.connection_closed(conn_id)
+        for cid in [c for c, w in self.woh.items() if w == worker]:
+            del self.woh[cid]

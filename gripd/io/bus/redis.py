@@ -1,0 +1,576 @@
+"""The Redis bus: gripd instances sharing channels through Redis pub/sub.
+
+Every batch is sent to Redis, one message per channel (``<key_prefix><channel>``, SPUBLISH on
+Redis >= 7, else PUBLISH), and every instance that subscribed to the channel, the publisher
+included, hands what comes back to its sink. So all instances see one order per channel: the
+order in which Redis ran the publishes. This instance's publishes leave in call order: one
+queue, one sender task, pipelined on one connection.
+
+Redis may be down, at start too. Then ``start()`` still returns at once, the bus delivers every
+batch locally (straight to the sink, like :class:`~gripd.io.bus.local.LocalBus`) and counts it
+in ``counters["publish_failed"]``, and a supervisor reconnects with exponential backoff (0.1 s
+doubling to 5 s). After a reconnect every wanted channel is subscribed again, and the bus goes
+back to Redis only once Redis confirmed those subscriptions. Pub/sub has no backlog: what other
+instances published while this one was cut off is lost for its subscribers.
+
+When the connection drops, nothing this instance published is lost or doubled for its own
+subscribers: a message it sent and expected back from Redis (its channel's subscription was
+confirmed) is kept until it comes back; whatever did not come back, and whatever was queued or
+unacknowledged, is delivered locally, in publish order, once the reader has stopped. Only the
+unsent or unacknowledged messages count as ``publish_failed``.
+
+A publish racing this instance's own subscribe (before Redis confirmed it) may not come back,
+as for any remote publisher. Messages are data only (:mod:`gripd.core.itemwire`); one that does
+not decode, or whose items name another channel, is dropped and counted in ``decode_errors``.
+
+``node_id`` must be unique among the instances sharing the Redis server: it tells this
+instance's messages from the others'. The URL names one standalone server (or a proxy to one):
+all subscriptions go on one connection, which Redis Cluster would refuse across slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio.connection import Connection, SSLConnection
+from redis.exceptions import ResponseError
+
+from gripd.core.config import parse_bus_url
+from gripd.core.itemwire import decode_message, encode_items
+from gripd.core.publish import PublishItem
+from gripd.io.bus.base import BusSink
+
+log = logging.getLogger("gripd.bus")
+
+#: Reconnect delays: the first retry after this, doubling up to ``BACKOFF_MAX`` seconds.
+BACKOFF_MIN = 0.1
+BACKOFF_MAX = 5.0
+#: Seconds to open a connection (TCP, TLS, AUTH, SELECT), and to wait for a reply.
+CONNECT_TIMEOUT = 2.0
+IO_TIMEOUT = 5.0
+#: The subscriber connection is pinged this often; silence for 3 intervals means it is dead.
+PING_INTERVAL = 5.0
+#: Publishes per pipelined write, and channels per (S)SUBSCRIBE command.
+PIPELINE_MAX = 512
+SUBSCRIBE_CHUNK = 1000
+#: Seconds between two warnings of the same kind (the rest are counted and summed up).
+LOG_EVERY = 10.0
+
+_MESSAGE = (b"smessage", b"message")
+_SUBSCRIBED = (b"ssubscribe", b"subscribe")
+_UNSUBSCRIBED = (b"sunsubscribe", b"unsubscribe")
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._:@-]")
+
+
+@dataclass(slots=True)
+class _Out:
+    """One message of this instance: a batch's items for one channel, encoded."""
+
+    channel: str
+    key: bytes
+    items: list[PublishItem]
+    source: str
+    seq: int
+    data: bytes
+    expect_back: bool = False
+
+
+class _Broken(Exception):
+    """This connection epoch is over (the message says why)."""
+
+
+class RedisBus:
+    """A :class:`~gripd.io.bus.base.Bus` over Redis pub/sub (see the module docstring).
+
+    Public state: ``connected`` (True while publishes go through Redis), ``counters``
+    (``published``, ``received``, ``publish_failed``, ``decode_errors``, ``reconnects``: items,
+    except ``decode_errors`` (messages) and ``reconnects``), ``url_for_log`` (no password),
+    ``sharded`` (SPUBLISH/SSUBSCRIBE in use; None before the first connect)."""
+
+    def __init__(
+        self,
+        sink: BusSink,
+        url: str,
+        *,
+        node_id: str,
+        loop: asyncio.AbstractEventLoop | None = None,
+        key_prefix: str = "gripd:",
+        sharded: bool | None = None,
+        ping_interval: float = PING_INTERVAL,
+    ) -> None:
+        """``url``: ``redis[s]://[user:password@]host[:port][/db]`` (raises ``ValueError`` if
+        bad, see :func:`gripd.core.config.parse_bus_url`). ``node_id``: unique per instance.
+        ``loop``: the loop to run on (default: the one running ``start()``). ``key_prefix``:
+        prepended to channel names to make the Redis channel names (the same on every
+        instance). ``sharded``: None = SPUBLISH/SSUBSCRIBE when the server has them (Redis >=
+        7), True/False forces the choice (every instance sharing the server must make the
+        same). ``ping_interval``: seconds between liveness PINGs."""
+        scheme, host, port, db, user, password = parse_bus_url(url)
+        self.sink = sink
+        self.node_id = node_id
+        self.key_prefix = key_prefix
+        self._prefix = key_prefix.encode("utf-8", "surrogatepass")
+        self._force_sharded = sharded
+        self.sharded: bool | None = sharded
+        self.ping_interval = ping_interval
+        shown = f"[{host}]" if ":" in host else host
+        cred = f"{user or ''}{':***' if password is not None else ''}"
+        self.url_for_log = f"{scheme}://{cred + '@' if cred else ''}{shown}:{port}"
+        if db:
+            self.url_for_log += f"/{db}"
+        self._conn_args: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "db": db,
+            "username": user,
+            "password": password,
+            "socket_connect_timeout": CONNECT_TIMEOUT,
+            # RESP2: pub/sub messages are plain replies (RESP3 hides them as pushes).
+            "protocol": 2,
+            "client_name": _NAME_UNSAFE.sub("_", f"gripd-bus-{node_id}")[:200],
+        }
+        self._tls = scheme == "rediss"
+        self._loop = loop
+        self.connected = False
+        self.counters: dict[str, int] = {
+            "published": 0,
+            "received": 0,
+            "publish_failed": 0,
+            "decode_errors": 0,
+            "reconnects": 0,
+        }
+        self._wanted: set[str] = set()
+        self._changed: set[str] = set()  # wanted-ness changed since the last (un)subscribe sent
+        self._requested: set[str] = set()  # subscribed (sent) on the current connection
+        self._unconfirmed: dict[str, int] = {}  # channel -> (un)subscribe replies still due
+        self._outstanding = 0  # sum of _unconfirmed
+        self._queue: deque[_Out] = deque()
+        self._inflight: dict[int, _Out] = {}  # seq -> sent, not yet back (or not acknowledged)
+        self._sending: deque[_Out] = deque()  # sent, reply not read yet (in order)
+        self._seq = 0
+        self._wake_send = asyncio.Event()
+        self._wake_sub = asyncio.Event()
+        self._progress = asyncio.Event()  # a subscription reply arrived, or the state changed
+        self._broken: asyncio.Future[str] | None = None
+        self._epoch: list[asyncio.Task[None]] = []
+        self._conns: list[Connection] = []
+        self._task: asyncio.Task[None] | None = None
+        self._last_rx = 0.0
+        self._last_log: dict[str, tuple[float, int]] = {}
+
+    # -- the Bus protocol ------------------------------------------------------------------------
+
+    def publish(self, items: list[PublishItem], *, source: str) -> None:
+        """Send ``items`` through Redis, or deliver them locally when Redis is unreachable."""
+        if not items:
+            return
+        if not self.connected:
+            self.counters["publish_failed"] += len(items)
+            self._warn("down", "bus: %s unreachable; delivering locally only", self.url_for_log)
+            self.sink.publish(items, source=source)
+            return
+        groups: dict[str, list[PublishItem]] = {}
+        for item in items:
+            group = groups.get(item.channel)
+            if group is None:
+                groups[item.channel] = [item]
+            else:
+                group.append(item)
+        for channel, group in groups.items():
+            self._seq += 1
+            try:
+                data = encode_items(group, self.node_id, source=source, seq=self._seq)
+            except ValueError as e:
+                self.counters["publish_failed"] += len(group)
+                self._warn("encode", "bus: cannot send items of %r: %s", channel, e)
+                self.sink.publish(group, source=source)
+                continue
+            key = self._prefix + channel.encode("utf-8", "surrogatepass")
+            self._queue.append(_Out(channel, key, group, source, self._seq, data))
+        self._wake_send.set()
+
+    def subscribe(self, channel: str) -> None:
+        """Want ``channel``: (S)SUBSCRIBE it soon (changes of one tick go in one command)."""
+        if channel not in self._wanted:
+            self._wanted.add(channel)
+            self._changed.add(channel)
+            self._wake_sub.set()
+
+    def unsubscribe(self, channel: str) -> None:
+        """Stop wanting ``channel``: its items are dropped from now on."""
+        if channel in self._wanted:
+            self._wanted.discard(channel)
+            self._changed.add(channel)
+            self._wake_sub.set()
+            # Acknowledged messages kept to be delivered locally on a drop are not wanted now.
+            if self._inflight:
+                unacked = {m.seq for m in self._sending}
+                for seq in [s for s, m in self._inflight.items() if m.channel == channel]:
+                    if seq not in unacked:
+                        del self._inflight[seq]
+
+    # InterestListener, so the bus can be registered with the channel tracker directly.
+    def gained(self, channel: str) -> None:
+        self.subscribe(channel)
+
+    def lost(self, channel: str) -> None:
+        self.unsubscribe(channel)
+
+    async def start(self) -> None:
+        """Start connecting in the background; returns at once, whether Redis is up or not."""
+        if self._task is None:
+            loop = self._loop or asyncio.get_running_loop()
+            self._loop = loop
+            self._task = loop.create_task(self._supervise(), name="redis-bus")
+
+    async def stop(self) -> None:
+        """Close the connections and stop the tasks; what is still queued is delivered
+        locally. Does not wait on an unreachable Redis."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.connected = False
+
+    # -- for tests and health checks -------------------------------------------------------------
+
+    def is_subscribed(self, channel: str) -> bool:
+        """Whether Redis confirmed this instance's subscription to ``channel``."""
+        return (
+            self.connected
+            and channel in self._requested
+            and channel in self._wanted
+            and not self._unconfirmed.get(channel)
+        )
+
+    async def settled(self, timeout: float = 10.0) -> None:
+        """Wait until connected and every wanted channel's subscription is confirmed (raises
+        ``TimeoutError`` past ``timeout`` seconds)."""
+        async with asyncio.timeout(timeout):
+            while not (self.connected and self._all_confirmed()):
+                self._progress.clear()
+                await self._progress.wait()
+
+    # -- the connection epochs -------------------------------------------------------------------
+
+    def _all_confirmed(self) -> bool:
+        return self._outstanding == 0 and not self._changed
+
+    def _new_connection(self, socket_timeout: float | None) -> Connection:
+        if self._tls:
+            return SSLConnection(socket_timeout=socket_timeout, **self._conn_args)
+        return Connection(socket_timeout=socket_timeout, **self._conn_args)
+
+    async def _supervise(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = BACKOFF_MIN
+        down_since: float | None = None  # set while an outage is on (and was logged)
+        ever_connected = False
+        try:
+            while True:
+                try:
+                    await self._open()
+                except Exception as e:
+                    await self._close()
+                    if down_since is None:
+                        down_since = loop.time()
+                        log.error(
+                            "bus: %s unreachable (%s); delivering locally only, retrying",
+                            self.url_for_log,
+                            _why(e),
+                        )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, BACKOFF_MAX)
+                    continue
+                self.connected = True
+                self._progress.set()
+                mode = "SPUBLISH" if self.sharded else "PUBLISH"
+                if ever_connected:
+                    self.counters["reconnects"] += 1
+                if down_since is not None:
+                    log.warning(
+                        "bus: %s reachable again after %.1f s (%s); resubscribed %d channels",
+                        self.url_for_log,
+                        loop.time() - down_since,
+                        mode,
+                        len(self._wanted),
+                    )
+                else:
+                    log.info("bus: connected to %s (%s)", self.url_for_log, mode)
+                ever_connected = True
+                began = loop.time()
+                why = await self._watch()
+                await self._close()
+                down_since = loop.time()
+                log.error(
+                    "bus: %s lost (%s); delivering locally only, retrying", self.url_for_log, why
+                )
+                # After a long epoch retry at once (a restart, a failover); a connection that
+                # keeps breaking soon after it was made is retried with the backoff.
+                if loop.time() - began < BACKOFF_MAX:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, BACKOFF_MAX)
+                else:
+                    delay = BACKOFF_MIN
+        finally:
+            await self._close()
+
+    async def _open(self) -> None:
+        """Connect both connections, pick the publish command, resubscribe, and wait for the
+        subscriptions to be confirmed (raises on any failure)."""
+        loop = asyncio.get_running_loop()
+        pub = self._new_connection(IO_TIMEOUT)
+        sub = self._new_connection(None)  # the reader blocks; liveness comes from PINGs
+        self._conns = [pub, sub]
+        self._broken = loop.create_future()
+        async with asyncio.timeout(CONNECT_TIMEOUT + IO_TIMEOUT):
+            await pub.connect()  # type: ignore[no-untyped-call]
+            await sub.connect()  # type: ignore[no-untyped-call]
+            if self._force_sharded is None:
+                self.sharded = await _has_spublish(pub)
+        self._requested.clear()
+        self._unconfirmed.clear()
+        self._outstanding = 0
+        self._changed = set(self._wanted)
+        self._last_rx = loop.time()
+        self._epoch = [
+            loop.create_task(self._guard(self._read(sub)), name="redis-bus-read"),
+            loop.create_task(self._guard(self._write_sub(sub)), name="redis-bus-subscribe"),
+            loop.create_task(self._guard(self._send(pub)), name="redis-bus-send"),
+        ]
+        self._wake_sub.set()
+        async with asyncio.timeout(IO_TIMEOUT):
+            while not self._all_confirmed():
+                if self._broken.done():
+                    raise _Broken(self._broken.result())
+                self._progress.clear()
+                await self._progress.wait()
+
+    async def _watch(self) -> str:
+        """Wait for the epoch to break (a task failed, or the subscriber went silent)."""
+        assert self._broken is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            done, _ = await asyncio.wait([self._broken], timeout=self.ping_interval)
+            if done:
+                return self._broken.result()
+            if loop.time() - self._last_rx > 3 * self.ping_interval:
+                return f"no reply to PING in {3 * self.ping_interval:g} s"
+
+    async def _guard(self, work: Any) -> None:
+        """Run one epoch task; its failure breaks the epoch."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if self._broken is not None and not self._broken.done():
+                self._broken.set_result(_why(e))
+            self._progress.set()
+
+    async def _close(self) -> None:
+        """End the epoch: stop its tasks, deliver locally what did not come back, close."""
+        self.connected = False
+        tasks, self._epoch = self._epoch, []
+        for t in tasks:
+            t.cancel()
+        # Synchronously with the cancel, so no reply or message is handled after this and no
+        # new publish overtakes these ones.
+        self._flush_local()
+        self._sending.clear()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        conns, self._conns = self._conns, []
+        for c in conns:
+            with contextlib.suppress(Exception):
+                await c.disconnect(nowait=True)
+        self._requested.clear()
+        self._unconfirmed.clear()
+        self._outstanding = 0
+        self._progress.set()
+
+    def _flush_local(self) -> None:
+        failed = sum(len(m.items) for m in self._sending) + sum(len(m.items) for m in self._queue)
+        pending = list(self._inflight.values()) + list(self._queue)
+        self._inflight.clear()
+        self._sending.clear()
+        self._queue.clear()
+        if failed:
+            self.counters["publish_failed"] += failed
+            self._warn("flush", "bus: %d items not sent to Redis, delivered locally", failed)
+        for m in pending:
+            self._deliver(m.items, m.source)
+
+    def _deliver(self, items: list[PublishItem], source: str) -> None:
+        try:
+            self.sink.publish(items, source=source)
+        except Exception:
+            log.exception("bus: delivering %d items failed", len(items))
+
+    # -- the epoch tasks -------------------------------------------------------------------------
+
+    async def _send(self, conn: Connection) -> None:
+        """The one writer of publishes: the queue in order, pipelined."""
+        while True:
+            if not self._queue:
+                self._wake_send.clear()
+                await self._wake_send.wait()
+                continue
+            n = min(len(self._queue), PIPELINE_MAX)
+            batch = [self._queue.popleft() for _ in range(n)]
+            self._sending.extend(batch)
+            command = b"SPUBLISH" if self.sharded else b"PUBLISH"
+            for m in batch:
+                m.expect_back = self.is_subscribed(m.channel)
+                self._inflight[m.seq] = m
+            packed = conn.pack_commands([(command, m.key, m.data) for m in batch])
+            await conn.send_packed_command(packed, check_health=False)
+            for m in batch:
+                try:
+                    await conn.read_response()
+                except ResponseError as e:
+                    # Refused (ACL...): it will not come back; deliver it here.
+                    self._sending.popleft()
+                    self.counters["publish_failed"] += len(m.items)
+                    self._warn("refused", "bus: Redis refused a publish: %s", e)
+                    if self._inflight.pop(m.seq, None) is not None:
+                        self._deliver(m.items, m.source)
+                    continue
+                self._sending.popleft()
+                self.counters["published"] += len(m.items)
+                if not m.expect_back or m.channel not in self._wanted:
+                    self._inflight.pop(m.seq, None)
+
+    async def _write_sub(self, conn: Connection) -> None:
+        """The one writer of the subscriber connection: (un)subscribes, and the PINGs."""
+        loop = asyncio.get_running_loop()
+        last_ping = loop.time()
+        while True:
+            if not self._changed:
+                self._wake_sub.clear()
+                wait = last_ping + self.ping_interval - loop.time()
+                if wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await self._wake_sub.wait()
+                if not self._changed:
+                    if loop.time() - last_ping >= self.ping_interval:
+                        await conn.send_command("PING", check_health=False)
+                        last_ping = loop.time()
+                    continue
+            changed, self._changed = self._changed, set()
+            add = [c for c in changed if c in self._wanted and c not in self._requested]
+            drop = [c for c in changed if c not in self._wanted and c in self._requested]
+            self._requested.update(add)
+            self._requested.difference_update(drop)
+            for c in add + drop:
+                self._unconfirmed[c] = self._unconfirmed.get(c, 0) + 1
+            self._outstanding += len(add) + len(drop)
+            sub, unsub = (
+                (b"SSUBSCRIBE", b"SUNSUBSCRIBE") if self.sharded else (b"SUBSCRIBE", b"UNSUBSCRIBE")
+            )
+            commands: list[tuple[bytes, ...]] = []
+            for verb, chans in ((sub, add), (unsub, drop)):
+                for i in range(0, len(chans), SUBSCRIBE_CHUNK):
+                    keys = [self._key(c) for c in chans[i : i + SUBSCRIBE_CHUNK]]
+                    commands.append((verb, *keys))
+            if commands:
+                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            self._progress.set()
+
+    async def _read(self, conn: Connection) -> None:
+        """The reader of the subscriber connection: messages, confirmations, PONGs."""
+        loop = asyncio.get_running_loop()
+        while True:
+            reply = await conn.read_response()
+            self._last_rx = loop.time()
+            if not isinstance(reply, list) or len(reply) < 3:
+                continue  # PONG (or the subscribed form [b"pong", b""])
+            kind = reply[0]
+            if kind in _MESSAGE:
+                self._on_message(reply[1], reply[2])
+            elif kind in _SUBSCRIBED or kind in _UNSUBSCRIBED:
+                self._on_confirmation(reply[1])
+
+    def _on_confirmation(self, key: object) -> None:
+        channel = self._channel_of(key)
+        left = self._unconfirmed.get(channel) if channel is not None else None
+        if channel is None or left is None:
+            return
+        if left > 1:
+            self._unconfirmed[channel] = left - 1
+        else:
+            del self._unconfirmed[channel]
+        self._outstanding -= 1
+        self._progress.set()
+
+    def _on_message(self, key: object, data: object) -> None:
+        channel = self._channel_of(key)
+        if channel is None or not isinstance(data, bytes):
+            self._bad(f"channel {key!r} is not one of this bus")
+            return
+        try:
+            msg = decode_message(data)
+        except ValueError as e:
+            self._bad(f"{channel!r}: {e}")
+            return
+        if any(item.channel != channel for item in msg.items):
+            self._bad(f"{channel!r}: holds items of another channel")
+            return
+        if msg.node == self.node_id:
+            self._inflight.pop(msg.seq, None)
+        if channel in self._wanted and msg.items:
+            self.counters["received"] += len(msg.items)
+            self._deliver(msg.items, msg.source)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _key(self, channel: str) -> bytes:
+        return self._prefix + channel.encode("utf-8", "surrogatepass")
+
+    def _channel_of(self, key: object) -> str | None:
+        if not isinstance(key, bytes) or not key.startswith(self._prefix):
+            return None
+        try:
+            return key[len(self._prefix) :].decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            return None
+
+    def _bad(self, why: str) -> None:
+        self.counters["decode_errors"] += 1
+        self._warn("decode", "bus: dropped a message from Redis: %s", why)
+
+    def _warn(self, kind: str, msg: str, *args: object) -> None:
+        """``log.warning`` at most once per ``LOG_EVERY`` seconds per ``kind``."""
+        now = time.monotonic()
+        last, skipped = self._last_log.get(kind, (-LOG_EVERY, 0))
+        if now - last < LOG_EVERY:
+            self._last_log[kind] = (last, skipped + 1)
+            return
+        self._last_log[kind] = (now, 0)
+        if skipped:
+            msg += f" (and {skipped} more like it)"
+        log.warning(msg, *args)
+
+
+async def _has_spublish(conn: Connection) -> bool:
+    """Whether the server knows SPUBLISH (Redis >= 7): ``COMMAND INFO`` answers null if not."""
+    await conn.send_command("COMMAND", "INFO", "SPUBLISH", check_health=False)
+    try:
+        reply = await conn.read_response()
+    except ResponseError:  # no COMMAND (very old), or COMMAND not allowed: plain PUBLISH
+        return False
+    return isinstance(reply, list) and bool(reply) and reply[0] is not None
+
+
+def _why(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:200]

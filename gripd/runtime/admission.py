@@ -1,0 +1,60 @@
+"""Instance-wide admission counts: open client connections and open requests of all workers.
+
+``client_maxconn`` and ``max_open_requests`` (F3, F4) limit the whole instance, as in Pushpin,
+not each worker. The hub creates a small shared memory file (``memfd``) with two counters per
+worker; each worker writes only its own slots and reads the sum, so no lock is needed (an
+aligned 8-byte store is atomic on the platforms we run on). When a worker dies the hub zeroes
+its slots, so its connections stop counting.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+_SLOT = 8  # bytes per counter (int64)
+
+
+class Admission:
+    """Two counters per worker (connections, open requests) in shared memory."""
+
+    def __init__(self, fd: int, count: int, index: int) -> None:
+        self.fd = fd
+        self.count = count
+        self.index = index
+        size = 2 * count * _SLOT
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)
+        self._map = mmap.mmap(fd, size)
+        self._slots = memoryview(self._map).cast("q")
+        self._conns = 2 * index
+        self._open = 2 * index + 1
+
+    @classmethod
+    def create(cls, count: int) -> Admission:
+        """The hub's view (index 0 is only used for :meth:`reset`)."""
+        fd = os.memfd_create("gripd-admission", 0)  # inheritable: off; passed with pass_fds
+        return cls(fd, count, 0)
+
+    def set_connections(self, n: int) -> None:
+        self._slots[self._conns] = n
+
+    def add_open(self, delta: int) -> None:
+        self._slots[self._open] += delta
+
+    def connections(self) -> int:
+        s = self._slots
+        return sum(s[i] for i in range(0, 2 * self.count, 2))
+
+    def open_requests(self) -> int:
+        s = self._slots
+        return sum(s[i] for i in range(1, 2 * self.count, 2))
+
+    def reset(self, index: int) -> None:
+        """Worker ``index`` is gone (hub side): its connections and requests stop counting."""
+        self._slots[2 * index] = 0
+        self._slots[2 * index + 1] = 0
+
+    def close(self) -> None:
+        self._slots.release()
+        self._map.close()

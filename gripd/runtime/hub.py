@@ -1,0 +1,356 @@
+"""The hub of a multi-worker instance (``[gripd] workers`` > 1).
+
+The hub owns what exists once per instance (publish inputs, stats, Prometheus: see
+:mod:`gripd.runtime.services`) and starts ``workers`` worker processes, each running the
+listener, origin pool and holds on the same client ports (``SO_REUSEPORT``: the kernel spreads
+new connections over them). Published items go from the inputs onto the bus and the hub's
+:class:`~gripd.io.bus.hub.HubRouter` sends each item only to the workers that hold its channel.
+Workers forward their events, so stats and metrics see the whole instance.
+
+A worker that dies is logged and restarted (at most once a second per worker); SIGHUP is passed
+on to every worker (each reloads its routes); SIGTERM/SIGINT stop the workers gracefully, then
+the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+
+from gripd.core.config import Config
+from gripd.core.publish import PublishItem
+from gripd.core.sequencer import Sequencer
+from gripd.io.bus.base import Bus
+from gripd.io.bus.hub import (
+    BroadcastLastIds,
+    EventRelay,
+    FrameLink,
+    HubRouter,
+    Message,
+    open_link,
+)
+from gripd.io.handler.channels import ChannelTracker
+from gripd.io.handler.engine import FIRST_SUBSCRIPTION_DELAY
+from gripd.io.handler.pipeline import PublishPipeline
+from gripd.io.inputs.zmq import BindError, os_reason
+from gripd.runtime.admission import Admission
+from gripd.runtime.buses import make_bus
+from gripd.runtime.services import Services
+
+log = logging.getLogger("gripd")
+
+READY_TIMEOUT = 30.0  # seconds a new worker has to bind its listeners
+STOP_TIMEOUT = 10.0  # seconds workers have to stop before they are killed
+RESTART_MIN_INTERVAL = 1.0  # a worker that keeps dying is restarted at most this often
+
+
+@dataclass
+class WorkerProc:
+    index: int
+    proc: asyncio.subprocess.Process | None = None
+    link: FrameLink | None = None
+    ready: asyncio.Future[str | None] | None = None
+    started: float = 0.0
+    pid: int = 0
+    watch: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Hub:
+    """Starts, watches and stops the workers; owns the per-instance services and the bus."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        workers: int,
+        route_lines: list[str] | None = None,
+        log_level: int = 2,
+        logfile: str | None = None,
+    ) -> None:
+        self.config = config
+        self.count = workers
+        self.route_lines = route_lines
+        self.log_level = log_level
+        self.logfile = logfile
+        self.loop = asyncio.get_running_loop()
+        self.router = HubRouter()
+        # The instance's channel interest, from the workers' forwarded subscriptions, with the
+        # one linger; the pipeline, the ZeroMQ SUB socket and the bus listen to it.
+        self.tracker = ChannelTracker(config.subscription_linger, self.loop)
+        self.services = Services(
+            config,
+            self.loop,
+            entry=_HubEntry(self),
+            refresh=self.refresh,
+            has_channel=self._has_channel,
+        )
+        events = self.services.events
+        self.sequencer = Sequencer(
+            message_wait_ms=config.message_wait, id_cache_ttl=config.id_cache_ttl
+        )
+        self.sequencer.last_ids = BroadcastLastIds(self.router)  # replicated to the workers
+        # Inputs -> bus -> pipeline (dedup, sequencing, rate limit) -> router -> workers.
+        self.pipeline = PublishPipeline(
+            config,
+            self.router,
+            channels=self.tracker,
+            sequencer=self.sequencer,
+            events_out=events,
+        )
+        self.bus: Bus = make_bus(config, self.pipeline)
+        self.services.metrics.bus = self.bus  # its state and counters, for Prometheus
+        self.tracker.add_listener(self.services.zmq_inputs)
+        self.tracker.add_listener(self.bus)
+        self.router.received = lambda item, source: events.message_received(item.channel, source)
+        self.router.on_drop = lambda n: events.dropped("worker_queue", n)
+        self.relay = EventRelay(
+            events, self.services.metrics.observe_origin_latency, tracker=self.tracker
+        )
+        if config.update_on_first_subscription:
+            self.relay.on_gained = self._first_subscription
+        self.admission = Admission.create(workers)
+        self.workers = {i: WorkerProc(i) for i in range(workers)}
+        self._stopping = asyncio.Event()
+        self._closing = False
+
+    # -- commands that reach every worker ----------------------------------------------------
+
+    def recover(self) -> None:
+        """F27 ``recover``: the pipeline forgets every last-id, every worker retries its
+        holds."""
+        self.pipeline.recover()
+
+    def _first_subscription(self, channel: str, mode: str) -> None:
+        """F22: ~1 s after the instance's first subscriber of a channel (an HTTP hold, as in a
+        single process), the workers holding it update their holds."""
+        if mode != "ws":
+            self.loop.call_later(
+                FIRST_SUBSCRIPTION_DELAY,
+                self.router.send_to_holders,
+                channel,
+                ("firstsub", channel),
+            )
+
+    def _has_channel(self, channel: str) -> bool:
+        return self.relay.has_channel(channel)
+
+    def refresh(self, args: dict[str, str]) -> bool:
+        """F42 ``refresh``: to the worker holding the WebSocket-over-HTTP session, or to all for
+        a channel; False for an unknown connection id."""
+        if "cid" in args:
+            w = self.relay.woh.get(args["cid"])
+            link = self.router.links.get(w) if w is not None else None
+            if link is None:
+                return False
+            link.send(("refresh", args))
+            return True
+        self.router.broadcast(("refresh", args))
+        return True
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check the client ports, start the workers and wait until every one has bound its
+        listeners, then bind the per-instance services (TCP, then ``ipc://``)."""
+        try:
+            self._check_client_ports()
+            # Workers first: once the control API answers, clients can connect.
+            results = await asyncio.gather(*(self._spawn(w) for w in self.workers.values()))
+            for err in results:
+                if err is not None:
+                    raise OSError(err)  # the worker's one-line reason (a BindError's text)
+            await self.pipeline.start()
+            await self.services.bind(ipc=False)
+            await self.services.bind(ipc=True)
+            await self.bus.start()
+        except BaseException:
+            await self.stop(quiet=True)
+            raise
+        log.info("started %d workers", self.count)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            self.loop.add_signal_handler(signal.SIGHUP, self._sighup)
+            self.loop.add_signal_handler(signal.SIGINT, self._stopping.set)
+            self.loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
+
+    def _check_client_ports(self) -> None:
+        """Workers bind the client ports with SO_REUSEPORT, which another process of the same
+        user could share silently; a plain bind first makes a port in use an error, as it is
+        for a single process."""
+        for listen in self.config.http_port:
+            host = listen.addr or ""
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            s = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((host, listen.port))
+            except OSError as e:
+                raise BindError(f"{host or '*'}:{listen.port}", "http_port", os_reason(e)) from None
+            finally:
+                s.close()
+
+    async def _spawn(self, w: WorkerProc) -> str | None:
+        """Start worker ``w``; its bind error, or None once it is ready."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        w.ready = self.loop.create_future()
+        w.started = time.monotonic()
+        self.admission.reset(w.index)
+        try:
+            w.link = await open_link(parent, partial(self._on_message, w), _ignore)
+            w.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "gripd.runtime.worker",
+                str(child.fileno()),
+                str(self.admission.fd),
+                pass_fds=(child.fileno(), self.admission.fd),
+            )
+        finally:
+            child.close()
+        w.pid = w.proc.pid
+        w.link.send(
+            (
+                "init",
+                {
+                    "config": self.config,
+                    "route_lines": self.route_lines,
+                    "index": w.index,
+                    "count": self.count,
+                    "log_level": self.log_level,
+                    "logfile": self.logfile,
+                },
+            )
+        )
+        w.watch = self.loop.create_task(self._watch(w, w.proc))
+        try:
+            err = await asyncio.wait_for(asyncio.shield(w.ready), READY_TIMEOUT)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                w.proc.kill()  # never left serving clients it cannot publish to
+            return f"worker {w.index}: not ready after {READY_TIMEOUT:.0f} s"
+        if err is None:
+            # A new (or restarted) worker's replica starts from what the sequencer knows; no
+            # await between this and attach, so no change is missed.
+            w.link.send(("lidset", self.sequencer.last_ids.items()))
+            self.router.attach(w.index, w.link)
+            log.debug("worker %d ready (pid %d)", w.index, w.pid)
+        return err
+
+    def _on_message(self, w: WorkerProc, msg: Message) -> None:
+        kind = msg[0]
+        if kind == "ev":
+            self.relay.handle(w.index, msg)
+        elif kind == "gained":
+            self.router.gained(w.index, msg[1])
+        elif kind == "lost":
+            self.router.lost(w.index, msg[1])
+        elif kind == "ready":
+            if w.ready is not None and not w.ready.done():
+                w.ready.set_result(msg[1])
+        elif kind == "forget":
+            self.pipeline.forget_last_id(msg[1])
+
+    async def _watch(self, w: WorkerProc, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if w.proc is not proc:
+            return
+        self.router.detach(w.index)
+        self.relay.worker_gone(w.index)
+        self.admission.reset(w.index)
+        if w.link is not None:
+            w.link.close()
+            w.link = None
+        if w.ready is not None and not w.ready.done():
+            w.ready.set_result(f"worker {w.index} exited with code {code} while starting")
+        if self._closing:
+            return
+        log.error("worker %d (pid %d) exited with code %s; restarting it", w.index, w.pid, code)
+        wait = RESTART_MIN_INTERVAL - (time.monotonic() - w.started)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if self._closing:
+            return
+        err = await self._spawn(w)
+        if err is not None:
+            log.error("worker %d could not be restarted: %s", w.index, err)
+        else:
+            log.info("worker %d restarted (pid %d)", w.index, w.pid)
+
+    def _sighup(self) -> None:
+        """Routes reload (F6) in every worker."""
+        for w in self.workers.values():
+            if w.proc is not None and w.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.send_signal(signal.SIGHUP)
+
+    async def run(self) -> None:
+        await self.start()
+        await self._stopping.wait()
+        await self.stop()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def stop(self, *, quiet: bool = False) -> None:
+        if not quiet:
+            log.info("stopping")
+        self._closing = True
+        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                self.loop.remove_signal_handler(sig)
+        await self.services.stop_inputs()
+        procs = [w.proc for w in self.workers.values() if w.proc is not None]
+        for p in procs:
+            if p.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGTERM)
+        late: set[asyncio.Future[int]] = set()
+        if procs:  # all in parallel: a stop takes STOP_TIMEOUT at most, not one per worker
+            _, late = await asyncio.wait(
+                [asyncio.ensure_future(p.wait()) for p in procs], timeout=STOP_TIMEOUT
+            )
+        for p in procs:
+            if p.returncode is None:
+                log.warning("worker pid %d did not stop in %.0f s; killing it", p.pid, STOP_TIMEOUT)
+                with contextlib.suppress(ProcessLookupError):
+                    p.kill()
+        for t in late:
+            await t
+        for w in self.workers.values():
+            if w.watch is not None:
+                w.watch.cancel()
+            if w.link is not None:
+                w.link.close()
+        await self.pipeline.stop()
+        self.tracker.stop()
+        await self.bus.stop()
+        await self.services.stop()
+        self.admission.close()
+        with contextlib.suppress(OSError):
+            os.close(self.admission.fd)
+
+
+def _ignore() -> None:
+    """A worker's link closing is noticed through its process exiting."""
+
+
+class _HubEntry:
+    """What the publish inputs are handed: the bus, and ``recover`` for the instance."""
+
+    __slots__ = ("hub",)
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def publish(self, items: list[PublishItem], *, source: str) -> None:
+        self.hub.bus.publish(items, source=source)
+
+    def recover(self) -> None:
+        self.hub.recover()

@@ -1,0 +1,102 @@
+"""What exists once per instance: the publish inputs, stats and Prometheus.
+
+The HTTP control API (F28), the ZeroMQ PULL/SUB inputs (F31), the command socket (F42), the
+stats socket (F43) and the Prometheus endpoint (F44) listen on fixed ports, so there is one of
+each per instance whatever the number of workers. In a single process they live next to the
+listener; with workers they live in the hub. Either way they are given only what they use: an
+entry to publish into (and ``recover``), a ``refresh`` callback, and whether a channel is held
+(for the SUB socket's exact-name filter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import zmq.asyncio
+
+from gripd.core.config import Config
+from gripd.io.inputs.command import CommandServer
+from gripd.io.inputs.control_http import PublishSink, start_control_server
+from gripd.io.inputs.zmq import BindError, ZmqInputs, os_reason
+from gripd.io.observe.events import EventFanout
+from gripd.io.observe.metrics import Metrics
+from gripd.io.observe.stats import StatsPublisher
+
+log = logging.getLogger("gripd")
+
+
+class Services:
+    """The per-instance publish inputs and observers; ``events`` is what they observe."""
+
+    def __init__(
+        self,
+        config: Config,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        entry: PublishSink,
+        refresh: Callable[[dict[str, str]], bool],
+        has_channel: Callable[[str], bool],
+    ) -> None:
+        self.config = config
+        self.entry = entry
+        self.events = EventFanout()
+        self.stats = StatsPublisher(config, loop=loop)  # Metrics reads its state
+        self.events.add(self.stats)
+        self.metrics = Metrics(config, stats=self.stats.state)
+        self.events.add(self.metrics)
+        self.zmq = zmq.asyncio.Context()
+        self.zmq_inputs = ZmqInputs(
+            config, entry, has_channel=has_channel, events_out=self.events, context=self.zmq
+        )
+        self.command = CommandServer(
+            config,
+            sink=entry,
+            recover=entry.recover,
+            is_connected=self.stats.check_connection,
+            refresh=refresh,
+            context=self.zmq,
+        )
+        self.control: asyncio.Server | None = None
+
+    async def bind(self, *, ipc: bool) -> None:
+        """One start phase: TCP endpoints (``ipc`` False) or ``ipc://`` paths (True)."""
+        cfg = self.config
+        if not ipc:
+            try:
+                self.control = await start_control_server(
+                    self.entry,
+                    cfg.push_in_http_addr,
+                    cfg.push_in_http_port,
+                    max_headers_size=cfg.push_in_http_max_headers_size,
+                    max_body_size=cfg.push_in_http_max_body_size,
+                    header_timeout=cfg.client_header_timeout,
+                )
+            except OSError as e:
+                address = f"{cfg.push_in_http_addr}:{cfg.push_in_http_port}"
+                setting = "push_in_http_addr/push_in_http_port"
+                raise BindError(address, setting, os_reason(e)) from None
+            log.info("control API on %s:%d", cfg.push_in_http_addr, cfg.push_in_http_port)
+        await self.zmq_inputs.start(ipc=ipc)
+        await self.command.start(ipc=ipc)
+        await self.metrics.start(ipc=ipc)
+        await self.stats.start(ipc=ipc)
+
+    async def stop_inputs(self) -> None:
+        """Stop taking publishes (first, so nothing arrives while the rest shuts down)."""
+        await self.command.stop()
+        await self.zmq_inputs.stop()
+        if self.control is not None:
+            self.control.close()
+
+    async def stop(self) -> None:
+        """Close the observers and the ZeroMQ context (after :meth:`stop_inputs`)."""
+        await self.metrics.stop()
+        await self.stats.stop()
+        self.zmq.term()
+        if self.control is not None:
+            try:
+                await asyncio.wait_for(self.control.wait_closed(), 2.0)
+            except Exception:
+                pass

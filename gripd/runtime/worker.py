@@ -1,0 +1,99 @@
+"""A worker process: ``python -m gripd.runtime.worker <socket fd> <admission fd>``.
+
+Started by the hub (:mod:`gripd.runtime.hub`), never by hand. The first message on the socket
+carries the configuration; the worker then runs an :class:`~gripd.runtime.app.App` in worker
+mode (client listeners with SO_REUSEPORT, no publish inputs), reports ``ready`` (or its bind
+error) and serves until the hub says stop, sends SIGTERM, or goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from typing import Any
+
+from gripd.io.bus.hub import Message, open_link
+from gripd.runtime.admission import Admission
+
+log = logging.getLogger("gripd")
+
+
+async def serve(sock: socket.socket, admission_fd: int) -> int:
+    loop = asyncio.get_running_loop()
+    init: asyncio.Future[dict[str, Any]] = loop.create_future()
+    pending: list[Message] = []
+    handler: list[Any] = []  # the app's message handler, once it exists
+    lost = asyncio.Event()
+
+    def on_message(msg: Message) -> None:
+        if msg[0] == "init":
+            if not init.done():
+                init.set_result(msg[1])
+        elif handler:
+            handler[0](msg)
+        else:
+            pending.append(msg)
+
+    link = await open_link(sock, on_message, lost.set)
+    waiter = loop.create_task(lost.wait())
+    first: list[asyncio.Future[Any]] = [init, waiter]
+    await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+    if not init.done():
+        return 1  # the hub went away before saying anything
+    setup = init.result()
+
+    from gripd.cli import setup_logging
+    from gripd.runtime.app import App, WorkerSetup
+
+    setup_logging(setup["log_level"], setup["logfile"])
+    admission = Admission(admission_fd, setup["count"], setup["index"])
+    app = App(
+        setup["config"],
+        route_lines=setup["route_lines"],
+        worker=WorkerSetup(setup["index"], setup["count"], link, admission),
+    )
+    handler.append(app.on_hub_message)
+    for msg in pending:
+        app.on_hub_message(msg)
+    try:
+        await app.start()
+    except OSError as e:
+        link.send(("ready", str(e)))
+        link.flush()
+        return 1
+    link.send(("ready", None))
+    stopper = loop.create_task(app.wait_stopped())
+    await asyncio.wait([stopper, waiter], return_when=asyncio.FIRST_COMPLETED)
+    if waiter.done() and not stopper.done():
+        log.warning("worker %d: hub went away; stopping", setup["index"])
+    stopper.cancel()
+    waiter.cancel()
+    await app.stop(quiet=True)
+    link.close()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    sock = socket.socket(fileno=int(argv[0]))
+    admission_fd = int(argv[1])
+    # The hub decides when workers stop: Ctrl-C in a terminal reaches the whole process group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from gripd.cli import run_loop
+
+    code = 0
+
+    async def go() -> None:
+        nonlocal code
+        code = await serve(sock, admission_fd)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run_loop(go())
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
