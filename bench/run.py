@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -187,34 +188,50 @@ def _now() -> int:
 
 
 def connect_held(
-    server: Server, workers: Workers, st: Settings, op: str, path: str, n: int, fmt: str
+    server: Server,
+    workers: Workers,
+    st: Settings,
+    op: str,
+    path: str,
+    n: int,
+    fmt: str,
+    *,
+    spread: Sequence[Server] = (),
 ) -> tuple[list[Row], int]:
     """Open ``n`` held connections (≤ ``st.inflight`` connects in flight), warm up, measure RSS.
 
     The warm-up publishes ``w`` on channel ``fan`` until every connection saw it, so every
-    subscription exists before anything is measured. Returns the rows and the connected count."""
+    subscription exists before anything is measured. Returns the rows and the connected count.
+    ``spread``: servers to split the connections over evenly, one after the other (``{i}``
+    numbers them across all), with RSS summed over them; default ``server`` alone. The warm-up
+    always publishes to ``server``."""
     rows: list[Row] = []
+    targets = list(spread) or [server]
     time.sleep(0.5)
-    baseline = server.rss_bytes()
-    parts = split(n, len(workers.conns))
+    baseline = sum(s.rss_bytes() for s in targets)
     inflight = split(st.inflight, len(workers.conns))
-    firsts = [sum(parts[:i]) for i in range(len(parts))]
     t0 = time.monotonic()
-    res = workers.call(
-        [
-            {
-                "op": op,
-                "port": server.http_port,
-                "path": path,
-                "n": k,
-                "first": first,
-                "inflight": max(1, f),
-                "deadline": 300,
-            }
-            for k, f, first in zip(parts, inflight, firsts, strict=True)
-        ],
-        timeout=330,
-    )
+    res: list[dict[str, Any]] = []
+    start = 0
+    for target, share in zip(targets, split(n, len(targets)), strict=True):
+        parts = split(share, len(workers.conns))
+        firsts = [start + sum(parts[:i]) for i in range(len(parts))]
+        start += share
+        res += workers.call(
+            [
+                {
+                    "op": op,
+                    "port": target.http_port,
+                    "path": path,
+                    "n": k,
+                    "first": first,
+                    "inflight": max(1, f),
+                    "deadline": 300,
+                }
+                for k, f, first in zip(parts, inflight, firsts, strict=True)
+            ],
+            timeout=330,
+        )
     connect_s = time.monotonic() - t0
     ok = sum(r["ok"] for r in res)
     statuses: dict[str, int] = {}
@@ -235,7 +252,7 @@ def connect_held(
             break
     rows.append(("subscribed after warm-up", str(warm)))
     time.sleep(2.0)  # idle
-    rss = server.rss_bytes()
+    rss = sum(s.rss_bytes() for s in targets)
     rows.append(("server RSS baseline MiB", f"{baseline / 2**20:.1f}"))
     rows.append(("server RSS with N held MiB", f"{rss / 2**20:.1f}"))
     rows.append(("RSS per held connection KiB", f"{(rss - baseline) / max(1, ok) / 1024:.2f}"))
@@ -502,20 +519,31 @@ def run_passthrough(server: Server, st: Settings, origin_pid: int) -> list[Row]:
 
 
 def run_impl(
-    impl: Impl, names: list[str], st: Settings, origin_port: int, origin_pid: int, workdir: Path
+    impl: Impl,
+    names: list[str],
+    st: Settings,
+    origin_port: int,
+    origin_pid: int,
+    workdir: Path,
+    *,
+    gripd_workers: int | None = None,
+    label: str | None = None,
 ) -> dict[str, list[Row]]:
     conf = merge_conf(NO_RATE_LIMIT, st.extra_conf)
+    if gripd_workers is not None:
+        conf = merge_conf(conf, {"gripd": {"workers": str(gripd_workers)}})
+    label = label or impl
     results: dict[str, list[Row]] = {}
     routes = [f"* 127.0.0.1:{origin_port}"]
     for name in names:
         if name == "rss" and "fanout" in names:
             continue  # the fan-out run measures RSS too
-        print(f"[{impl}] {name} ...", file=sys.stderr, flush=True)
+        print(f"[{label}] {name} ...", file=sys.stderr, flush=True)
         scenario_routes = routes
         if name == "wsoh":  # /woh/... goes to the same origin as WebSocket-over-HTTP (F40)
             scenario_routes = [f"*,path_beg=/woh 127.0.0.1:{origin_port},over_http", *routes]
         server = start_server(
-            impl, workdir / f"{impl}-{name}", scenario_routes, conf=conf, timeout=30
+            impl, workdir / f"{label}-{name}", scenario_routes, conf=conf, timeout=30
         )
         workers = Workers(st.workers) if name != "passthrough" else None
         try:
@@ -532,7 +560,7 @@ def run_impl(
                 results[name] = run_passthrough(server, st, origin_pid)
         except Exception as e:  # record and go on with the next scenario
             results[name] = [("error", f"{type(e).__name__}: {e}".splitlines()[0][:200])]
-            print(f"[{impl}] {name} failed: {e}", file=sys.stderr)
+            print(f"[{label}] {name} failed: {e}", file=sys.stderr)
         finally:
             if workers is not None:
                 workers.close()
@@ -552,9 +580,13 @@ def machine() -> str:
     return f"nproc={os.cpu_count()}, CPU: {cpu}, Python {platform.python_version()}"
 
 
-def table(results: dict[str, dict[str, list[Row]]], impls: list[Impl]) -> str:
+def table(
+    results: dict[str, dict[str, list[Row]]],
+    impls: list[str],
+    scenarios: Sequence[str] = SCENARIOS,
+) -> str:
     out: list[str] = []
-    for name in SCENARIOS:
+    for name in scenarios:
         present = [i for i in impls if name in results.get(i, {})]
         if not present:
             continue
@@ -582,6 +614,11 @@ def main(argv: list[str] | None = None) -> int:
         "--only", choices=SCENARIOS, action="append", help="run only this scenario (repeatable)"
     )
     ap.add_argument("--impl", choices=("gripd", "pushpin", "both"), default="both")
+    ap.add_argument(
+        "--gripd-workers",
+        default="1",
+        help="gripd's [gripd] workers, or a comma list to compare (e.g. 1,2); default 1",
+    )
     ap.add_argument("--quick", action="store_true", help="small sizes, < 2 minutes")
     ap.add_argument("--connections", type=int)
     ap.add_argument("--messages", type=int)
@@ -642,12 +679,30 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     origin, origin_port = start_origin()
     results: dict[str, dict[str, list[Row]]] = {}
+    labels: list[str] = []
     started = dt.datetime.now(dt.UTC)
     try:
         with tempfile.TemporaryDirectory(prefix="gripd-bench-") as tmp:
             workdir = args.workdir.resolve() if args.workdir else Path(tmp)
             for impl in impls:
-                results[impl] = run_impl(impl, names, st, origin_port, origin.pid, workdir)
+                if impl != "gripd":
+                    results[impl] = run_impl(impl, names, st, origin_port, origin.pid, workdir)
+                    labels.append(impl)
+                    continue
+                counts = [int(w) for w in args.gripd_workers.split(",")]
+                for w in counts:
+                    label = "gripd" if len(counts) == 1 else f"gripd w={w}"
+                    results[label] = run_impl(
+                        impl,
+                        names,
+                        st,
+                        origin_port,
+                        origin.pid,
+                        workdir,
+                        gripd_workers=w,
+                        label=label,
+                    )
+                    labels.append(label)
     finally:
         origin.terminate()
         origin.wait(10)
@@ -656,9 +711,10 @@ def main(argv: list[str] | None = None) -> int:
         f"## {started:%Y-%m-%d %H:%M} UTC — `{cmd.strip()}`\n\n{machine()}; "
         f"connections={st.connections}, messages={st.messages}, interval={st.interval}, "
         f"lp_clients={st.lp_clients}, zmq clients/items/fan items="
-        f"{st.zmq_clients}/{st.zmq_items}/{st.zmq_fan_items}, loadgen workers={st.workers}\n"
+        f"{st.zmq_clients}/{st.zmq_items}/{st.zmq_fan_items}, loadgen workers={st.workers}, "
+        f"gripd workers={args.gripd_workers}\n"
     )
-    text = header + table(results, impls)
+    text = header + table(results, labels)
     print(text)
     outdir = BENCH / "out"
     outdir.mkdir(exist_ok=True)
