@@ -182,6 +182,7 @@ class App:
                 config,
                 self.loop,
                 entry=_Entry(self),
+                local=_Entry(self, local=True),
                 refresh=self.refresh_woh,
                 has_channel=self._has_channel,
             )
@@ -637,15 +638,20 @@ class WorkerSetup:
 
 
 class _Entry:
-    """The publish inputs' target in a single process: the bus, and ``recover`` locally."""
+    """The publish inputs' target in a single process: the bus (or, ``local``, this process's
+    pipeline only), and ``recover`` locally."""
 
-    __slots__ = ("app",)
+    __slots__ = ("app", "local")
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, *, local: bool = False) -> None:
         self.app = app
+        self.local = local
 
     def publish(self, items: list[PublishItem], *, source: str) -> None:
-        self.app.bus.publish(items, source=source)
+        if self.local and self.app.pipeline is not None:
+            self.app.pipeline.publish(items, source=source)
+        else:
+            self.app.bus.publish(items, source=source)
 
     def recover(self) -> None:
         assert self.app.pipeline is not None

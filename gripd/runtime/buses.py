@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from gripd.core.config import Config
+from gripd.core.config import Config, parse_bus_url
 from gripd.io.bus.base import Bus, BusSink
 from gripd.io.bus.local import LocalBus
 
@@ -15,5 +15,9 @@ def make_bus(config: Config, sink: BusSink) -> Bus:
         return LocalBus(sink)
     from gripd.io.bus.redis import RedisBus  # imported only when used
 
-    bus: Bus = RedisBus(sink, config.bus, node_id=uuid.uuid4().hex[:12])
+    # Redis pub/sub ignores the database number, so it goes into the channel names: instances
+    # on different databases of one server do not see each other's channels.
+    db = parse_bus_url(config.bus)[3]
+    prefix = "gripd:" if db == 0 else f"gripd:{db}:"
+    bus: Bus = RedisBus(sink, config.bus, node_id=uuid.uuid4().hex[:12], key_prefix=prefix)
     return bus

@@ -89,6 +89,7 @@ class Hub:
             config,
             self.loop,
             entry=_HubEntry(self),
+            local=_HubEntry(self, local=True),
             refresh=self.refresh,
             has_channel=self._has_channel,
         )
@@ -342,15 +343,20 @@ def _ignore() -> None:
 
 
 class _HubEntry:
-    """What the publish inputs are handed: the bus, and ``recover`` for the instance."""
+    """What the publish inputs are handed: the bus (or, ``local``, this instance's pipeline
+    only), and ``recover`` for the instance."""
 
-    __slots__ = ("hub",)
+    __slots__ = ("hub", "local")
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, *, local: bool = False) -> None:
         self.hub = hub
+        self.local = local
 
     def publish(self, items: list[PublishItem], *, source: str) -> None:
-        self.hub.bus.publish(items, source=source)
+        if self.local:
+            self.hub.pipeline.publish(items, source=source)
+        else:
+            self.hub.bus.publish(items, source=source)
 
     def recover(self) -> None:
         self.hub.recover()

@@ -4,8 +4,10 @@ The HTTP control API (F28), the ZeroMQ PULL/SUB inputs (F31), the command socket
 stats socket (F43) and the Prometheus endpoint (F44) listen on fixed ports, so there is one of
 each per instance whatever the number of workers. In a single process they live next to the
 listener; with workers they live in the hub. Either way they are given only what they use: an
-entry to publish into (and ``recover``), a ``refresh`` callback, and whether a channel is held
-(for the SUB socket's exact-name filter).
+entry to publish into (and ``recover``), a local entry for the ZeroMQ SUB input (it bypasses a
+shared bus: every instance subscribes to the ZeroMQ publisher itself, as in Pushpin's scale-out,
+so putting its items on the bus too would deliver them once per instance), a ``refresh``
+callback, and whether a channel is held (for the SUB socket's exact-name filter).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Services:
         loop: asyncio.AbstractEventLoop,
         *,
         entry: PublishSink,
+        local: PublishSink | None = None,
         refresh: Callable[[dict[str, str]], bool],
         has_channel: Callable[[str], bool],
     ) -> None:
@@ -48,7 +51,12 @@ class Services:
         self.events.add(self.metrics)
         self.zmq = zmq.asyncio.Context()
         self.zmq_inputs = ZmqInputs(
-            config, entry, has_channel=has_channel, events_out=self.events, context=self.zmq
+            config,
+            entry,
+            sub_sink=local,
+            has_channel=has_channel,
+            events_out=self.events,
+            context=self.zmq,
         )
         self.command = CommandServer(
             config,

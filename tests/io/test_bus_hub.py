@@ -656,19 +656,23 @@ async def test_relay_forwards_plain_events(rig: Rig) -> None:
     w0 = await rig.add_worker()
     w0.link.connection_opened("1", "127.0.0.1", "http")
     w0.link.request_received()
+    w0.link.request_received()
     w0.link.delivered("a", "id1", "http-stream", 3)
     w0.link.dropped("slow_client", 2)
     w0.link.observe_origin_latency(0.25)
+    w0.link.observe_origin_latency(0.5)
     w0.link.connection_closed("1")
     await rig.events_settled(w0, 6)
+    # Requests and origin latencies are counted per tick and sent after the tick's events.
     assert rig.events.calls == [
         ("open", "1", "127.0.0.1", "http"),
-        ("req",),
         ("deliv", "a", "id1", "http-stream", 3),
         ("drop", "slow_client", 2),
         ("close", "1"),
+        ("req",),
+        ("req",),
     ]
-    assert rig.latencies == [0.25]
+    assert rig.latencies == [0.25, 0.5]
     assert rig.relay.conns == {0: {}}
 
 

@@ -7,14 +7,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
+from gripd.core.config import default_config
 from gripd.core.itemwire import encode_items
 from gripd.core.publish import HttpStreamFormat, PublishItem
 from gripd.io.bus.redis import RedisBus
+from gripd.runtime.buses import make_bus
 from tests.io.test_bus_contract import RecordingSink
 from tests.support.redis import RedisServer, redis_server, running_redis
 
@@ -244,3 +247,12 @@ async def test_subscribes_of_one_tick_are_one_command(redis_server: RedisServer)
     finally:
         await raw.aclose()
         await bus.stop()
+
+
+@pytest.mark.parametrize(("url", "prefix"), [("redis://h", "gripd:"), ("redis://h/3", "gripd:3:")])
+async def test_database_number_separates_channel_names(url: str, prefix: str) -> None:
+    """Redis pub/sub ignores the database, so ``make_bus`` puts its number in the channel names:
+    instances on different databases of one server do not share channels."""
+    bus = make_bus(replace(default_config("/tmp"), bus=url), RecordingSink())
+    assert isinstance(bus, RedisBus)
+    assert bus.key_prefix == prefix

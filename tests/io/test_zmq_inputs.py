@@ -521,3 +521,23 @@ async def test_pubcontrol_zmq_push_client(rig: Rig) -> None:
     assert got.channel == "pc"
     assert got.http_stream is not None
     assert got.http_stream.content == b"from pubcontrol\n"
+
+
+async def test_sub_items_can_bypass_the_bus(ctx: zmq.asyncio.Context) -> None:
+    """F31 with a shared bus: every instance subscribes to the ZeroMQ publisher itself, so SUB
+    items go to ``sub_sink`` (the local pipeline) while PULL items go to ``sink`` (the bus)."""
+    local = Sink()
+    r = await start_rig(make_config(), sub_sink=local)
+    try:
+        xpub = await connected_xpub(ctx, r.inputs.config.push_in_sub_specs[0])
+        r.tracker.subscribed("news", "stream")
+        assert await xpub_recv(xpub) == b"\x01news"
+        await xpub.send_multipart([b"news", b"J" + json.dumps(ITEM).encode()])
+        await push(ctx, r.inputs.config.push_in_spec, [b"J" + json.dumps(ITEM).encode()])
+        assert [i.channel for i in await local.wait_items(1)] == ["news"]
+        assert [src for _, src in local.calls] == ["zmq-sub"]
+        await r.sink.wait_items(1)
+        assert [src for _, src in r.sink.calls] == ["zmq-pull"]
+        xpub.close()
+    finally:
+        await r.inputs.stop()

@@ -44,6 +44,7 @@ log = logging.getLogger("gripd.bus")
 _LEN = struct.Struct("!I")
 FRAME_MAX = 1 << 30  # a frame bigger than this is a bug, not a message
 WORKER_WRITE_MAX = 64 << 20  # bytes queued to one worker before its items are dropped
+COUNTS_INTERVAL = 0.1  # seconds a worker gathers request counts and origin latencies
 
 Message = tuple[Any, ...]
 
@@ -290,6 +291,9 @@ class WorkerLink(Events):
         self.on_command = on_command
         self.link: FrameLink | None = None
         self.last_ids = LastIdReplica(self)
+        self._reqs = 0  # requests received since the last tick
+        self._latencies: list[float] = []  # origin latencies since the last tick
+        self._counts_armed = False
 
     def attach(self, link: FrameLink) -> None:
         self.link = link
@@ -345,7 +349,9 @@ class WorkerLink(Events):
         self._send(("ev", "close", conn_id))
 
     def request_received(self) -> None:
-        self._send(("ev", "req"))
+        # Per request, so counted here and sent every COUNTS_INTERVAL (pass-through's hot path).
+        self._reqs += 1
+        self._arm_counts()
 
     def subscribed(self, channel: str, mode: Mode, first: bool) -> None:
         self._send(("ev", "sub", channel, mode))
@@ -360,7 +366,24 @@ class WorkerLink(Events):
         self._send(("ev", "drop", reason, count))
 
     def observe_origin_latency(self, seconds: float) -> None:
-        self._send(("ev", "lat", seconds))
+        self._latencies.append(seconds)
+        self._arm_counts()
+
+    def _arm_counts(self) -> None:
+        # Every COUNTS_INTERVAL, not every tick: a frame per tick would wake the hub
+        # thousands of times a second under pass-through load, for two counters.
+        if not self._counts_armed and self.link is not None:
+            self._counts_armed = True
+            self.link.loop.call_later(COUNTS_INTERVAL, self._send_counts)
+
+    def _send_counts(self) -> None:
+        self._counts_armed = False
+        if self._reqs:
+            self._send(("ev", "req", self._reqs))
+            self._reqs = 0
+        if self._latencies:
+            self._send(("ev", "lat", self._latencies))
+            self._latencies = []
 
     def forget(self, channel: str) -> None:
         """A hold found ``channel``'s last id inconsistent: the hub's sequencer forgets it."""
@@ -438,7 +461,8 @@ class EventRelay:
             self.conns.get(worker, {}).pop(ev[2], None)
             events.connection_closed(ev[2])
         elif kind == "req":
-            events.request_received()
+            for _ in range(ev[2]):
+                events.request_received()
         elif kind == "drop":
             events.dropped(ev[2], ev[3])
         elif kind == "woh+":
@@ -446,7 +470,8 @@ class EventRelay:
         elif kind == "woh-" and self.woh.get(ev[2]) == worker:
             del self.woh[ev[2]]
         elif kind == "lat" and self.latency is not None:
-            self.latency(ev[2])
+            for seconds in ev[2]:
+                self.latency(seconds)
 
     def _sub(self, worker: int, channel: str, mode: Mode) -> None:
         key = (channel, mode)

@@ -286,6 +286,7 @@ class ZmqInputs:
         self,
         config: Config,
         sink: PublishTarget,
+        sub_sink: PublishTarget | None = None,
         *,
         has_channel: Callable[[str], bool] | None = None,
         events_out: Events | None = None,
@@ -294,6 +295,9 @@ class ZmqInputs:
     ) -> None:
         self.config = config
         self.sink = sink
+        # SUB items may go elsewhere: with a shared bus, every instance subscribes to the
+        # ZeroMQ publisher itself (Pushpin's scale-out), so its SUB items stay local.
+        self.sub_sink = sub_sink or sink
         self.events_out = events_out
         self.log = logger or _LOG
         self._own_context = context is None
@@ -410,7 +414,8 @@ class ZmqInputs:
             if batch:
                 self.received[source] += len(batch)
                 try:
-                    self.sink.publish(batch, source=source)
+                    sink = self.sub_sink if source == "zmq-sub" else self.sink
+                    sink.publish(batch, source=source)
                 except Exception:  # the sink's bug must not stop the input
                     self.log.exception("%s: publish failed", label)
 
