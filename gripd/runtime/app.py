@@ -54,6 +54,7 @@ log = logging.getLogger("gripd")
 
 ROUTES_POLL_INTERVAL = 1.0  # F6: Pushpin reloads the routes file ~1 s after a change
 
+CONN_ID_GENERATION = 1_000_000_000  # connection ids per worker before a restart moves on
 WAITING_POLL = 0.05  # with workers: how often requests waiting for max_open_requests look again
 FD_LOG_INTERVAL = 10.0  # at most one descriptor-shortage line per this many seconds
 MAXCONN_LOG_INTERVAL = 5.0  # at most one client_maxconn line per this many seconds
@@ -126,8 +127,10 @@ class App:
             self._conn_ids = itertools.count(1)
             self.connections = set()
         else:
-            # Connection ids are unique in the instance: worker i of n counts i+1, i+1+n, ...
-            self._conn_ids = itertools.count(worker.index + 1, worker.count)
+            # Connection ids are unique in the instance: worker i of n counts i+1, i+1+n, ...;
+            # a restarted worker starts a billion ids further per restart, so ids are not reused.
+            start = worker.index + 1 + worker.generation * worker.count * CONN_ID_GENERATION
+            self._conn_ids = itertools.count(start, worker.count)
             self.admission = worker.admission
             self.connections = _CountedSet(worker.admission)
         self._open_requests = 0  # proxy sessions in flight (F4 max_open_requests)
@@ -635,6 +638,7 @@ class WorkerSetup:
     count: int
     link: FrameLink
     admission: Admission
+    generation: int = 0  # how many times this worker index was started before
 
 
 class _Entry:

@@ -60,6 +60,7 @@ class WorkerProc:
     ready: asyncio.Future[str | None] | None = None
     started: float = 0.0
     pid: int = 0
+    generation: int = 0  # starts so far (connection ids of a restarted worker move on)
     watch: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -224,11 +225,13 @@ class Hub:
                     "route_lines": self.route_lines,
                     "index": w.index,
                     "count": self.count,
+                    "generation": w.generation,
                     "log_level": self.log_level,
                     "logfile": self.logfile,
                 },
             )
         )
+        w.generation += 1
         w.watch = self.loop.create_task(self._watch(w, w.proc))
         try:
             err = await asyncio.wait_for(asyncio.shield(w.ready), READY_TIMEOUT)

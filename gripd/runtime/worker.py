@@ -54,7 +54,9 @@ async def serve(sock: socket.socket, admission_fd: int) -> int:
     app = App(
         setup["config"],
         route_lines=setup["route_lines"],
-        worker=WorkerSetup(setup["index"], setup["count"], link, admission),
+        worker=WorkerSetup(
+            setup["index"], setup["count"], link, admission, setup.get("generation", 0)
+        ),
     )
     handler.append(app.on_hub_message)
     for msg in pending:

@@ -217,9 +217,9 @@ class Engine:
             hold.fail("Next link returned non-stream hold.")
         elif ins.hold_mode == "stream":
             self.resubscribe(hold, [c.name for c in ins.channels])
-            hold._apply_stream_instruct(ins)
+            hold.apply_stream_instruct(ins)
         elif ins.next_link is not None:
-            hold._apply_stream_instruct(ins)
+            hold.apply_stream_instruct(ins)
             hold.update()  # no hold, another link: keep following (F25)
         else:
             hold.close_stream()  # no link and no hold: the response ends

@@ -234,9 +234,9 @@ class StreamHold(_Hold):
         self.link: LinkState | None = None
         self.prev_ids: dict[str, str | None] | None = None
         self.gone = gone_link(ins, req)
-        self._apply_stream_instruct(ins)
+        self.apply_stream_instruct(ins)
 
-    def _apply_stream_instruct(self, ins: Instruct) -> None:
+    def apply_stream_instruct(self, ins: Instruct) -> None:
         """Keep-alive, next link and prev-ids of an initial or next-link stream hold."""
         self.filters = channel_filters(ins)
         self.meta = ins.meta or None  # idle holds keep no empty dict
