@@ -182,6 +182,15 @@ def run(argv: list[str]) -> int:
     if cfg.config_path is None:
         logging.getLogger("gripd").info("no configuration file found; using the embedded default")
     workers = cfg.workers or cpu_count()
+    early: list[Any] = []
+    admission: Any = None
+    if workers > 1:
+        # Workers first: their imports run while the hub imports its own modules.
+        from gripd.runtime.admission import Admission
+        from gripd.runtime.spawn import start_worker_process
+
+        admission = Admission.create(workers)
+        early = [start_worker_process(admission.fd) for _ in range(workers)]
 
     async def main() -> None:
         if workers == 1:
@@ -197,6 +206,8 @@ def run(argv: list[str]) -> int:
                 route_lines=args.route,
                 log_level=level,
                 logfile=args.logfile,
+                admission=admission,
+                prestarted=early,
             )
             await hub.run()
 

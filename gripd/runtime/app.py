@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gripd.core import headers as hdr
 from gripd.core.config import Config
@@ -48,7 +48,9 @@ from gripd.io.origin.woh import WohPeer
 from gripd.io.origin.ws_peer import WsOriginPeer
 from gripd.runtime.admission import Admission
 from gripd.runtime.buses import make_bus
-from gripd.runtime.services import Services
+
+if TYPE_CHECKING:
+    from gripd.runtime.services import Services
 
 log = logging.getLogger("gripd")
 
@@ -181,6 +183,9 @@ class App:
         self.services: Services | None = None
         self.events: Events
         if worker is None:
+            # Imported here: a worker has no services, and starts faster without them.
+            from gripd.runtime.services import Services
+
             self.services = Services(
                 config,
                 self.loop,

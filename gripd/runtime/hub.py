@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import socket
-import sys
+import subprocess
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -44,6 +44,7 @@ from gripd.io.inputs.zmq import BindError, os_reason
 from gripd.runtime.admission import Admission
 from gripd.runtime.buses import make_bus
 from gripd.runtime.services import Services
+from gripd.runtime.spawn import start_worker_process
 
 log = logging.getLogger("gripd")
 
@@ -55,7 +56,7 @@ RESTART_MIN_INTERVAL = 1.0  # a worker that keeps dying is restarted at most thi
 @dataclass
 class WorkerProc:
     index: int
-    proc: asyncio.subprocess.Process | None = None
+    proc: subprocess.Popen[bytes] | None = None
     link: FrameLink | None = None
     ready: asyncio.Future[str | None] | None = None
     started: float = 0.0
@@ -75,7 +76,12 @@ class Hub:
         route_lines: list[str] | None = None,
         log_level: int = 2,
         logfile: str | None = None,
+        admission: Admission | None = None,
+        prestarted: list[tuple[subprocess.Popen[bytes], socket.socket]] | None = None,
     ) -> None:
+        """``admission`` and ``prestarted`` (one process per worker, in index order) come
+        from :func:`gripd.runtime.spawn.start_worker_process` when the workers were started
+        before the hub (the command line does so); otherwise the hub starts them."""
         self.config = config
         self.count = workers
         self.route_lines = route_lines
@@ -118,7 +124,8 @@ class Hub:
         )
         if config.update_on_first_subscription:
             self.relay.on_gained = self._first_subscription
-        self.admission = Admission.create(workers)
+        self.admission = admission or Admission.create(workers)
+        self._prestarted = dict(enumerate(prestarted or []))
         self.workers = {i: WorkerProc(i) for i in range(workers)}
         self._stopping = asyncio.Event()
         self._closing = False
@@ -199,24 +206,16 @@ class Hub:
                 s.close()
 
     async def _spawn(self, w: WorkerProc) -> str | None:
-        """Start worker ``w``; its bind error, or None once it is ready."""
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        """Start worker ``w`` (or take the one started early); its bind error, or None once
+        it is ready."""
         w.ready = self.loop.create_future()
         w.started = time.monotonic()
         self.admission.reset(w.index)
-        try:
-            w.link = await open_link(parent, partial(self._on_message, w), _ignore)
-            w.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "gripd.runtime.worker",
-                str(child.fileno()),
-                str(self.admission.fd),
-                pass_fds=(child.fileno(), self.admission.fd),
-            )
-        finally:
-            child.close()
-        w.pid = w.proc.pid
+        early = self._prestarted.pop(w.index, None)
+        proc, parent = early or start_worker_process(self.admission.fd)
+        w.proc = proc
+        w.link = await open_link(parent, partial(self._on_message, w), _ignore)
+        w.pid = proc.pid
         w.link.send(
             (
                 "init",
@@ -261,8 +260,8 @@ class Hub:
         elif kind == "forget":
             self.pipeline.forget_last_id(msg[1])
 
-    async def _watch(self, w: WorkerProc, proc: asyncio.subprocess.Process) -> None:
-        code = await proc.wait()
+    async def _watch(self, w: WorkerProc, proc: subprocess.Popen[bytes]) -> None:
+        code = await self.loop.run_in_executor(None, proc.wait)
         if w.proc is not proc:
             return
         self.router.detach(w.index)
@@ -311,22 +310,26 @@ class Hub:
                 self.loop.remove_signal_handler(sig)
         await self.services.stop_inputs()
         procs = [w.proc for w in self.workers.values() if w.proc is not None]
+        for p, parent in self._prestarted.values():  # started early, never taken (failed start)
+            parent.close()  # it stops by itself when its hub end closes
+            procs.append(p)
+        self._prestarted.clear()
         for p in procs:
             if p.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     p.send_signal(signal.SIGTERM)
-        late: set[asyncio.Future[int]] = set()
         if procs:  # all in parallel: a stop takes STOP_TIMEOUT at most, not one per worker
-            _, late = await asyncio.wait(
-                [asyncio.ensure_future(p.wait()) for p in procs], timeout=STOP_TIMEOUT
-            )
-        for p in procs:
-            if p.returncode is None:
-                log.warning("worker pid %d did not stop in %.0f s; killing it", p.pid, STOP_TIMEOUT)
-                with contextlib.suppress(ProcessLookupError):
-                    p.kill()
-        for t in late:
-            await t
+            waits = [self.loop.run_in_executor(None, p.wait) for p in procs]
+            _, late = await asyncio.wait(waits, timeout=STOP_TIMEOUT)
+            for p in procs:
+                if p.poll() is None:
+                    log.warning(
+                        "worker pid %d did not stop in %.0f s; killing it", p.pid, STOP_TIMEOUT
+                    )
+                    with contextlib.suppress(ProcessLookupError):
+                        p.kill()
+            if late:
+                await asyncio.wait(late)
         for w in self.workers.values():
             if w.watch is not None:
                 w.watch.cancel()

@@ -16,8 +16,12 @@ import socket
 import sys
 from typing import Any
 
+# Imported at once, not after the hub's first message: the hub starts its workers before it
+# imports its own modules, so both imports run at the same time.
+from gripd.cli import run_loop, setup_logging
 from gripd.io.bus.hub import Message, open_link
 from gripd.runtime.admission import Admission
+from gripd.runtime.app import App, WorkerSetup
 
 log = logging.getLogger("gripd")
 
@@ -45,9 +49,6 @@ async def serve(sock: socket.socket, admission_fd: int) -> int:
     if not init.done():
         return 1  # the hub went away before saying anything
     setup = init.result()
-
-    from gripd.cli import setup_logging
-    from gripd.runtime.app import App, WorkerSetup
 
     setup_logging(setup["log_level"], setup["logfile"])
     admission = Admission(admission_fd, setup["count"], setup["index"])
@@ -84,8 +85,6 @@ def main(argv: list[str]) -> int:
     admission_fd = int(argv[1])
     # The hub decides when workers stop: Ctrl-C in a terminal reaches the whole process group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from gripd.cli import run_loop
-
     code = 0
 
     async def go() -> None:
