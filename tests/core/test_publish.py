@@ -6,6 +6,7 @@ Every expected error string below was checked against a running Pushpin 1.36 con
 from __future__ import annotations
 
 import json
+import pickle
 from typing import Any
 
 import pytest
@@ -16,12 +17,14 @@ from gripd.core.errors import PublishError
 from gripd.core.http import HttpResponse
 from gripd.core.publish import (
     HttpResponseFormat,
+    PublishItem,
     apply_body_patch,
     apply_http_response,
     handle_control_request,
     parse_item,
     parse_publish_body,
 )
+from tests.core.test_itemwire import full_item
 
 
 def _hr(**fmt: Any) -> dict[str, Any]:
@@ -689,3 +692,11 @@ def test_error_naming_a_lone_surrogate_key_is_a_400() -> None:
     reply = handle_control_request("POST", "/publish", [], body)
     assert reply.code == 400
     assert reply.body == b"Invalid format: headers contains '?' with wrong type\n"
+
+
+def test_items_pickle_by_value() -> None:
+    """The hub pickles items to its workers: every field survives, in a fresh object."""
+    item = full_item()
+    back = pickle.loads(pickle.dumps([item, PublishItem(channel="c")], protocol=5))
+    assert back == [item, PublishItem(channel="c")]
+    assert back[0] is not item and back[0].meta is not item.meta

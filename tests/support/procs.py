@@ -448,6 +448,11 @@ def _command(impl: Impl, conf_path: Path) -> list[str]:
     return [sys.executable, "-m", "gripd", "--config", str(conf_path)]
 
 
+#: ``[gripd] workers`` for every gripd started here whose ``conf`` does not set it; None leaves
+#: gripd's default (one worker per CPU). The ``one_process`` fixture sets it to "1".
+GRIPD_WORKERS: str | None = os.environ.get("GRIPD_TEST_WORKERS") or None
+
+
 def start_server(
     impl: Impl,
     workdir: Path,
@@ -479,6 +484,8 @@ def start_server(
     rundir.mkdir(parents=True, exist_ok=True)
     logdir = workdir / "log"
     logdir.mkdir(exist_ok=True)
+    if impl == "gripd" and GRIPD_WORKERS is not None:
+        conf = merge_conf({"gripd": {"workers": GRIPD_WORKERS}}, conf)
     http_port, control_port, pull_port, command_port, sub_port = free_ports(5)
     full = merge_conf(
         base_conf(
