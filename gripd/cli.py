@@ -185,12 +185,18 @@ def run(argv: list[str]) -> int:
     early: list[Any] = []
     admission: Any = None
     if workers > 1:
-        # Workers first: their imports run while the hub imports its own modules.
+        # Import everything, then fork the workers before any loop or thread exists: they
+        # start with every module loaded.
+        import gripd.runtime.hub
+        import gripd.runtime.worker  # noqa: F401
         from gripd.runtime.admission import Admission
-        from gripd.runtime.spawn import start_worker_process
+        from gripd.runtime.spawn import fork_worker
 
         admission = Admission.create(workers)
-        early = [start_worker_process(admission.fd) for _ in range(workers)]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for _ in range(workers):
+            early.append(fork_worker(admission.fd, [p for _, p in early]))
 
     async def main() -> None:
         if workers == 1:

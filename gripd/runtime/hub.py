@@ -20,7 +20,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -44,7 +43,7 @@ from gripd.io.inputs.zmq import BindError, os_reason
 from gripd.runtime.admission import Admission
 from gripd.runtime.buses import make_bus
 from gripd.runtime.services import Services
-from gripd.runtime.spawn import start_worker_process
+from gripd.runtime.spawn import WorkerProcess, start_worker_process
 
 log = logging.getLogger("gripd")
 
@@ -56,7 +55,7 @@ RESTART_MIN_INTERVAL = 1.0  # a worker that keeps dying is restarted at most thi
 @dataclass
 class WorkerProc:
     index: int
-    proc: subprocess.Popen[bytes] | None = None
+    proc: WorkerProcess | None = None
     link: FrameLink | None = None
     ready: asyncio.Future[str | None] | None = None
     started: float = 0.0
@@ -77,11 +76,11 @@ class Hub:
         log_level: int = 2,
         logfile: str | None = None,
         admission: Admission | None = None,
-        prestarted: list[tuple[subprocess.Popen[bytes], socket.socket]] | None = None,
+        prestarted: list[tuple[WorkerProcess, socket.socket]] | None = None,
     ) -> None:
         """``admission`` and ``prestarted`` (one process per worker, in index order) come
-        from :func:`gripd.runtime.spawn.start_worker_process` when the workers were started
-        before the hub (the command line does so); otherwise the hub starts them."""
+        from :func:`gripd.runtime.spawn.fork_worker` when the workers were forked before the
+        hub's event loop started (the command line does so); otherwise the hub starts them."""
         self.config = config
         self.count = workers
         self.route_lines = route_lines
@@ -260,7 +259,7 @@ class Hub:
         elif kind == "forget":
             self.pipeline.forget_last_id(msg[1])
 
-    async def _watch(self, w: WorkerProc, proc: subprocess.Popen[bytes]) -> None:
+    async def _watch(self, w: WorkerProc, proc: WorkerProcess) -> None:
         code = await self.loop.run_in_executor(None, proc.wait)
         if w.proc is not proc:
             return

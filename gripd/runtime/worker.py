@@ -1,6 +1,7 @@
-"""A worker process: ``python -m gripd.runtime.worker <socket fd> <admission fd>``.
+"""A worker process: forked by ``gripd`` at start, or ``python -m gripd.runtime.worker
+<socket fd> <admission fd>`` when the hub replaces a dead one (:mod:`gripd.runtime.spawn`).
 
-Started by the hub (:mod:`gripd.runtime.hub`), never by hand. The first message on the socket
+Never started by hand. The first message on the socket
 carries the configuration; the worker then runs an :class:`~gripd.runtime.app.App` in worker
 mode (client listeners with SO_REUSEPORT, no publish inputs), reports ``ready`` (or its bind
 error) and serves until the hub says stop, sends SIGTERM, or goes away.
@@ -81,10 +82,14 @@ async def serve(sock: socket.socket, admission_fd: int) -> int:
 
 
 def main(argv: list[str]) -> int:
-    sock = socket.socket(fileno=int(argv[0]))
-    admission_fd = int(argv[1])
+    return run_worker(socket.socket(fileno=int(argv[0])), int(argv[1]))
+
+
+def run_worker(sock: socket.socket, admission_fd: int) -> int:
+    """Serve as a worker until told to stop (a fresh interpreter, or a child forked at start)."""
     # The hub decides when workers stop: Ctrl-C in a terminal reaches the whole process group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     code = 0
 
     async def go() -> None:

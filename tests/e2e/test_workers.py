@@ -78,8 +78,9 @@ async def start_hub(
 
 
 def worker_pids(s: Server) -> list[int]:
-    """The hub's live worker processes."""
-    return sorted(p for p in process_tree(s.proc.pid)[1:] if WORKER_MODULE in cmdline(p))
+    """The hub's live worker processes: its children (forked at start, so they share its
+    command line; a restarted one runs ``python -m gripd.runtime.worker``)."""
+    return sorted(p for p in process_tree(s.proc.pid)[1:] if "gripd" in cmdline(p))
 
 
 def held_by_worker(s: Server) -> dict[int, set[int]]:
