@@ -453,7 +453,43 @@ def _command(impl: Impl, conf_path: Path) -> list[str]:
 GRIPD_WORKERS: str | None = os.environ.get("GRIPD_TEST_WORKERS") or None
 
 
+#: ``free_ports`` releases its ports before the server binds them, so another process (an
+#: outgoing connection's ephemeral port, a server started at the same time) can take one in
+#: between. A start that fails that way is tried again with new ports, this many times in all.
+START_ATTEMPTS = 3
+
+
 def start_server(
+    impl: Impl,
+    workdir: Path,
+    routes: list[str],
+    *,
+    conf: dict[str, dict[str, str]] | None = None,
+    timeout: float = 20.0,
+    extra_args: list[str] | None = None,
+    probe: bool = True,
+    nofile: int | None = None,
+) -> Server:
+    """:func:`_start_server_once`, again with new ports when a port it picked was taken."""
+    for attempt in range(START_ATTEMPTS):
+        try:
+            return _start_server_once(
+                impl,
+                workdir if attempt == 0 else Path(f"{workdir}-retry{attempt}"),
+                routes,
+                conf=conf,
+                timeout=timeout,
+                extra_args=extra_args,
+                probe=probe,
+                nofile=nofile,
+            )
+        except ServerStartError as e:
+            if "Address already in use" not in str(e) or attempt == START_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_server_once(
     impl: Impl,
     workdir: Path,
     routes: list[str],
