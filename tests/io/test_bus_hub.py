@@ -94,19 +94,6 @@ class Recorder(Events):
         self.calls.append(("drop", reason, count))
 
 
-class Listener:
-    """An instance-level interest listener (what the ZeroMQ SUB socket and Redis bus are)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-
-    def gained(self, channel: str) -> None:
-        self.calls.append(("gained", channel))
-
-    def lost(self, channel: str) -> None:
-        self.calls.append(("lost", channel))
-
-
 class Tracker:
     """The hub's ChannelTracker stand-in: the instance's channel interest, fed by the relay."""
 
@@ -137,8 +124,6 @@ class Rig:
 
     def __init__(self) -> None:
         self.router = HubRouter()
-        self.listener = Listener()
-        self.router.listeners.append(self.listener)
         self.events = Recorder()
         self.latencies: list[float] = []
         self.tracker = Tracker()
@@ -277,44 +262,35 @@ async def test_lost_channel_stops_delivery(rig: Rig) -> None:
     rig.router.publish([item("a", "before")], source="http")
     await until(lambda: w0.sink.ids("a") == ["before"], "item before losing a")
     await rig.lose(w0, "a")
-    assert not rig.router.has_channel("a")
+    assert "a" not in rig.router.interest
     rig.router.publish([item("a", "after")], source="http")
     await _marker(rig, w0, "m")
     assert w0.sink.ids("a") == ["before"]
 
 
-async def test_instance_interest_reaches_listeners_once(rig: Rig) -> None:
-    """The SUB socket / Redis bus hear of a channel when its first worker gains it and when its
-    last worker loses it (F31), not once per worker."""
+async def test_a_channel_is_routed_while_any_worker_holds_it(rig: Rig) -> None:
+    """Routing interest is per worker: the channel stays routed until its last worker loses
+    it; duplicate losses change nothing. (The instance's own interest, for the SUB socket and
+    the bus, is the hub's tracker, fed by EventRelay.)"""
     w0, w1 = await rig.add_worker(), await rig.add_worker()
     await rig.gain(w0, "a")
-    assert rig.listener.calls == [("gained", "a")]
     await rig.gain(w1, "a")
-    assert rig.listener.calls == [("gained", "a")]
-    assert rig.router.has_channel("a")
+    assert rig.router.interest["a"] == {0, 1}
     await rig.lose(w0, "a")
-    assert rig.listener.calls == [("gained", "a")]
-    assert rig.router.has_channel("a")
+    assert rig.router.interest["a"] == {1}
     await rig.lose(w1, "a")
-    assert rig.listener.calls == [("gained", "a"), ("lost", "a")]
-    assert not rig.router.has_channel("a")
-    # a duplicate "lost" (or one for a channel never held) changes nothing
+    assert "a" not in rig.router.interest
     await rig.lose(w1, "a")
     rig.router.lost(0, ["never"])
-    assert rig.listener.calls == [("gained", "a"), ("lost", "a")]
-    # gaining again after the last loss is a new instance-wide gain
-    await rig.gain(w1, "a")
-    assert rig.listener.calls == [("gained", "a"), ("lost", "a"), ("gained", "a")]
+    assert rig.router.interest == {}
 
 
 async def test_detach_drops_the_workers_interest(rig: Rig) -> None:
     w0, w1 = await rig.add_worker(), await rig.add_worker()
     await rig.gain(w0, "only0", "shared")
     await rig.gain(w1, "shared", "m1")
-    rig.listener.calls.clear()
     rig.router.detach(0)
-    assert rig.listener.calls == [("lost", "only0")]
-    assert not rig.router.has_channel("only0")
+    assert "only0" not in rig.router.interest
     assert rig.router.interest["shared"] == {1}
     assert 0 not in rig.router.links
     rig.router.publish([item("shared", "s"), item("only0", "o")], source="http")

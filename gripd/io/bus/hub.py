@@ -157,7 +157,6 @@ class HubRouter:
     def __init__(self) -> None:
         self.links: dict[int, FrameLink] = {}
         self.interest: dict[str, set[int]] = {}  # channel -> workers holding it
-        self.listeners: list[Any] = []  # InterestListener: first worker gains / last loses
         self.dropped: dict[int, int] = {}  # items dropped per worker (slow reader)
         self.on_drop: Callable[[int], None] | None = None  # count of items dropped
         self.received: Callable[[PublishItem, str], None] | None = None
@@ -178,8 +177,6 @@ class HubRouter:
             holders = interest.get(ch)
             if holders is None:
                 interest[ch] = {index}
-                for listener in self.listeners:
-                    listener.gained(ch)
             else:
                 holders.add(index)
 
@@ -192,14 +189,6 @@ class HubRouter:
             holders.discard(index)
             if not holders:
                 del interest[ch]
-                for listener in self.listeners:
-                    try:
-                        listener.lost(ch)
-                    except Exception:
-                        log.exception("channel %s: interest listener failed", ch)
-
-    def has_channel(self, channel: str) -> bool:
-        return channel in self.interest
 
     # BusSink
     def publish(self, items: list[PublishItem], *, source: str) -> None:
