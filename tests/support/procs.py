@@ -459,33 +459,16 @@ GRIPD_WORKERS: str | None = os.environ.get("GRIPD_TEST_WORKERS") or None
 START_ATTEMPTS = 3
 
 
-def start_server(
-    impl: Impl,
-    workdir: Path,
-    routes: list[str],
-    *,
-    conf: dict[str, dict[str, str]] | None = None,
-    timeout: float = 20.0,
-    extra_args: list[str] | None = None,
-    probe: bool = True,
-    nofile: int | None = None,
-) -> Server:
-    """:func:`_start_server_once`, again with new ports when a port it picked was taken."""
-    for attempt in range(START_ATTEMPTS):
+def start_server(impl: Impl, workdir: Path, routes: list[str], **kw: Any) -> Server:
+    """:func:`_start_server_once` (same arguments), again with new ports when a port it picked
+    was taken."""
+    for attempt in range(1, START_ATTEMPTS + 1):
         try:
-            return _start_server_once(
-                impl,
-                workdir if attempt == 0 else Path(f"{workdir}-retry{attempt}"),
-                routes,
-                conf=conf,
-                timeout=timeout,
-                extra_args=extra_args,
-                probe=probe,
-                nofile=nofile,
-            )
+            return _start_server_once(impl, workdir, routes, **kw)
         except ServerStartError as e:
-            if "Address already in use" not in str(e) or attempt == START_ATTEMPTS - 1:
+            if "Address already in use" not in str(e) or attempt == START_ATTEMPTS:
                 raise
+        workdir = Path(f"{workdir}-retry{attempt}")
     raise AssertionError("unreachable")
 
 
