@@ -2,13 +2,16 @@
 
 ``client_maxconn`` and ``max_open_requests`` (F3, F4) limit the whole instance, as in Pushpin,
 not each worker. The hub creates a small shared memory file (``memfd``) with two counters per
-worker; each worker writes only its own slots and reads the sum, so no lock is needed (an
-aligned 8-byte store is atomic on the platforms we run on). When a worker dies the hub zeroes
-its slots, so its connections stop counting.
+worker; each worker writes only its own slots. Admitting is check-then-add over every worker's
+slots, so it holds a POSIX record lock on the file meanwhile: without it two workers could both
+see room for the last place and both take it. Releasing a place writes only the worker's own
+slot and needs no lock (a reader that sees the older, higher count only refuses conservatively).
+When a worker dies the hub zeroes its slots, so its connections stop counting.
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 
@@ -36,11 +39,35 @@ class Admission:
         fd = os.memfd_create("gripd-admission", 0)  # inheritable: off; passed with pass_fds
         return cls(fd, count, 0)
 
-    def set_connections(self, n: int) -> None:
-        self._slots[self._conns] = n
+    def _take(self, slot: int, first: int, limit: int) -> bool:
+        """Add one to ``slot`` if the instance-wide sum of every second slot from ``first`` is
+        under ``limit`` (< 0: no limit), as one step for all workers."""
+        s = self._slots
+        if limit < 0:
+            s[slot] += 1
+            return True
+        fcntl.lockf(self.fd, fcntl.LOCK_EX)
+        try:
+            if sum(s[i] for i in range(first, 2 * self.count, 2)) >= limit:
+                return False
+            s[slot] += 1
+            return True
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN)
 
-    def add_open(self, delta: int) -> None:
-        self._slots[self._open] += delta
+    def try_connect(self, limit: int) -> bool:
+        """Count one more client connection unless the instance has ``limit`` already."""
+        return self._take(self._conns, 0, limit)
+
+    def release_connection(self) -> None:
+        self._slots[self._conns] -= 1
+
+    def try_open(self, limit: int) -> bool:
+        """Count one more open request unless the instance has ``limit`` already."""
+        return self._take(self._open, 1, limit)
+
+    def release_open(self) -> None:
+        self._slots[self._open] -= 1
 
     def connections(self) -> int:
         s = self._slots

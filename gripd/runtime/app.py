@@ -134,7 +134,7 @@ class App:
             start = worker.index + 1 + worker.generation * worker.count * CONN_ID_GENERATION
             self._conn_ids = itertools.count(start, worker.count)
             self.admission = worker.admission
-            self.connections = _CountedSet(worker.admission)
+            self.connections = set()
         self._open_requests = 0  # proxy sessions in flight (F4 max_open_requests)
         self._waiting_timer: asyncio.TimerHandle | None = None
         self.waiting: deque[tuple[ClientConnection, Request, Route, bool]] = deque()
@@ -205,7 +205,7 @@ class App:
         # socket and the bus listen to it (in a worker: the link, for the hub's routing).
         self.channels = ChannelTracker(config.subscription_linger, self.loop)
         self.bus: Bus
-        self.woh_peers: dict[str, WohPeer]  # WebSocket-over-HTTP sessions by Connection-Id
+        self.woh_peers: dict[str, WohPeer] = {}  # WebSocket-over-HTTP sessions by Connection-Id
         self.pipeline: PublishPipeline | None = None
         if self.link is None:
             sequencer = Sequencer(
@@ -221,7 +221,6 @@ class App:
                 events_out=self.events,
             )
             self.bus = make_bus(config, self.pipeline)
-            self.woh_peers = {}
             if self.services is not None:
                 self.services.metrics.bus = self.bus  # its state and counters, for Prometheus
         else:
@@ -229,7 +228,6 @@ class App:
             self.engine = Engine(self, self.channels, self.link.last_ids, first_subscription=False)
             self.link.sink = self.engine
             self.bus = self.link
-            self.woh_peers = _WohPeers(self.link)
         self.channels.add_listener(self.bus)
         if self.services is not None:
             self.channels.add_listener(self.services.zmq_inputs)
@@ -246,15 +244,35 @@ class App:
             return self.admission.open_requests()
         return self._open_requests
 
-    def _add_open(self, delta: int) -> None:
-        self._open_requests += delta
+    def _try_open(self, limit: int) -> bool:
+        """Take a place for a session unless ``limit`` are open (< 0: no limit); with workers
+        the check and the count are one step for the whole instance (F4)."""
         if self.admission is not None:
-            self.admission.add_open(delta)
+            if not self.admission.try_open(limit):
+                return False
+        elif 0 <= limit <= self._open_requests:
+            return False
+        self._open_requests += 1
+        return True
 
-    def at_maxconn(self) -> bool:
-        """F3 ``client_maxconn`` reached (counting every worker's connections)."""
-        n = self.admission.connections() if self.admission is not None else len(self.connections)
-        return n >= self.config.client_maxconn
+    def admit_connection(self, conn: ClientConnection) -> bool:
+        """Count a new client connection, or refuse it at F3 ``client_maxconn`` (every
+        worker's connections count, checked and counted as one step)."""
+        limit = self.config.client_maxconn
+        if self.admission is not None:
+            if not self.admission.try_connect(limit):
+                return False
+        elif len(self.connections) >= limit:
+            return False
+        self.connections.add(conn)
+        return True
+
+    def drop_connection(self, conn: ClientConnection) -> None:
+        """An admitted connection is gone: its place is free."""
+        if conn in self.connections:
+            self.connections.remove(conn)
+            if self.admission is not None:
+                self.admission.release_connection()
 
     def _has_channel(self, channel: str) -> bool:
         return self.engine.registry.has_channel(channel)
@@ -392,7 +410,8 @@ class App:
                 req.body_size += len(jr.body)
         if isinstance(d, Respond):
             conn.send_response(own_response(req, d.response, d.aco), req.method)
-        elif isinstance(d, Wait):
+        elif isinstance(d, Wait) or not self._try_open(self.dispatch_settings.max_open_requests):
+            # Full, or (with workers) another worker took the last place since the count was read.
             self.waiting.append((conn, req, d.route, d.trusted))
             conn.pause_reading()
             self._arm_waiting()
@@ -400,7 +419,7 @@ class App:
             self._begin(conn, req, d.route, d.trusted)
 
     def _begin(self, conn: ClientConnection, req: Request, route: Route, trusted: bool) -> None:
-        self._add_open(1)
+        """Start the session; its place is already taken (:meth:`_try_open`)."""
         if req.upgrade and "websocket" in (hdr.get(req.headers, "upgrade") or "").lower():
             WsSession(self, conn, req, route, trusted=trusted).start()
         else:
@@ -420,14 +439,20 @@ class App:
 
     def request_done(self) -> None:
         """A session ended (answered, held, failed, WebSocket closed): let a waiting one in."""
-        self._add_open(-1)
+        self._open_requests -= 1
+        if self.admission is not None:
+            self.admission.release_open()
         self._let_waiting_in()
 
     def _let_waiting_in(self) -> None:
-        while self.waiting and self.open_requests < max(self.config.max_open_requests, 1):
-            conn, req, route, trusted = self.waiting.popleft()
-            if conn.closed:
+        limit = max(self.dispatch_settings.max_open_requests, 1)
+        while self.waiting:
+            if self.waiting[0][0].closed:
+                self.waiting.popleft()
                 continue
+            if not self._try_open(limit):
+                break
+            conn, req, route, trusted = self.waiting.popleft()
             conn.resume_reading()
             self._begin(conn, req, route, trusted)
 
@@ -443,6 +468,17 @@ class App:
         self._let_waiting_in()
         if self.waiting:
             self._arm_waiting()
+
+    def woh_opened(self, peer: WohPeer) -> None:
+        """A WebSocket-over-HTTP session has its Connection-Id; with workers the hub learns
+        which worker holds it, so ``refresh {cid}`` reaches the right one (F42)."""
+        if peer.cid not in self.woh_peers and self.link is not None:
+            self.link.woh_opened(peer.cid)
+        self.woh_peers[peer.cid] = peer
+
+    def woh_closed(self, cid: str) -> None:
+        if self.woh_peers.pop(cid, None) is not None and self.link is not None:
+            self.link.woh_closed(cid)
 
     def refresh_woh(self, args: dict[str, str]) -> bool:
         """The ``refresh`` command (F42): WebSocket-over-HTTP sessions send a request now;
@@ -672,38 +708,3 @@ class _NoSink:
 
     def publish(self, items: list[PublishItem], *, source: str) -> None:
         raise RuntimeError("items before the engine exists")
-
-
-class _CountedSet(set[ClientConnection]):
-    """A worker's connections, with the count kept in the instance's shared admission."""
-
-    def __init__(self, admission: Admission) -> None:
-        super().__init__()
-        self._admission = admission
-
-    def add(self, conn: ClientConnection) -> None:
-        super().add(conn)
-        self._admission.set_connections(len(self))
-
-    def discard(self, conn: object) -> None:
-        super().discard(conn)
-        self._admission.set_connections(len(self))
-
-
-class _WohPeers(dict[str, WohPeer]):
-    """A worker's WebSocket-over-HTTP sessions; the hub learns which worker holds which
-    Connection-Id, so ``refresh {cid}`` reaches the right one (F42)."""
-
-    def __init__(self, link: WorkerLink) -> None:
-        super().__init__()
-        self._link = link
-
-    def __setitem__(self, cid: str, peer: WohPeer) -> None:
-        if cid not in self:
-            self._link.woh_opened(cid)
-        super().__setitem__(cid, peer)
-
-    def pop(self, cid: str, default: Any = None) -> Any:
-        if cid in self:
-            self._link.woh_closed(cid)
-        return super().pop(cid, default)

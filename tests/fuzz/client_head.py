@@ -78,8 +78,14 @@ class StubApp:
         self._n += 1
         return f"fuzz-{self._n}"
 
-    def at_maxconn(self) -> bool:
-        return len(self.connections) >= self.config.client_maxconn
+    def admit_connection(self, conn: ClientConnection) -> bool:
+        if len(self.connections) >= self.config.client_maxconn:
+            return False
+        self.connections.add(conn)
+        return True
+
+    def drop_connection(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
 
     def refused_connection(self, peer: str) -> None:
         raise AssertionError("refused a connection under client_maxconn")

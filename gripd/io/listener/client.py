@@ -225,7 +225,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else ""
         transport.set_write_buffer_limits(high=self.app.write_high_water)
-        if self.app.at_maxconn():
+        if not self.app.admit_connection(self):
             # F3 client_maxconn: over the limit a new connection is closed at once.
             self.closed = True
             self.app.refused_connection(self.peer)
@@ -234,9 +234,9 @@ class ClientConnection(asyncio.Protocol):
         if self.app.refuse_for_fds(transport, self.peer):
             # fd_reserve: the descriptor table is nearly full; the rest serves publishing.
             self.closed = True
+            self.app.drop_connection(self)
             transport.abort()
             return
-        self.app.connections.add(self)
         self.app.events.connection_opened(self.id, self.peer, "http")
         self._arm(_T_HEAD, self.app.config.client_header_timeout)  # counted from accept
 
@@ -246,7 +246,7 @@ class ClientConnection(asyncio.Protocol):
             return  # refused in connection_made
         self.closed = True
         self._cancel_timer()
-        self.app.connections.discard(self)
+        self.app.drop_connection(self)
         self.app.events.connection_closed(self.id)
         handler, self.handler = self.handler, None
         if handler is not None:

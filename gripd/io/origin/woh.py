@@ -91,7 +91,7 @@ class WohPeer:
 
     def start(self) -> None:
         self.s.link = self
-        self.app.woh_peers[self.cid] = self
+        self.app.woh_opened(self)
         self._send([WsEvent("OPEN", None)])
 
     # -- OriginLink (what the session sends) -------------------------------------------------
@@ -114,7 +114,7 @@ class WohPeer:
         if self.gone:
             return
         self.gone = True
-        self.app.woh_peers.pop(self.cid, None)
+        self.app.woh_closed(self.cid)
         if self.ka_timer is not None:
             self.ka_timer.cancel()
         if self.opened and not self.closing:
