@@ -4,11 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# External pieces the tests use: Pushpin 1.36 (differential tests) and wrk (bench only).
+# External pieces the tests use: Pushpin 1.36 (differential tests), redis-server (Redis bus)
+# and Chromium (the browser tests drive Debian's chromium through Playwright; no browser is
+# ever downloaded).
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     need=()
     command -v pushpin >/dev/null 2>&1 || need+=(pushpin)
     command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+    command -v chromium >/dev/null 2>&1 || need+=(chromium)
     if [ ${#need[@]} -gt 0 ]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

@@ -273,6 +273,10 @@ class Config:
     fd_reserve: int = 64
     zmq_max_message_size: int = 10_000_000
     workers: int | None = None
+    history_size: int = 0  # items kept per channel; 0 = no history (Pushpin's behaviour)
+    history_ttl: float = 300.0  # seconds an item is kept; 0 = no age limit
+    history_channels_max: int = 10_000  # channels with history kept in memory (LRU)
+    history_gone_event: str = ""  # SSE event name sent when a resume id is gone; "" = none
     bus: str = ""
     extra: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -684,6 +688,10 @@ def load_config(
         zmq_max_message_size=r.int_("gripd", "zmq_max_message_size", 10_000_000, minimum=1024),
         workers=_workers(r),
         bus=_bus(r),
+        history_size=r.int_("gripd", "history_size", 0, minimum=0),
+        history_ttl=r.float_("gripd", "history_ttl", 300.0, allow_zero=True),
+        history_channels_max=r.int_("gripd", "history_channels_max", 10_000, minimum=1),
+        history_gone_event=_gone_event(r),
         extra=extra,
     )
 
@@ -753,6 +761,14 @@ def _bus(r: _Reader) -> str:
         entry = r.entry("gripd", "bus")
         where = (entry[1], entry[2]) if entry is not None else (None, None)
         raise ConfigError(f"[gripd] bus: {e}", *where) from None
+    return value
+
+
+def _gone_event(r: _Reader) -> str:
+    """An SSE event name: one line of text (it is written after ``event:``)."""
+    value = r.str_("gripd", "history_gone_event", "").strip()
+    if any(c in value for c in "\r\n\0"):
+        raise r.error("gripd", "history_gone_event", "must be one line")
     return value
 
 

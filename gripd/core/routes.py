@@ -35,6 +35,8 @@ __all__ = [
     "test_target_path",
 ]
 
+HISTORY_OPTION_MAX = 1_000_000  # history_size / history_ttl route options (items, seconds)
+
 DEFAULT_ROUTES = "* test\n"  # Pushpin's shipped /etc/pushpin/routes (F6)
 
 _COND_FLAGS = frozenset({"orig_headers", "debug", "aco", "session", "no_grip"})
@@ -58,6 +60,8 @@ _COND_VALUES = frozenset(
         "sockjs",
         "sockjs_as_path",
         "header",
+        "history_size",
+        "history_ttl",
     }
 )
 _TARGET_FLAGS = frozenset(
@@ -125,6 +129,10 @@ class Route:
     jsonp_defmethod: str | None = "GET"
     sockjs: str | None = None
     sockjs_as_path: str | None = None
+    # gripd's own: per-route history for the channels this route's responses subscribe to
+    # (None: the [gripd] history_size / history_ttl defaults)
+    history_size: int | None = None
+    history_ttl: int | None = None
     filename: str = ""
     line: int = 0
 
@@ -373,6 +381,14 @@ def _build_route(
         if problem is not None:
             return None, [f"header {problem} is invalid: '{show(h)}'"]
         headers.append((name, value))
+    history: dict[str, int] = {}
+    for name in ("history_size", "history_ttl"):
+        v = p.get(name)
+        if v is not None:
+            n = _to_int(v)
+            if n is None or not 0 <= n <= HISTORY_OPTION_MAX:
+                return None, [f"{name} must be a number from 0 to {HISTORY_OPTION_MAX}"]
+            history[name] = n
     as_host = p.get("as_host")
     if as_host and not is_safe_text(as_host):
         return None, ["as_host contains CR, LF or NUL"]
@@ -413,6 +429,8 @@ def _build_route(
         jsonp_defmethod=defmethod,
         sockjs=p.get("sockjs") or None,
         sockjs_as_path=p.get("sockjs_as_path") or None,
+        history_size=history.get("history_size"),
+        history_ttl=history.get("history_ttl"),
         filename=filename,
         line=line,
     )

@@ -52,6 +52,9 @@ class Subscribe:
 
     channel: str
     filters: tuple[str, ...] = ()
+    # gripd's own field: the id of the last item the client saw, to be replayed from history
+    # (ignored unless the channel keeps history; a value that is not a string is ignored)
+    last_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,15 +218,17 @@ def control_message_from_json(doc: object) -> ControlMessage:
             raise WsControlError(f"{_PN} contains 'channel' with invalid value")
         if mtype == "unsubscribe":
             return Unsubscribe(channel)
+        lid = doc.get("last-id")
+        last_id = lid if isinstance(lid, str) else None
         vfilters = doc.get("filters")
         if vfilters is None:
-            return Subscribe(channel)
+            return Subscribe(channel, (), last_id)
         if not isinstance(vfilters, list):
             raise WsControlError(f"{_PN} contains 'filters' with wrong type")
         for f in vfilters:
             if not isinstance(f, str):
                 raise WsControlError("filters contains value with wrong type")
-        return Subscribe(channel, tuple(vfilters))
+        return Subscribe(channel, tuple(vfilters), last_id)
     if mtype == "detach":
         return Detach()
     if mtype == "session":

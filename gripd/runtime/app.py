@@ -36,6 +36,7 @@ from gripd.io.bus.hub import FrameLink, WorkerLink
 from gripd.io.context import LatencyObserver
 from gripd.io.handler.channels import ChannelTracker
 from gripd.io.handler.engine import Engine
+from gripd.io.handler.history import HistoryReader
 from gripd.io.handler.pipeline import PublishPipeline
 from gripd.io.handler.proxy import ProxySession, own_response
 from gripd.io.handler.ws_session import WsSession
@@ -47,7 +48,7 @@ from gripd.io.origin.http import OriginPool
 from gripd.io.origin.woh import WohPeer
 from gripd.io.origin.ws_peer import WsOriginPeer
 from gripd.runtime.admission import Admission
-from gripd.runtime.buses import make_bus
+from gripd.runtime.buses import make_bus, make_history
 
 if TYPE_CHECKING:
     from gripd.runtime.services import Services
@@ -207,6 +208,7 @@ class App:
         self.bus: Bus
         self.woh_peers: dict[str, WohPeer] = {}  # WebSocket-over-HTTP sessions by Connection-Id
         self.pipeline: PublishPipeline | None = None
+        self.history: HistoryReader | None = None  # where this process's pipeline keeps history
         if self.link is None:
             sequencer = Sequencer(
                 message_wait_ms=config.message_wait, id_cache_ttl=config.id_cache_ttl
@@ -221,11 +223,16 @@ class App:
                 events_out=self.events,
             )
             self.bus = make_bus(config, self.pipeline)
+            self.history = make_history(config, self.bus, self.pipeline, self.loop)
+            self.engine.history = self.history
             if self.services is not None:
+                self.services.history = self.history
                 self.services.metrics.bus = self.bus  # its state and counters, for Prometheus
         else:
             # The hub runs the pipeline; its output comes here, with its last ids replicated.
-            self.engine = Engine(self, self.channels, self.link.last_ids, first_subscription=False)
+            self.engine = Engine(
+                self, self.channels, self.link.last_ids, first_subscription=False, history=self.link
+            )
             self.link.sink = self.engine
             self.bus = self.link
         self.channels.add_listener(self.bus)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from gripd.core.config import Config
+from gripd.core.history import HistoryPolicy, Replay
 from gripd.core.publish import PublishItem
 from gripd.core.sequencer import Sequencer
 from gripd.io.bus.base import Bus
@@ -41,7 +42,7 @@ from gripd.io.handler.engine import FIRST_SUBSCRIPTION_DELAY
 from gripd.io.handler.pipeline import PublishPipeline
 from gripd.io.inputs.zmq import BindError, os_reason
 from gripd.runtime.admission import Admission
-from gripd.runtime.buses import make_bus
+from gripd.runtime.buses import make_bus, make_history
 from gripd.runtime.services import Services
 from gripd.runtime.spawn import WorkerProcess, start_worker_process
 
@@ -113,6 +114,8 @@ class Hub:
             events_out=events,
         )
         self.bus: Bus = make_bus(config, self.pipeline)
+        self.history = make_history(config, self.bus, self.pipeline, self.loop)
+        self.services.history = self.history
         self.services.metrics.bus = self.bus  # its state and counters, for Prometheus
         self.tracker.add_listener(self.services.zmq_inputs)
         self.tracker.add_listener(self.bus)
@@ -258,6 +261,22 @@ class Hub:
                 w.ready.set_result(msg[1])
         elif kind == "forget":
             self.pipeline.forget_last_id(msg[1])
+        elif kind == "hread":
+            self._read_history(w, msg[1], msg[2], msg[3], msg[4])
+        elif kind == "hpol":
+            self.history.set_policy(msg[1], HistoryPolicy(msg[2], msg[3]))
+
+    def _read_history(
+        self, w: WorkerProc, n: int, channel: str, after: str | None, limit: int
+    ) -> None:
+        """A worker resumes a client: answer from the instance's history on its link."""
+        link = w.link
+
+        def done(r: Replay) -> None:
+            if link is not None and w.link is link:
+                link.send(("hrep", n, r.status, list(r.items), r.top, list(r.known)))
+
+        self.history.read(channel, after, limit, done)
 
     async def _watch(self, w: WorkerProc, proc: WorkerProcess) -> None:
         code = await self.loop.run_in_executor(None, proc.wait)

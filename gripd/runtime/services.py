@@ -19,6 +19,7 @@ from collections.abc import Callable
 import zmq.asyncio
 
 from gripd.core.config import Config
+from gripd.io.handler.history import HistoryReader
 from gripd.io.inputs.command import CommandServer
 from gripd.io.inputs.control_http import PublishSink, start_control_server
 from gripd.io.inputs.zmq import BindError, ZmqInputs, os_reason
@@ -67,6 +68,7 @@ class Services:
             context=self.zmq,
         )
         self.control: asyncio.Server | None = None
+        self.history: HistoryReader | None = None  # for the control API's history read
 
     async def bind(self, *, ipc: bool) -> None:
         """One start phase: TCP endpoints (``ipc`` False) or ``ipc://`` paths (True)."""
@@ -80,6 +82,7 @@ class Services:
                     max_headers_size=cfg.push_in_http_max_headers_size,
                     max_body_size=cfg.push_in_http_max_body_size,
                     header_timeout=cfg.client_header_timeout,
+                    history=self.history,
                 )
             except OSError as e:
                 address = f"{cfg.push_in_http_addr}:{cfg.push_in_http_port}"

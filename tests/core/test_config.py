@@ -304,6 +304,10 @@ def test_bad_boolean_names_line() -> None:
         ("[gripd]\norigin_response_timeout=soon\n", "origin_response_timeout", 2),
         ("[gripd]\nws_max_message_size=0\n", "ws_max_message_size", 2),
         ("[gripd]\nslow_client_policy=kick\n", "slow_client_policy", 2),
+        ("[gripd]\nhistory_size=abc\n", "history_size", 2),
+        ("[gripd]\nhistory_size=-1\n", "history_size", 2),
+        ("[gripd]\n\nhistory_ttl=soon\n", "history_ttl", 3),
+        ("[gripd]\nhistory_channels_max=0\n", "history_channels_max", 2),
     ],
 )
 def test_errors_carry_file_and_line(text: str, key: str, line: int) -> None:
@@ -540,3 +544,15 @@ def test_default_pushpin_conf_constant_parses_standalone() -> None:
     # the embedded default has no errors and names its own include
     assert "include={libdir}/internal.conf" in DEFAULT_PUSHPIN_CONF
     assert load(DEFAULT_PUSHPIN_CONF).message_rate == 2500
+
+
+def test_history_settings() -> None:
+    """History is off by default (Pushpin stores nothing); every setting is read."""
+    cfg = load("")
+    assert (cfg.history_size, cfg.history_ttl, cfg.history_gone_event) == (0, 300.0, "")
+    cfg = load(
+        "[gripd]\nhistory_size=50\nhistory_ttl=0\nhistory_channels_max=7\n"
+        "history_gone_event=reset\n"
+    )
+    assert (cfg.history_size, cfg.history_ttl, cfg.history_channels_max) == (50, 0.0, 7)
+    assert cfg.history_gone_event == "reset"

@@ -192,6 +192,10 @@ def test_unknown_options_warn_but_keep_route() -> None:
         ("*, h:1\n", ["r:1: expecting prop"]),
         ('*,prefix="x h:1\n', ["r:1: unterminated quoted string"]),
         ("*,debug test\n", []),
+        ("*,history_size=x h:1\n", ["r:1: history_size must be a number from 0 to 1000000"]),
+        ("*,history_ttl=-5 h:1\n", ["r:1: history_ttl must be a number from 0 to 1000000"]),
+        ("*,history_size=1000001 h:1\n", ["r:1: history_size must be a number from 0 to 1000000"]),
+        ("*,history_size=10,history_ttl=60 test\n", []),
         ("*,path_rem=x test\n", ["r:1: path_rem is not a number, ignored (got 'x')"]),
         (
             "*,path_rem=" + "1" * 5000 + " test\n",
@@ -491,3 +495,14 @@ def test_header_injection_in_route_arguments() -> None:
     assert [str(w) for w in warnings] == [
         "<route>:1: header value is invalid: 'X:a\\nSet-Cookie:e=1'"
     ]
+
+
+def test_history_route_options() -> None:
+    """gripd's own route options: history for the channels this route's responses subscribe
+    to; unset means the ``[gripd]`` defaults."""
+    text = "*,path_beg=/a,history_size=10,history_ttl=0 test\n* test\n"
+    table, warnings = RouteTable.parse(text, "r")
+    assert not warnings
+    routes = table.routes
+    assert (routes[0].history_size, routes[0].history_ttl) == (10, 0)
+    assert (routes[1].history_size, routes[1].history_ttl) == (None, None)

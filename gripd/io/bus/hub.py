@@ -34,6 +34,7 @@ import struct
 from collections.abc import Callable
 from typing import Any, cast
 
+from gripd.core.history import HistoryPolicy, Replay
 from gripd.core.publish import PublishItem
 from gripd.core.sequencer import LAST_IDS_MAX, LastIds
 from gripd.io.bus.base import BusSink
@@ -283,6 +284,9 @@ class WorkerLink(Events):
         self._reqs = 0  # requests received since the last tick
         self._latencies: list[float] = []  # origin latencies since the last tick
         self._counts_armed = False
+        self._reads: dict[int, Callable[[Replay], None]] = {}  # history reads awaiting the hub
+        self._read_n = 0
+        self._policies: dict[str, HistoryPolicy] = {}  # sent to the hub already (bounded)
 
     def attach(self, link: FrameLink) -> None:
         self.link = link
@@ -298,6 +302,10 @@ class WorkerLink(Events):
         elif kind == "lidset":
             for channel, item_id in msg[1]:
                 self.last_ids.apply(channel, item_id)
+        elif kind == "hrep":
+            done = self._reads.pop(msg[1], None)
+            if done is not None:
+                done(Replay(msg[2], tuple(msg[3]), msg[4], frozenset(msg[5])))
         else:
             self.on_command(msg)
 
@@ -315,6 +323,28 @@ class WorkerLink(Events):
 
     def unsubscribe(self, channel: str) -> None:
         self._send(("lost", [channel]))
+
+    # HistoryReader: the history lives where the pipeline is, in the hub. The hub handles this
+    # worker's messages in order, so a read sent after the hold's subscription sees every item
+    # that will not reach the hold live.
+    def read(
+        self, channel: str, after: str | None, limit: int, done: Callable[[Replay], None]
+    ) -> None:
+        if self.link is None:
+            done(Replay("gone"))
+            return
+        self._read_n += 1
+        self._reads[self._read_n] = done
+        self._send(("hread", self._read_n, channel, after, limit))
+
+    def set_policy(self, channel: str, policy: HistoryPolicy) -> None:
+        pol = self._policies
+        if pol.get(channel) == policy:
+            return
+        if len(pol) >= LAST_IDS_MAX:
+            pol.clear()
+        pol[channel] = policy
+        self._send(("hpol", channel, policy.size, policy.ttl))
 
     # InterestListener
     def gained(self, channel: str) -> None:

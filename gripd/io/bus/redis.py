@@ -23,6 +23,11 @@ A publish racing this instance's own subscribe (before Redis confirmed it) may n
 as for any remote publisher. Messages are data only (:mod:`gripd.core.itemwire`); one that does
 not decode, or whose items name another channel, is dropped and counted in ``decode_errors``.
 
+With history on (a default policy, or routes with history options), a message holding items
+with an id goes through a Lua script that stores them in a Redis Stream and publishes it, in
+one step (:mod:`gripd.io.bus.redis_history`); ``history`` reads those streams. With history
+off the bus sends exactly what it sends without it.
+
 ``node_id`` must be unique among the instances sharing the Redis server: it tells this
 instance's messages from the others'. The URL names one standalone server (or a proxy to one):
 all subscriptions go on one connection, which Redis Cluster would refuse across slots.
@@ -36,16 +41,19 @@ import logging
 import re
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio.connection import Connection, SSLConnection
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from gripd.core.config import parse_bus_url
+from gripd.core.history import OFF, HistoryPolicy
 from gripd.core.itemwire import decode_message, encode_items
 from gripd.core.publish import PublishItem
 from gripd.io.bus.base import BusSink
+from gripd.io.bus.redis_history import RedisHistory
 
 log = logging.getLogger("gripd.bus")
 
@@ -71,7 +79,10 @@ _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._:@-]")
 
 @dataclass(slots=True)
 class _Out:
-    """One message of this instance: a batch's items for one channel, encoded."""
+    """One message of this instance: a batch's items for one channel, encoded. With ``cmd``
+    set, that command is sent instead of the plain publish (the history script); an *op*
+    (``reply`` set, no items: a history read or policy) is a command whose reply, or the
+    exception ending it, goes to ``reply``."""
 
     channel: str
     key: bytes
@@ -80,6 +91,8 @@ class _Out:
     seq: int
     data: bytes
     expect_back: bool = False
+    cmd: tuple[Any, ...] | None = None
+    reply: Callable[[object], None] | None = None
 
 
 class _Broken(Exception):
@@ -91,8 +104,13 @@ class RedisBus:
 
     Public state: ``connected`` (True while publishes go through Redis), ``counters``
     (``published``, ``received``, ``publish_failed``, ``decode_errors``, ``reconnects``: items,
-    except ``decode_errors`` (messages) and ``reconnects``), ``url_for_log`` (no password),
-    ``sharded`` (SPUBLISH/SSUBSCRIBE in use; None before the first connect)."""
+    except ``decode_errors`` (messages) and ``reconnects``; with history: ``history_stored``
+    (items added to a stream), ``history_write_errors`` (messages whose items a stream
+    refused: published all the same), ``history_read_errors`` (reads answered ``gone``
+    because Redis did not answer), ``history_skipped`` (stored entries that did not decode)),
+    ``url_for_log`` (no password), ``sharded`` (SPUBLISH/SSUBSCRIBE in use; None before the
+    first connect), ``history`` (the channels' history in Redis Streams, a
+    :class:`~gripd.io.bus.redis_history.RedisHistory`)."""
 
     def __init__(
         self,
@@ -104,6 +122,8 @@ class RedisBus:
         key_prefix: str = "gripd:",
         sharded: bool | None = None,
         ping_interval: float = PING_INTERVAL,
+        history: HistoryPolicy = OFF,
+        history_routes: bool = False,
     ) -> None:
         """``url``: ``redis[s]://[user:password@]host[:port][/db]`` (raises ``ValueError`` if
         bad, see :func:`gripd.core.config.parse_bus_url`). ``node_id``: unique per instance.
@@ -111,7 +131,10 @@ class RedisBus:
         prepended to channel names to make the Redis channel names (the same on every
         instance). ``sharded``: None = SPUBLISH/SSUBSCRIBE when the server has them (Redis >=
         7), True/False forces the choice (every instance sharing the server must make the
-        same). ``ping_interval``: seconds between liveness PINGs."""
+        same). ``ping_interval``: seconds between liveness PINGs. ``history``: the history
+        policy of channels no route set one for; ``history_routes``: some route of this
+        instance has history options (with both off, publishing is exactly as without
+        history)."""
         scheme, host, port, db, user, password = parse_bus_url(url)
         self.sink = sink
         self.node_id = node_id
@@ -145,6 +168,10 @@ class RedisBus:
             "publish_failed": 0,
             "decode_errors": 0,
             "reconnects": 0,
+            "history_stored": 0,
+            "history_write_errors": 0,
+            "history_read_errors": 0,
+            "history_skipped": 0,
         }
         self._wanted: set[str] = set()
         self._changed: set[str] = set()  # wanted-ness changed since the last (un)subscribe sent
@@ -164,6 +191,10 @@ class RedisBus:
         self._task: asyncio.Task[None] | None = None
         self._last_rx = 0.0
         self._last_log: dict[str, tuple[float, int]] = {}
+        # channel -> callbacks waiting until its subscription is confirmed (history reads)
+        self._waiters: dict[str, list[Callable[[], None]]] = {}
+        self.history = RedisHistory(self, history, history_routes)
+        self._hist_writes = False  # publishes go through the history script (set on connect)
 
     # -- the Bus protocol ------------------------------------------------------------------------
 
@@ -193,7 +224,10 @@ class RedisBus:
                 self.sink.publish(group, source=source)
                 continue
             key = self._prefix + channel.encode("utf-8", "surrogatepass")
-            self._queue.append(_Out(channel, key, group, source, self._seq, data))
+            out = _Out(channel, key, group, source, self._seq, data)
+            if self._hist_writes:
+                out.cmd = self.history.write_command(out)
+            self._queue.append(out)
         self._wake_send.set()
 
     def subscribe(self, channel: str) -> None:
@@ -215,6 +249,8 @@ class RedisBus:
                 for seq in [s for s, m in self._inflight.items() if m.channel == channel]:
                     if seq not in unacked:
                         del self._inflight[seq]
+            if channel in self._waiters:
+                self._wake_waiters(channel)
 
     # InterestListener, so the bus can be registered with the channel tracker directly.
     def gained(self, channel: str) -> None:
@@ -259,6 +295,42 @@ class RedisBus:
                 self._progress.clear()
                 await self._progress.wait()
 
+    # -- for the history ----------------------------------------------------------------------
+
+    def _ready(self, channel: str) -> bool:
+        """Connected, and subscribed to ``channel`` if it is wanted: whatever a read of its
+        history misses will come in live."""
+        return self.connected and (channel not in self._wanted or self.is_subscribed(channel))
+
+    def _when_ready(self, channel: str, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once :meth:`_ready` holds for ``channel`` (at once if it does)."""
+        if self._ready(channel):
+            fn()
+        else:
+            self._waiters.setdefault(channel, []).append(fn)
+
+    def _forget_waiter(self, channel: str, fn: Callable[[], None]) -> None:
+        waiting = self._waiters.get(channel)
+        if waiting is not None:
+            with contextlib.suppress(ValueError):
+                waiting.remove(fn)
+            if not waiting:
+                del self._waiters[channel]
+
+    def _wake_waiters(self, channel: str) -> None:
+        if self._ready(channel):
+            for fn in self._waiters.pop(channel, ()):
+                _call(fn)
+
+    def _command(self, channel: str, cmd: tuple[Any, ...], reply: Callable[[object], None]) -> None:
+        """Send ``cmd`` in turn with the publishes; its reply (or the exception ending it,
+        ``ConnectionError`` when Redis is not connected) goes to ``reply``."""
+        if not self.connected:
+            _call(reply, ConnectionError("not connected"))
+            return
+        self._queue.append(_Out(channel, b"", [], "", 0, b"", cmd=cmd, reply=reply))
+        self._wake_send.set()
+
     # -- the connection epochs -------------------------------------------------------------------
 
     def _all_confirmed(self) -> bool:
@@ -292,6 +364,10 @@ class RedisBus:
                     continue
                 self.connected = True
                 self._progress.set()
+                self.history.on_connect()
+                if self._waiters:
+                    for channel in list(self._waiters):
+                        self._wake_waiters(channel)
                 mode = "SPUBLISH" if self.sharded else "PUBLISH"
                 if ever_connected:
                     self.counters["reconnects"] += 1
@@ -336,6 +412,9 @@ class RedisBus:
             await sub.connect()  # type: ignore[no-untyped-call]
             if self._force_sharded is None:
                 self.sharded = await _has_spublish(pub)
+            if self.history.enabled:
+                await self.history.prepare(pub)
+            self._hist_writes = self.history.enabled and self.history.usable
         self._requested.clear()
         self._unconfirmed.clear()
         self._outstanding = 0
@@ -399,7 +478,10 @@ class RedisBus:
 
     def _flush_local(self) -> None:
         failed = sum(len(m.items) for m in self._sending) + sum(len(m.items) for m in self._queue)
-        pending = list(self._inflight.values()) + list(self._queue)
+        ops = [m for m in self._sending if m.reply is not None]
+        ops += [m for m in self._queue if m.reply is not None]
+        pending = list(self._inflight.values())
+        pending += [m for m in self._queue if m.reply is None] if ops else self._queue
         self._inflight.clear()
         self._sending.clear()
         self._queue.clear()
@@ -408,6 +490,9 @@ class RedisBus:
             self._warn("flush", "bus: %d items not sent to Redis, delivered locally", failed)
         for m in pending:
             self._deliver(m.items, m.source)
+        for m in ops:
+            assert m.reply is not None
+            _call(m.reply, ConnectionError("the connection to Redis was lost"))
 
     def _deliver(self, items: list[PublishItem], source: str) -> None:
         try:
@@ -429,22 +514,37 @@ class RedisBus:
             self._sending.extend(batch)
             command = b"SPUBLISH" if self.sharded else b"PUBLISH"
             for m in batch:
-                m.expect_back = self.is_subscribed(m.channel)
-                self._inflight[m.seq] = m
-            packed = conn.pack_commands([(command, m.key, m.data) for m in batch])
+                if m.reply is None:
+                    m.expect_back = self.is_subscribed(m.channel)
+                    self._inflight[m.seq] = m
+            packed = conn.pack_commands(
+                [(command, m.key, m.data) if m.cmd is None else m.cmd for m in batch]
+            )
             await conn.send_packed_command(packed, check_health=False)
             for m in batch:
                 try:
-                    await conn.read_response()
+                    reply = await conn.read_response()
+                except NoScriptError:
+                    # The server lost the scripts (SCRIPT FLUSH): reconnect, which loads them
+                    # again. This message and the rest are delivered locally (as on a drop).
+                    raise _Broken("Redis lost the history scripts (SCRIPT FLUSH?)") from None
                 except ResponseError as e:
-                    # Refused (ACL...): it will not come back; deliver it here.
                     self._sending.popleft()
+                    if m.reply is not None:
+                        _call(m.reply, e)
+                        continue
+                    # Refused (ACL...): it will not come back; deliver it here.
                     self.counters["publish_failed"] += len(m.items)
                     self._warn("refused", "bus: Redis refused a publish: %s", e)
                     if self._inflight.pop(m.seq, None) is not None:
                         self._deliver(m.items, m.source)
                     continue
                 self._sending.popleft()
+                if m.cmd is not None:
+                    if m.reply is not None:
+                        _call(m.reply, reply)
+                        continue
+                    self.history.stored(m, reply)
                 self.counters["published"] += len(m.items)
                 if not m.expect_back or m.channel not in self._wanted:
                     self._inflight.pop(m.seq, None)
@@ -511,6 +611,8 @@ class RedisBus:
             del self._unconfirmed[channel]
         self._outstanding -= 1
         self._progress.set()
+        if channel in self._waiters:
+            self._wake_waiters(channel)
 
     def _on_message(self, key: object, data: object) -> None:
         channel = self._channel_of(key)
@@ -569,6 +671,14 @@ async def _has_spublish(conn: Connection) -> bool:
     except ResponseError:  # no COMMAND (very old), or COMMAND not allowed: plain PUBLISH
         return False
     return isinstance(reply, list) and bool(reply) and reply[0] is not None
+
+
+def _call(fn: Callable[..., None], *args: object) -> None:
+    """Call a history callback; its failure is logged, never breaks the connection."""
+    try:
+        fn(*args)
+    except Exception:
+        log.exception("bus: a history callback failed")
 
 
 def _why(e: BaseException) -> str:

@@ -14,12 +14,21 @@ from typing import TYPE_CHECKING
 
 from gripd.core.errors import InstructError
 from gripd.core.filters import FilterError, process_initial_body
+from gripd.core.history import READ_LIMIT_MAX, Replay
 from gripd.core.http import HttpResponse, encode_chunk
 from gripd.core.instruct import Instruct, parse_instruct
 from gripd.core.publish import PublishItem
 from gripd.core.registry import Registry
 from gripd.io.handler.channels import ChannelTracker
 from gripd.io.handler.fanout import publish_response, publish_stream, publish_ws
+from gripd.io.handler.history import (
+    GONE_HEADER,
+    HistoryReader,
+    ResumeState,
+    resume_id,
+    route_policy,
+    whole,
+)
 from gripd.io.handler.holds import ResponseHold, StreamHold, stream_head
 from gripd.io.handler.ws_session import WsSession
 from gripd.io.observe.events import Events, Mode
@@ -34,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gripd.engine")
 
 FIRST_SUBSCRIPTION_DELAY = 1.0  # Pushpin's SUBSCRIBED_DELAY (F22)
+REPLAY_TIMEOUT = 5.0  # a resume whose history read has not answered by then goes on without it
 
 Hold = ResponseHold | StreamHold | WsSession
 
@@ -52,8 +62,10 @@ class Engine:
         last_ids: LastIds,
         *,
         first_subscription: bool = True,
+        history: HistoryReader | None = None,
     ) -> None:
         self.app = app
+        self.history = history  # None: no history configured (Pushpin's behaviour)
         # F22's first-subscription update decided here (one process), or by the hub, which
         # knows the instance's first subscriber and calls :meth:`first_subscription`.
         self.first_subscription_here = first_subscription
@@ -80,17 +92,75 @@ class Engine:
         hold = ResponseHold(self, conn, req, route, ins, body)
         conn.set_handler(hold)
         self.subscribe(hold, hold.channels, "response")
-        # F23: a prev-id that disagrees with the channel's known last id: retry at once.
-        conflict = False
+        # F23: a prev-id that disagrees with the channel's known last id: retry at once. With
+        # history, the channel's history decides first (it may hold the item that follows).
+        behind: list[tuple[str, str]] = []  # (channel, prev-id) that conflict
+        ask: list[tuple[str, str]] = []  # (channel, prev-id) to look up in history
+        use_history = self.history is not None and route_policy(route, self.app.config).on
         last_ids = self.last_ids
         for ch, pid in hold.prev_ids.items():
-            last = last_ids.last_id(ch) if pid is not None else None
+            if pid is None:
+                continue
+            last = last_ids.last_id(ch)
             if last is not None and last != pid:
+                behind.append((ch, pid))
+            elif last is None and use_history:
+                ask.append((ch, pid))  # unknown here (nobody held it): history may know
+        if use_history and (behind or ask):
+            self._answer_from_history(hold, (behind or ask)[0], bool(behind))
+        elif behind:
+            for ch, _ in behind:
                 last_ids.forget_last_id(ch)
-                conflict = True
-        if conflict:
             self.loop.call_soon(hold.retry)
         self._log_subscribe(req, hold.channels, retry)
+
+    def _answer_from_history(
+        self, hold: ResponseHold, behind: tuple[str, str], conflict: bool
+    ) -> None:
+        """A long-poll whose prev-id is not the channel's last id (or whose last id is not
+        known here): answer with the next stored item that has an ``http-response`` format, at
+        once and without the origin. Otherwise, with a known conflict, Pushpin's way (forget the
+        last id, ask the origin again with ``Grip-Last``); with none, the hold waits, and the
+        live items that arrived meanwhile are handed to it in order."""
+        history = self.history
+        assert history is not None
+        ch, pid = behind
+        state = ResumeState(pid, [ch])
+        hold.resume = state
+
+        def done(r: Replay) -> None:
+            if state.buffer is None:
+                return
+            buffer = state.end()
+            hold.resume = None
+            if not hold.active:
+                return
+            item = None
+            if r.status == "ok":
+                item = next(
+                    (
+                        i
+                        for i in r.items
+                        if i.http_response is not None and i.http_response.action == "send"
+                    ),
+                    None,
+                )
+            if item is not None:
+                hold.prev_ids = {}  # the item follows prev-id by its place in history
+                if publish_response(self, item, [hold]):
+                    self.events.delivered(item.channel, item.id, "http-response", 1)
+            elif conflict:
+                self.last_ids.forget_last_id(ch)
+                hold.retry()
+            else:
+                for i in buffer:
+                    if not hold.active:
+                        break
+                    publish_response(self, i, [hold])
+
+        state.timer = self.loop.call_later(REPLAY_TIMEOUT, done, Replay("gone"))
+        state.finish = lambda: done(Replay("gone"))
+        history.read(ch, pid, 100, done)
 
     def write_stream_head(self, conn: ClientConnection, resp: HttpResponse, chunked: bool) -> None:
         head = stream_head(resp, chunked)
@@ -110,13 +180,24 @@ class Engine:
         follow: bool = False,
         retry: bool = False,
     ) -> StreamHold:
-        if not head_sent:
+        last = None
+        if (
+            not (head_sent or follow or retry)
+            and self.history is not None
+            and route_policy(route, self.app.config).on
+        ):
+            last = resume_id(req)
+        if not head_sent and last is None:
             self.write_stream_head(conn, ins.response, chunked)
         hold = StreamHold(self, conn, req, route, ins, chunked)
         conn.set_handler(hold)
         conn.hold_started()
         self.subscribe(hold, hold.channels, "stream")
         self._log_subscribe(req, hold.channels, retry)
+        if last is not None and hold.channels:
+            self._start_resume(hold, ResumeState(last, list(hold.channels), ins.response))
+        elif last is not None:
+            self.write_stream_head(conn, ins.response, chunked)
         if follow:
             hold.update()
             return hold
@@ -134,6 +215,14 @@ class Engine:
 
     def subscribe(self, sub: Hold, channels: list[str], mode: Mode) -> None:
         """``sub`` joins ``channels``: registry, channel interest and events, in that order."""
+        route = sub.route
+        if self.history is not None and (
+            route.history_size is not None or route.history_ttl is not None
+        ):
+            # The route's own history settings reach the store before any item can be stored
+            policy = route_policy(route, self.app.config)
+            for ch in channels:
+                self.history.set_policy(ch, policy)
         first = self.registry.subscribe(sub, channels)
         events = self.events
         tracker = self.channels
@@ -162,6 +251,122 @@ class Engine:
         for ch in channels:
             tracker.unsubscribed(ch, mode)
             events.unsubscribed(ch, mode, ch in last)
+
+    def _start_resume(self, hold: StreamHold, state: ResumeState) -> None:
+        """Subscribed already (live items wait in ``state``): read what came after the client's
+        last id on each channel, then :meth:`finish_resume`."""
+        history = self.history
+        assert history is not None
+        hold.resume = state
+        state.timer = self.loop.call_later(REPLAY_TIMEOUT, self.finish_resume, hold)
+        state.finish = lambda: self.finish_resume(hold)
+        for ch in state.channels:
+
+            def done(r: Replay, ch: str = ch) -> None:
+                if hold.resume is not state or state.buffer is None:
+                    return  # finished already (timed out, or the client went away)
+                state.results[ch] = whole(r, READ_LIMIT_MAX)
+                if len(state.results) == len(state.channels):
+                    self.finish_resume(hold)
+
+            history.read(ch, state.last_id, READ_LIMIT_MAX, done)
+
+    def finish_resume(self, hold: StreamHold) -> None:
+        """Write the head (``Gripd-History: resumed`` or ``gone``), the origin's body, the
+        optional gone event, the replay (oldest first, per channel), then the live items that
+        waited and were not in the replay. A channel that did not answer counts as gone."""
+        state = hold.resume
+        if state is None or state.buffer is None:
+            return
+        buffer = state.end()
+        hold.resume = None
+        if not hold.active:
+            return
+        statuses = [
+            state.results[c].status if c in state.results else "gone" for c in state.channels
+        ]
+        verdict = "resumed" if "ok" in statuses else "gone" if "gone" in statuses else None
+        resp = state.response
+        assert resp is not None
+        if verdict is not None:
+            resp = HttpResponse(
+                resp.code, resp.reason, [*resp.headers, (GONE_HEADER, verdict)], resp.body
+            )
+        self.write_stream_head(hold.conn, resp, hold.chunked)
+        event = self.app.config.history_gone_event
+        if verdict == "gone" and event:
+            asked = state.last_id.replace("\r", "").replace("\n", "")
+            hold.write(f"event: {event}\ndata: {asked}\n\n".encode())
+        replayed: list[PublishItem] = []
+        for c in state.channels:
+            r = state.results.get(c)
+            if r is not None and r.status == "ok":
+                replayed.extend(
+                    i
+                    for i in r.items
+                    if i.http_stream is not None and i.http_stream.action == "send"
+                )
+        for item in replayed:
+            publish_stream(self, item, [hold])
+        skip = {(i.channel, i.id) for i in replayed if i.id is not None}
+        for c, r in state.results.items():
+            skip.update((c, k) for k in r.known)
+        for item in buffer:
+            if item.id is None or (item.channel, item.id) not in skip:
+                publish_stream(self, item, [hold])
+        if skip and hold.active:
+            state.skip = skip
+            hold.resume = state
+
+    def resume_ws(self, session: WsSession, channel: str, last_id: str) -> None:
+        """A WebSocket subscribe with ``last-id``: replay what the channel stored after it,
+        then live messages (which wait meanwhile). Nothing is replayed when the id is gone."""
+        history = self.history
+        if history is None or not route_policy(session.route, self.app.config).on:
+            return
+        state = ResumeState(last_id, [channel])
+        if session.resuming is None:
+            session.resuming = {}
+        session.resuming[channel] = state
+
+        def done(r: Replay) -> None:
+            if state.buffer is None:
+                return
+            state.results[channel] = whole(r, READ_LIMIT_MAX)
+            self._finish_ws_resume(session, channel, state)
+
+        state.timer = self.loop.call_later(REPLAY_TIMEOUT, done, Replay("gone"))
+        state.finish = lambda: done(Replay("gone"))
+        history.read(channel, last_id, READ_LIMIT_MAX, done)
+
+    def _finish_ws_resume(self, session: WsSession, channel: str, state: ResumeState) -> None:
+        buffer = state.end()
+        resuming = session.resuming
+        if resuming is not None and resuming.get(channel) is state:
+            del resuming[channel]
+        if not session.active:
+            return
+        r = state.results.get(channel)
+        replayed = [
+            i
+            for i in (r.items if r is not None and r.status == "ok" else ())
+            if i.ws_message is not None and i.ws_message.action == "send"
+        ]
+        for item in replayed:
+            publish_ws(self, item, [session])
+        skip = {(channel, i.id) for i in replayed if i.id is not None}
+        if r is not None:
+            skip.update((channel, k) for k in r.known)
+        for item in buffer:
+            if item.id is None or (channel, item.id) not in skip:
+                publish_ws(self, item, [session])
+        if skip:
+            state.skip = skip
+            if session.resuming is None:
+                session.resuming = {}
+            session.resuming[channel] = state
+        elif not session.resuming:
+            session.resuming = None
 
     def first_subscription(self, channel: str) -> None:
         """F22: ~1 s after a channel's first subscriber, update its sessions, closing the race

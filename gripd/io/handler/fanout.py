@@ -107,6 +107,12 @@ def publish_stream(engine: Engine, item: PublishItem, subs: list[object]) -> int
     for s in subs:
         if not isinstance(s, StreamHold):
             continue
+        r = s.resume
+        if r is not None:
+            if r.hold_back(item):
+                continue  # waits for the replay, or the replay carried it
+            if not r.skip and r.buffer is None:
+                s.resume = None
         if not _admit(engine, s, item, listed):
             continue
         if fmt.action == "close":
@@ -139,6 +145,9 @@ def publish_response(engine: Engine, item: PublishItem, subs: list[object]) -> i
     for s in subs:
         if not isinstance(s, ResponseHold):
             continue
+        r = s.resume
+        if r is not None and r.hold_back(item):
+            continue  # waits for the answer from history
         if not _admit(engine, s, item, listed):
             continue
         if fmt.action == "hint":
@@ -201,6 +210,14 @@ def publish_ws(engine: Engine, item: PublishItem, subs: list[object]) -> int:
     for s in subs:
         if not isinstance(s, WsSession):
             continue
+        resuming = s.resuming
+        if resuming is not None:
+            r = resuming.get(item.channel)
+            if r is not None:
+                if r.hold_back(item):
+                    continue  # waits for the replay, or the replay carried it
+                if not r.skip and r.buffer is None:
+                    del resuming[item.channel]
         if listed is not None:
             try:
                 check_listed(s, item, listed)

@@ -21,6 +21,7 @@ from gripd.io.origin.nextlink import LinkState, resolve
 if TYPE_CHECKING:
     from gripd.core.routes import Route
     from gripd.io.handler.engine import Engine
+    from gripd.io.handler.history import ResumeState
     from gripd.io.listener.client import ClientConnection, Request
 
 log = logging.getLogger("gripd.hold")
@@ -94,6 +95,7 @@ class ResponseHold(_Hold):
         "req",
         "resp_key",
         "response",
+        "resume",
         "route",
         "timer",
     )
@@ -132,6 +134,7 @@ class ResponseHold(_Hold):
         )
         self.body = body
         self.active = True
+        self.resume: ResumeState | None = None  # waits for history: live items wait too
         self.timer: TimerHandle | None = engine.loop.call_later(ins.timeout, self._on_timeout)
 
     def _stop(self) -> None:
@@ -139,6 +142,10 @@ class ResponseHold(_Hold):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        r = self.resume
+        if r is not None and r.timer is not None:
+            r.timer.cancel()
+            r.timer = None
         self.engine.unsubscribe(self)
 
     def deliver(self, data: bytes) -> None:
@@ -204,6 +211,7 @@ class StreamHold(_Hold):
         "meta",
         "prev_ids",
         "req",
+        "resume",
         "route",
     )
     mode: Final = "stream"
@@ -234,6 +242,7 @@ class StreamHold(_Hold):
         self.link: LinkState | None = None
         self.prev_ids: dict[str, str | None] | None = None
         self.gone = gone_link(ins, req)
+        self.resume: ResumeState | None = None  # set while a resume from history is pending
         self.apply_stream_instruct(ins)
 
     def apply_stream_instruct(self, ins: Instruct) -> None:
@@ -270,6 +279,10 @@ class StreamHold(_Hold):
             self.ka_timer = None
         if self.link is not None:
             self.link.cancel()
+        r = self.resume
+        if r is not None and r.timer is not None:
+            r.timer.cancel()
+            r.timer = None
         self.engine.unsubscribe(self)
 
     def deliver(self, chunk: bytes, raw: bytes, now: float, channel: str = "") -> bool:
@@ -291,8 +304,16 @@ class StreamHold(_Hold):
         if self.active and self.link is not None:
             self.link.resume()
 
+    def _settle(self) -> None:
+        """Anything written while a resume waits for its replay finishes the resume first,
+        with what has arrived (the head must go out before any byte of the body)."""
+        r = self.resume
+        if r is not None and r.buffer is not None:
+            self.engine.finish_resume(self)
+
     def write(self, data: bytes) -> None:
         """Append bytes of the engine's own making (a next link's body)."""
+        self._settle()
         if self.active and data:
             self.conn.queue(encode_chunk(data) if self.chunked else data)
             self.last_write = self.engine.loop.time()
@@ -321,6 +342,7 @@ class StreamHold(_Hold):
         """``action: close`` (F24): end the response cleanly."""
         if not self.active:
             return
+        self._settle()
         self._stop()
         if self.chunked:
             self.conn.queue(LAST_CHUNK)
@@ -332,6 +354,7 @@ class StreamHold(_Hold):
         self.ka_timer = None
         if not self.active:
             return
+        self._settle()
         loop = self.engine.loop
         now = loop.time()
         idle = now - self.last_write

@@ -34,6 +34,7 @@ from gripd.core.publish import PublishItem
 from gripd.core.ratelimit import RateLimiter
 from gripd.core.sequencer import EXPIRE_INTERVAL, Sequencer
 from gripd.io.handler.channels import ChannelTracker
+from gripd.io.handler.history import LocalHistory
 from gripd.io.observe.events import Events
 
 _LOG = logging.getLogger("gripd.pipeline")
@@ -95,6 +96,9 @@ class PublishPipeline:
         self._rate_timer: asyncio.TimerHandle | None = None
         self._rate_when: float | None = None
         self._stopped = False
+        # Where accepted items are kept for resuming clients (in memory; None with the Redis
+        # bus, which stores them in Redis as they are published).
+        self.history: LocalHistory | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -163,6 +167,9 @@ class PublishPipeline:
     # -- delivery ----------------------------------------------------------------------------
 
     def _deliver(self, ready: list[_Action], now: float) -> None:
+        history = self.history
+        if history is not None and history.store.active:
+            history.append([a[0] for a in ready])
         if not self.limited:
             self._publish(ready)
             return

@@ -43,6 +43,7 @@ from gripd.io.ws_endpoint import OPCODES, WsEndpoint, encode_message
 if TYPE_CHECKING:
     from gripd.core.routes import Route
     from gripd.io.context import SessionHost
+    from gripd.io.handler.history import ResumeState
     from gripd.io.listener.client import ClientConnection, Request
 
 log = logging.getLogger("gripd.ws")
@@ -122,6 +123,8 @@ class WsSession:
         self.meta: dict[str, str] = {}  # capped by META_KEYS_MAX / META_BYTES_MAX (F36)
         self.meta_refused = 0
         self.filters: dict[str, list[str]] | None = None  # channel -> filters (F35)
+        # channel -> its pending or just finished resume from history (a ``last-id`` subscribe)
+        self.resuming: dict[str, ResumeState] | None = None
         self.detached = False
         self.active = True
         self.dropped = 0
@@ -297,11 +300,14 @@ class WsSession:
                 log.warning("ws %s: too many subscriptions", self.req.url)
                 return
             ch = self.route.prefix + msg.channel
+            fresh = ch not in self.channels
             self._subscribe(ch)
             if msg.filters:
                 if self.filters is None:
                     self.filters = {}
                 self.filters[ch] = list(msg.filters)
+            if fresh and msg.last_id is not None:
+                self.app.engine.resume_ws(self, ch, msg.last_id)
         elif isinstance(msg, Unsubscribe):
             ch = self.route.prefix + msg.channel
             if ch not in self.implicit and ch in self.channels:

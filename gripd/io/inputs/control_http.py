@@ -1,4 +1,5 @@
-"""The HTTP control API server (F28): ``POST /publish``, ``POST /recover``, ``GET /``.
+"""The HTTP control API server (F28): ``POST /publish``, ``POST /recover``, ``GET /``, and
+gripd's own history read API, ``GET /channels/<channel>/items`` (see docs/history.md).
 
 A thin asyncio adapter mirroring Pushpin's ``SimpleHttpServer`` (src/corelib/simplehttpserver.cpp):
 one request per connection, every reply with ``Connection: close`` and ``Content-Length``, then
@@ -7,7 +8,8 @@ in ``max_headers_size`` bytes; it is parsed by ``httptools``. The body is framed
 ``Content-Length`` only: a request that needs a body and has no Content-Length, or that uses
 ``Transfer-Encoding``, is refused with 411 as Pushpin does (so chunked bodies are refused).
 Routing and validation are pure (``gripd.core.publish.handle_control_request``); the reply is
-written before items are handed to the sink.
+written before items are handed to the sink. The history read API is answered here, from a
+``HistoryReader`` (possibly later, when the store is remote; bounded by ``history_timeout``).
 
 ``header_timeout`` (``client_header_timeout``) bounds the whole request, head and body, from
 accept: a peer that has not sent it all by then gets ``408`` and a close, so slow or stalled
@@ -24,12 +26,23 @@ import typing
 import httptools
 
 from gripd.core.headers import Headers
-from gripd.core.publish import ControlReply, PublishItem, handle_control_request
+from gripd.core.history import Replay
+from gripd.core.itemjson import accepts_json, history_body, items_channel, parse_items_query
+from gripd.core.publish import (
+    ControlReply,
+    PublishItem,
+    handle_control_request,
+)
+
+if typing.TYPE_CHECKING:
+    from gripd.io.handler.history import HistoryReader
 
 _LOG = logging.getLogger("gripd.control")
 _HEAD_END = re.compile(rb"\n\r?\n")
 _CL_RE = re.compile(rb"[ \t\n\r\v\f]*([+-]?[0-9]+)[ \t\n\r\v\f]*\Z")
 _NO_BODY_METHODS = frozenset({"HEAD", "GET", "DELETE", "OPTIONS"})
+
+HISTORY_READ_TIMEOUT: typing.Final = 5.0  # seconds to wait for the store before a 503
 
 
 class PublishSink(typing.Protocol):
@@ -83,8 +96,12 @@ class ControlProtocol(asyncio.Protocol):
         max_body_size: int,
         logger: logging.Logger,
         header_timeout: float = 0.0,
+        history: HistoryReader | None = None,
+        history_timeout: float = HISTORY_READ_TIMEOUT,
     ) -> None:
         self._sink = sink
+        self._history = history
+        self._history_timeout = history_timeout
         self._header_timeout = header_timeout
         self._timer: asyncio.TimerHandle | None = None
         self._peer = ""
@@ -232,6 +249,11 @@ class ControlProtocol(asyncio.Protocol):
             self._dispatch(bytes(self._buf))
 
     def _dispatch(self, body: bytes) -> None:
+        path, _, query = self._uri.partition("?")
+        encoded = items_channel(path)
+        if encoded is not None:
+            self._read_items(encoded, query)
+            return
         reply: ControlReply = handle_control_request(self._method, self._uri, self._headers, body)
         self._write(reply.code, reply.reason, reply.headers, reply.body)
         self._log.info("%s", reply.log)
@@ -246,6 +268,86 @@ class ControlProtocol(asyncio.Protocol):
                 self._sink.recover()
             except Exception:
                 self._log.exception("control: recover failed")
+
+    def _read_items(self, encoded_channel: str, query: str) -> None:
+        """``GET /channels/<channel>/items``: answered when the history reader answers."""
+        if not accepts_json(self._headers):
+            self._answer(
+                406, "Not Acceptable", "Not Acceptable. Supported format is application/json."
+            )
+            return
+        if self._method != "GET":
+            message = f"Method not allowed: {self._method}."
+            self._answer(405, "Method Not Allowed", message, extra=[("Allow", "GET")])
+            return
+        q = parse_items_query(encoded_channel, query)
+        if isinstance(q, str):
+            self._answer(400, "Bad Request", q)
+            return
+        reader = self._history
+        asked_after = q.after is not None
+        if reader is None:  # history not available in this process: nothing is stored
+            self._answer_items(Replay("off"), asked_after)
+            return
+        done = False
+
+        def answer(replay: Replay) -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            if not self._replied:
+                self._answer_items(replay, asked_after)
+
+        self._cancel_timer()  # the request is complete: from here the store's time counts
+        if self._history_timeout > 0:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._history_timeout, self._on_history_timeout)
+        try:
+            reader.read(q.channel, q.after, q.limit, answer)
+        except Exception:
+            done = True
+            self._log.exception("control: history read failed")
+            if not self._replied:
+                self._answer(500, "Internal Server Error", "Internal error.")
+
+    def _on_history_timeout(self) -> None:
+        self._timer = None
+        if not self._replied:
+            self._log.warning(
+                "control: history not read within %gs; 503 for %s", self._history_timeout, self._uri
+            )
+            self._answer(503, "Service Unavailable", "History not available, try again.")
+
+    def _answer_items(self, replay: Replay, asked_after: bool) -> None:
+        if replay.status == "gone" and not asked_after:
+            # "gone" without an id asked for: the store could not be read (Redis unreachable)
+            self._answer(503, "Service Unavailable", "History not available, try again.")
+            return
+        try:
+            body = history_body(replay, asked_after)
+        except Exception:
+            self._log.exception("control: history answer failed")
+            self._answer(500, "Internal Server Error", "Internal error.")
+            return
+        headers: Headers = [("Content-Type", "application/json")]
+        self._write(200, "OK", headers, body)
+        self._log.info(
+            "control: %s %s code=200 %d items=%d",
+            self._method,
+            self._uri,
+            len(body),
+            len(replay.items),
+        )
+
+    def _answer(
+        self, code: int, reason: str, message: str, *, extra: Headers | None = None
+    ) -> None:
+        """A text answer to a read (the style of the API's other errors), and its log line."""
+        body = (message + "\n").encode()
+        headers: Headers = [*(extra or []), ("Content-Type", "text/plain")]
+        self._write(code, reason, headers, body)
+        self._log.info("control: %s %s code=%d %d", self._method, self._uri, code, len(body))
 
     def _error(self, code: int, reason: str, message: str) -> None:
         self._state = "done"
@@ -271,9 +373,14 @@ async def start_control_server(
     max_body_size: int = 1_000_000,
     header_timeout: float = 0.0,
     logger: logging.Logger | None = None,
+    history: HistoryReader | None = None,
+    history_timeout: float = HISTORY_READ_TIMEOUT,
 ) -> asyncio.Server:
     """Listen for control API requests on ``host:port`` (``push_in_http_addr``/``_port``);
-    ``header_timeout`` > 0 bounds the time to receive a whole request."""
+    ``header_timeout`` > 0 bounds the time to receive a whole request. ``history`` answers
+    ``GET /channels/<channel>/items`` (None: nothing is stored, every read is empty); its
+    ``done`` callback must run on this event loop, within ``history_timeout`` seconds (else
+    503; 0 waits without limit)."""
     log = logger or _LOG
     loop = asyncio.get_running_loop()
     return await loop.create_server(
@@ -283,6 +390,8 @@ async def start_control_server(
             max_body_size=max_body_size,
             logger=log,
             header_timeout=header_timeout,
+            history=history,
+            history_timeout=history_timeout,
         ),
         host,
         port,

@@ -75,6 +75,22 @@ BUS_COUNTERS: tuple[tuple[str, str, str], ...] = (
         "Messages in a bus channel dropped because they are not valid bus messages",
     ),
     ("reconnects", "bus_reconnects", "Times the bus connected again after losing Redis"),
+    ("history_stored", "bus_history_stored", "Items the bus stored in channel history in Redis"),
+    (
+        "history_write_errors",
+        "bus_history_write_errors",
+        "Publishes whose items Redis refused to store in history (they were published anyway)",
+    ),
+    (
+        "history_read_errors",
+        "bus_history_read_errors",
+        "History reads answered as gone because Redis did not answer in time",
+    ),
+    (
+        "history_skipped",
+        "bus_history_skipped",
+        "Stored history entries skipped because they did not decode",
+    ),
 )
 BUS_CONNECTED_HELP = (
     "1 while the bus is connected to Redis, 0 while it delivers locally only "
