@@ -19,7 +19,7 @@ from websockets.asyncio.client import connect as ws_connect
 from tests.conftest import TIME_SCALE, StartFn
 from tests.support.e2e import get, publish, stream_item
 from tests.support.origin import Origin, RecordedRequest, Reply
-from tests.support.procs import Server
+from tests.support.procs import Impl, Server
 from tests.support.rawhttp import RawResponse, open_request, raw_request
 
 from .test_workers import STREAMS, wait_metric
@@ -105,20 +105,6 @@ async def test_resume_beyond_the_history_is_gone(
         ]
     finally:
         ok.close()
-
-
-async def test_history_off_by_default_changes_nothing(start: StartFn, origin: Origin) -> None:
-    s = await serve(start, origin, "2")
-    await publish(s, [sse(1), sse(2)])
-    resp = await connect(s, extra="Last-Event-ID: 1\r\n")
-    try:
-        assert "gripd-history" not in resp.headers
-        await wait_metric(s, STREAMS, 1)
-        await publish(s, [sse(3)])
-        body = await resp.read_body_until(b"item 3\n\n", WAIT)
-        assert b"item 2" not in body
-    finally:
-        resp.close()
 
 
 # --- long-poll: a prev-id behind the channel's last id ------------------------------------------
@@ -315,3 +301,33 @@ async def test_a_resume_further_behind_than_one_read_is_gone(
         assert [int(m.group(1)) for m in EVENT.finditer(body)] == list(range(1101, 1201))
     finally:
         near.close()
+
+
+# --- history off: exactly Pushpin's behaviour (differential) -------------------------------------
+
+
+async def settle(s: Server, origin: Origin, path: str, count: int) -> None:
+    """Wait for the hold; Pushpin re-requests ~1 s after a first subscription (F22)."""
+    await origin.wait_for(path, count)
+    await asyncio.sleep((1.6 if s.impl == "pushpin" else 0.3) * TIME_SCALE)
+
+
+async def test_resume_requests_without_history_are_pushpins(
+    impl: Impl, start: StartFn, origin: Origin
+) -> None:
+    """F24: with history off (the default), a stream that sends ``Last-Event-ID`` (or
+    ``last_event_id``) gets only what is published after it subscribed, and no
+    ``Gripd-History``: the same as Pushpin. (A long-poll behind its channel's last id:
+    ``test_long_poll_without_history_asks_the_origin_again``.)"""
+    origin.route("GET", "/events", Reply(200, SSE, "retry: 300\n\n"))
+    s = await start(impl, [f"* 127.0.0.1:{origin.port}"])
+    await publish(s, [sse(1), sse(2)])
+    resp = await connect(s, "/events?last_event_id=1", "Last-Event-ID: 1\r\n")
+    try:
+        assert "gripd-history" not in resp.headers
+        await settle(s, origin, "/events", 1)
+        await publish(s, [sse(3)])
+        body = await resp.read_body_until(b"item 3\n\n", WAIT)
+        assert [int(m.group(1)) for m in EVENT.finditer(body)] == [3]
+    finally:
+        resp.close()
