@@ -1,10 +1,11 @@
 """Command line: ``gripd`` (Pushpin's runner flags, F1) and ``gripd publish`` (F51).
 
-``gripd [--config FILE] [--port [ADDR:]PORT] [--route LINE]... [--id N] [--loglevel N]
-[--verbose] [--logfile FILE]``. Without ``--config``, the files Pushpin searches are tried
-(``./config/pushpin.conf``, ``./pushpin.conf``, ``./examples/config/pushpin.conf``,
-``/etc/pushpin/pushpin.conf``); when none exists gripd runs on its embedded default (Pushpin's
-shipped configuration with the ``* test`` route), where Pushpin would exit.
+``gripd [--config FILE | --default-config] [--port [ADDR:]PORT] [--route LINE]... [--id N]
+[--loglevel N] [--verbose] [--logfile FILE]``. Without ``--config``, the files Pushpin searches
+are tried (``./config/pushpin.conf``, ``./pushpin.conf``, ``./examples/config/pushpin.conf``,
+``/etc/pushpin/pushpin.conf``); when none exists, or with ``--default-config``, gripd runs on its
+embedded default (Pushpin's shipped configuration with the ``* test`` route), where Pushpin would
+exit. The first log lines say which configuration is in use.
 """
 
 from __future__ import annotations
@@ -57,7 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="GRIP proxy, drop-in compatible with Pushpin 1.36. "
         "`gripd publish --help` for the publish command.",
     )
-    p.add_argument("--config", metavar="FILE", help="pushpin.conf to use")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--config",
+        metavar="FILE",
+        help="pushpin.conf to use (default: the first of ./config/pushpin.conf, ./pushpin.conf, "
+        "./examples/config/pushpin.conf, /etc/pushpin/pushpin.conf that exists, else the "
+        "embedded default)",
+    )
+    source.add_argument(
+        "--default-config",
+        action="store_true",
+        help="run on the embedded default (Pushpin's shipped pushpin.conf, route '* test') "
+        "even where a pushpin.conf exists",
+    )
     p.add_argument("--logfile", metavar="FILE", help="write logs to FILE instead of stderr")
     p.add_argument(
         "--loglevel",
@@ -79,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a routes-file line (repeatable); replaces the routes file",
     )
     p.add_argument("-m", "--merge-output", action="store_true", help="accepted for Pushpin compat")
-    p.add_argument("--version", action="version", version=f"gripd {__version__}")
+    p.add_argument("-v", "--version", action="version", version=f"gripd {__version__}")
     return p
 
 
@@ -91,7 +105,7 @@ def _no_file(path: str) -> str:
 def load(args: argparse.Namespace) -> Config:
     """The configuration the flags ask for; raises ConfigError."""
     cwd = os.getcwd()
-    path = args.config or find_config_file(cwd, os.path.exists)
+    path = None if args.default_config else args.config or find_config_file(cwd, os.path.exists)
     offset = args.id * 10 if args.id is not None else None
     prefix = f"p{args.id}-" if args.id is not None else None
     if path is None:
@@ -179,8 +193,7 @@ def run(argv: list[str]) -> int:
         return 1
     setup_logging(level, args.logfile)
     _raise_nofile_limit()
-    if cfg.config_path is None:
-        logging.getLogger("gripd").info("no configuration file found; using the embedded default")
+    log_config_source(cfg, args)
     workers = cfg.workers or cpu_count()
     early: list[Any] = []
     admission: Any = None
@@ -227,6 +240,22 @@ def run(argv: list[str]) -> int:
         print(f"gripd: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def log_config_source(cfg: Config, args: argparse.Namespace) -> None:
+    """Say which configuration is in use, and warn about the lines of it that were dropped:
+    on a machine with Pushpin installed, ``/etc/pushpin/pushpin.conf`` is found by the search
+    and a newcomer expecting the embedded default should see that at once."""
+    log = logging.getLogger("gripd")
+    if cfg.config_path is not None:
+        how = "" if args.config else " (found by the search; --default-config to ignore it)"
+        log.info("using configuration file %s%s", cfg.config_path, how)
+    elif args.default_config:
+        log.info("using the embedded default configuration (--default-config)")
+    else:
+        log.info("no configuration file found; using the embedded default")
+    for w in cfg.warnings:
+        log.warning("%s", w)
 
 
 def cpu_count() -> int:

@@ -279,6 +279,8 @@ class Config:
     history_gone_event: str = ""  # SSE event name sent when a resume id is gone; "" = none
     bus: str = ""
     extra: dict[str, dict[str, str]] = field(default_factory=dict)
+    # ``file:line: ...`` for each line of the files that was dropped or read in a lenient way
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
 # --- INI reading ---------------------------------------------------------------------------------
@@ -304,26 +306,36 @@ def _strip_comment(value: str) -> str:
     return value
 
 
-def _parse_ini(text: str, filename: str) -> _Ini:
+def _parse_ini(text: str, filename: str, warnings: list[str] | None = None) -> _Ini:
     """Sections → key → (raw value, file, line). Keys are case-sensitive (QSettings); the last
-    duplicate wins; lines that are neither ``[section]`` nor ``key=value`` are ignored, as
-    QSettings does. Keys before any section go to ``General``."""
+    duplicate wins. Keys before any section go to ``General``. As in QSettings, a header
+    without ``]`` names the section by the rest of its line (Pushpin reads ``[runner`` as
+    ``[runner]``), ``[]`` starts a section nobody reads, and other lines without ``=`` are
+    dropped; each of these adds a ``file:line: ...`` note to ``warnings``."""
     out: _Ini = {}
     section = "General"
+    notes = [] if warnings is None else warnings
     for lineno, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line or line[0] in ";#":
             continue
+        where = f"{filename}:{lineno}:"
         if line[0] == "[":
+            line = _strip_comment(line).rstrip()
             end = line.find("]")
-            if end > 1:
-                section = line[1:end].strip()
+            section = line[1 : len(line) if end < 0 else end].strip()
+            if not section:
+                notes.append(f"{where} {line!r} names no section: the keys below it are not read")
+            elif end < 0:
+                notes.append(f"{where} {line!r} has no closing ']': read as [{section}]")
             continue
         if "=" not in line:
+            notes.append(f"{where} {line!r} is neither key=value nor [section]: ignored")
             continue
         key, value = line.split("=", 1)
         key = key.strip()
         if not key:
+            notes.append(f"{where} {line!r} has no key before '=': ignored")
             continue
         out.setdefault(section, {})[key] = (_strip_comment(value).strip(), filename, lineno)
     return out
@@ -524,7 +536,8 @@ def load_config(
     filename = path if path is not None else "<config>"
     config_dir = posixpath.dirname(path) if path else "."
     config_dir = config_dir or "."
-    main = _parse_ini(main_text, filename)
+    warnings: list[str] = []
+    main = _parse_ini(main_text, filename, warnings)
 
     def main_raw(section: str, key: str) -> str | None:
         e = main.get(section, {}).get(key)
@@ -555,7 +568,7 @@ def load_config(
     if inc:
         inc = _resolve_path(config_dir, _Reader({}, {}, vars_, port_offset).resolve(inc))
         try:
-            include = _parse_ini(read_file(inc), inc)
+            include = _parse_ini(read_file(inc), inc, warnings)
         except OSError:
             if posixpath.basename(inc) == "internal.conf":
                 include = _parse_ini(INTERNAL_CONF, "<built-in internal.conf>")
@@ -693,6 +706,7 @@ def load_config(
         history_channels_max=r.int_("gripd", "history_channels_max", 10_000, minimum=1),
         history_gone_event=_gone_event(r),
         extra=extra,
+        warnings=tuple(warnings),
     )
 
 

@@ -185,6 +185,7 @@ class WsSession:
             max_size=self.app.config.ws_max_message_size,
         )
         self.conn.take_raw(self.client.feed)
+        self._log_connection(101, 0)
         target = self.route.targets[0]
         for ch in target.subs:
             self.implicit.add(ch)
@@ -195,6 +196,7 @@ class WsSession:
         if self.active:
             self._release()
             self.active = False
+            self._log_connection(resp.code, len(resp.body))
             self.conn.send_response(resp, self.req.method, keep_alive=False)
 
     def fail(self, detail: str) -> None:
@@ -208,6 +210,8 @@ class WsSession:
         body = (detail if debug else "Error while proxying to origin.") + "\n"
         # Pushpin's WebSocket 502 has no Content-Type, unlike its HTTP one [verified, 1.36].
         resp = HttpResponse(502, "Bad Gateway", [], body.encode())
+        # No target line when the route's target cannot carry a WebSocket at all (Pushpin).
+        self._log_connection(502, len(resp.body), proxied=self.route.targets[0].kind == "host")
         self.conn.send_response(resp, keep_alive=False)
 
     # -- the test target's /ws (F50) ---------------------------------------------------------
@@ -215,7 +219,9 @@ class WsSession:
     def _open_test(self) -> None:
         path = urlsplit(self.req.url).path.rstrip("/") or "/"
         if not path.endswith("/ws"):
-            self.conn.send_response(text_response(404, "no such test resource\n"))
+            resp = text_response(404, "no such test resource\n")
+            self._log_connection(resp.code, len(resp.body))
+            self.conn.send_response(resp)
             self._release()
             self.active = False
             return
@@ -387,6 +393,35 @@ class WsSession:
             return
         self.channels.append(channel)
         self.app.engine.subscribe(self, [channel], "ws")
+        ticklog = self.app.engine.ticklog
+        if ticklog.enabled():  # Pushpin's handler line, as for HTTP holds
+            ticklog.info(f"subscribe {self._uri()} channel={channel}")
+
+    # -- request log -------------------------------------------------------------------------
+
+    def _uri(self) -> str:
+        return f"ws://{hdr.get(self.req.headers, 'host') or ''}{self.req.url}"
+
+    def _log_connection(self, code: int, size: int, *, proxied: bool = True) -> None:
+        """Pushpin's line for a WebSocket handshake, ``GET ws://host/path -> target code=101 0``
+        (wsproxysession ``logConnection``): the answer's code and body size, once."""
+        ticklog = self.app.ticklog  # the host's request lines, beside the HTTP ones
+        if not ticklog.enabled():
+            return
+        parts = ["GET", self._uri()]
+        if proxied:
+            target = self.route.targets[0]
+            parts += ["->", target.label() + ("[http]" if target.over_http else "")]
+        if self.app.config.log_from:
+            parts.append(f"from={self.conn.peer}")
+        if ref := hdr.get(self.req.headers, "referer"):
+            parts.append(f"ref={ref}")
+        if self.route.explicit_id:
+            parts.append(f"route={self.route.id}")
+        parts.append(f"code={code} {size}")
+        if self.app.config.log_user_agent and (ua := hdr.get(self.req.headers, "user-agent")):
+            parts.append(f"ua={ua}")
+        ticklog.info(" ".join(parts))
 
     def _unsubscribe_all(self) -> None:
         if self.channels:
