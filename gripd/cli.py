@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gripd",
         description="GRIP proxy, drop-in compatible with Pushpin 1.36. "
-        "`gripd publish --help` for the publish command.",
+        "`gripd publish --help` for the publish command; "
+        "`gripd demo --help` for a demo in the browser.",
     )
     source = p.add_mutually_exclusive_group()
     source.add_argument(
@@ -282,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         from gripd.publish_cli import main as publish_main
 
         return publish_main(argv[1:])
+    if argv and argv[0] == "demo":
+        from gripd.demo import main as demo_main
+
+        return demo_main(argv[1:])
     return run(argv)
 
 
