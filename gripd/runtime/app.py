@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ from gripd.io.handler.ws_session import WsSession
 from gripd.io.inputs.zmq import BindError, os_reason
 from gripd.io.listener.client import ClientConnection, Flusher, Request
 from gripd.io.observe.events import Events
+from gripd.io.observe.status import StatusReporter
 from gripd.io.observe.ticklog import TickLog
 from gripd.io.origin.http import OriginPool
 from gripd.io.origin.woh import WohPeer
@@ -241,6 +243,20 @@ class App:
         self.servers: list[asyncio.Server] = []
         self._stopping = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
+        # The status page's view of this process: slowest connections and routes, reported to
+        # the instance's board (here, or in the hub) while the Prometheus port is configured.
+        self.routes_loaded: float | None = None  # wall-clock time of the last (re)load
+        self.status_reporter: StatusReporter | None = None
+        if config.prometheus_port:
+            send: Callable[[dict[str, Any]], None]
+            if self.services is not None:
+                send = partial(self.services.status.worker_report, 0)
+            else:
+                assert self.link is not None
+                send = self.link.report_status
+            self.status_reporter = StatusReporter(
+                self.loop, self.flusher.backed_up, self.routes_status, send
+            )
 
     # -- identity and per-request helpers ----------------------------------------------------
 
@@ -547,8 +563,22 @@ class App:
             )
             return
         self.routes = table
+        self.routes_loaded = round(time.time(), 3)
+        if self.status_reporter is not None:
+            self.status_reporter.routes_changed()
         # Pushpin's wording; with workers, the first one speaks for all.
         log.log(self._info, "routes loaded with %d entries", len(table))
+
+    def routes_status(self) -> dict[str, Any]:
+        """The routes as the status page shows them: where from, how many, loaded when."""
+        if self.route_lines is not None:
+            source, path = "command line", None
+        elif self.config.routesfile is None:
+            source, path = "default", None
+        else:
+            source, path = "file", self.config.routesfile
+        entries = len(self.routes)
+        return {"source": source, "file": path, "entries": entries, "loaded": self.routes_loaded}
 
     async def _watch_routes(self) -> None:
         path = self.config.routesfile
@@ -582,6 +612,8 @@ class App:
             await self.stop(quiet=True)
             raise
         self._watch_task = self.loop.create_task(self._watch_routes())
+        if self.status_reporter is not None:
+            self.status_reporter.start()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             self.loop.add_signal_handler(signal.SIGHUP, self.load_routes)
             if self.worker is None:  # a worker ignores Ctrl-C: its hub stops it
@@ -656,6 +688,8 @@ class App:
             self.loop.set_exception_handler(self._prev_handler)
         if self._watch_task is not None:
             self._watch_task.cancel()
+        if self.status_reporter is not None:
+            self.status_reporter.stop()
         if self._waiting_timer is not None:
             self._waiting_timer.cancel()
         if self.pipeline is not None:

@@ -23,6 +23,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from gripd.core.config import Config
 from gripd.core.history import HistoryPolicy, Replay
@@ -131,6 +132,7 @@ class Hub:
         self.workers = {i: WorkerProc(i) for i in range(workers)}
         self._stopping = asyncio.Event()
         self._closing = False
+        self.services.status.workers = self.status_workers  # the status page's workers
 
     # -- commands that reach every worker ----------------------------------------------------
 
@@ -265,6 +267,23 @@ class Hub:
             self._read_history(w, msg[1], msg[2], msg[3], msg[4])
         elif kind == "hpol":
             self.history.set_policy(msg[1], HistoryPolicy(msg[2], msg[3]))
+        elif kind == "status":
+            self.services.status.worker_report(w.index, msg[1])
+
+    def status_workers(self) -> dict[str, Any]:
+        """The workers as the status page shows them (restarts: starts after the first)."""
+        now = time.monotonic()
+        procs = [
+            {
+                "index": w.index,
+                "pid": w.pid,
+                "restarts": max(w.generation - 1, 0),
+                "up": round(now - w.started, 1) if w.started else 0.0,
+                "alive": w.proc is not None and w.proc.returncode is None,
+            }
+            for w in self.workers.values()
+        ]
+        return {"mode": "hub", "pid": os.getpid(), "count": self.count, "processes": procs}
 
     def _read_history(
         self, w: WorkerProc, n: int, channel: str, after: str | None, limit: int
@@ -284,6 +303,7 @@ class Hub:
             return
         self.router.detach(w.index)
         self.relay.worker_gone(w.index)
+        self.services.status.worker_gone(w.index)
         self.admission.reset(w.index)
         if w.link is not None:
             w.link.close()

@@ -26,6 +26,7 @@ from gripd.io.inputs.zmq import BindError, ZmqInputs, os_reason
 from gripd.io.observe.events import EventFanout
 from gripd.io.observe.metrics import Metrics
 from gripd.io.observe.stats import StatsPublisher
+from gripd.io.observe.status import StatusBoard
 
 log = logging.getLogger("gripd")
 
@@ -50,6 +51,11 @@ class Services:
         self.events.add(self.stats)
         self.metrics = Metrics(config, stats=self.stats.state)
         self.events.add(self.metrics)
+        # The status page (/status, /status.html) is served where Prometheus is, when it is.
+        self.status = StatusBoard(self.metrics, loop)
+        if config.prometheus_port:
+            self.events.add(self.status)
+            self.metrics.status = self.status
         self.zmq = zmq.asyncio.Context()
         self.zmq_inputs = ZmqInputs(
             config,
@@ -92,6 +98,8 @@ class Services:
         await self.zmq_inputs.start(ipc=ipc)
         await self.command.start(ipc=ipc)
         await self.metrics.start(ipc=ipc)
+        if self.metrics.status is not None and not ipc:
+            self.status.start()
         await self.stats.start(ipc=ipc)
 
     async def stop_inputs(self) -> None:
@@ -103,6 +111,7 @@ class Services:
 
     async def stop(self) -> None:
         """Close the observers and the ZeroMQ context (after :meth:`stop_inputs`)."""
+        self.status.stop()
         await self.metrics.stop()
         await self.stats.stop()
         self.zmq.term()

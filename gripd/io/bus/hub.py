@@ -14,7 +14,9 @@ Worker -> hub: ``("gained", [channels])`` / ``("lost", [channels])`` (the worker
 interest, so the hub sends a channel's items only to workers that hold it), ``("ev", ...)``
 (connections, subscriptions, deliveries and drops, for the instance's stats and metrics and
 the instance's channel interest; see :class:`WorkerLink`), ``("forget", channel)`` (a hold saw
-an inconsistent last id), ``("ready", error)`` once its listeners are bound.
+an inconsistent last id), ``("ready", error)`` once its listeners are bound, ``("status",
+report)`` (its slowest connections and its routes, for the status page: see
+:class:`gripd.io.observe.status.StatusReporter`).
 
 Hub -> worker: ``("items", source, [PublishItem])``, ``("lid", channel, id | None)``,
 ``("lidclear",)``, ``("lidset", [(channel, id)])`` (everything known, to a new worker),
@@ -407,6 +409,10 @@ class WorkerLink(Events):
     def forget(self, channel: str) -> None:
         """A hold found ``channel``'s last id inconsistent: the hub's sequencer forgets it."""
         self._send(("forget", channel))
+
+    def report_status(self, report: dict[str, Any]) -> None:
+        """This worker's part of the status page (slowest connections, routes) to the hub."""
+        self._send(("status", report))
 
     def woh_opened(self, cid: str) -> None:
         self._send(("ev", "woh+", cid))

@@ -105,14 +105,16 @@ class Request:
 
 
 class Flusher:
-    """Coalesces queued writes of many connections into one flush per loop tick."""
+    """Coalesces queued writes of many connections into one flush per loop tick; ``backed_up``:
+    the connections paused for writing, since when (the status page's slowest, unwalked)."""
 
-    __slots__ = ("_dirty", "_loop", "_scheduled")
+    __slots__ = ("_dirty", "_loop", "_scheduled", "backed_up")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._dirty: list[ClientConnection] = []
         self._scheduled = False
+        self.backed_up: dict[ClientConnection, float] = {}
 
     def mark(self, conn: ClientConnection) -> None:
         self._dirty.append(conn)
@@ -246,6 +248,8 @@ class ClientConnection(asyncio.Protocol):
             return  # refused in connection_made
         self.closed = True
         self._cancel_timer()
+        if self._writing_paused:
+            self.app.flusher.backed_up.pop(self, None)
         self.app.drop_connection(self)
         self.app.events.connection_closed(self.id)
         handler, self.handler = self.handler, None
@@ -257,11 +261,13 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        self.app.flusher.backed_up.setdefault(self, self.app.loop.time())
         if self.handler is not None:
             self.handler.on_client_pause_writing()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self.app.flusher.backed_up.pop(self, None)
         if self.handler is not None:
             self.handler.on_client_resume_writing()
 

@@ -2,7 +2,9 @@
 
 Any request on ``prometheus_port`` (``port``, ``addr:port`` or ``ipc://<path>``) gets ``200``
 ``text/plain`` with the exposition, and the connection is closed, as Pushpin 1.36 does
-(SRC ``src/corelib/statsmanager.cpp`` ``prometheus_requestReady``).
+(SRC ``src/corelib/statsmanager.cpp`` ``prometheus_requestReady``). Two paths are gripd's own:
+``/status`` (the instance's status as JSON) and ``/status.html`` (a page that shows it live),
+answered by :attr:`Metrics.status` (see :mod:`gripd.io.observe.status`).
 
 Pushpin's five (``request_received``, ``connection_connected``, ``connection_minute``,
 ``message_received``, ``message_sent``, each with ``prometheus_prefix``) are written by hand,
@@ -27,10 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import re
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -158,6 +162,13 @@ class BusCollector:
         return out
 
 
+class StatusSource(Protocol):
+    """What answers ``/status`` and ``/status.html`` (a :class:`~.status.StatusBoard`)."""
+
+    def json(self) -> bytes: ...
+    def page(self) -> bytes: ...
+
+
 class Metrics(Events):
     """Prometheus metrics as an ``Events`` sink plus the HTTP endpoint serving them.
 
@@ -216,6 +227,10 @@ class Metrics(Events):
         for d in ("http-response", "http-stream", "ws-message"):
             self.deliveries.labels(d)
         self._conn_transport: dict[str, str] = {}
+        # The same counts as the connections gauge, as plain ints (read by the status page).
+        self.open_connections: dict[str, int] = {"http": 0, "ws": 0}
+        # Answers /status and /status.html when set (by the runtime); else every path scrapes.
+        self.status: StatusSource | None = None
         self._server: asyncio.Server | None = None
         self._unix_path: str | None = None
 
@@ -284,11 +299,30 @@ class Metrics(Events):
         """Record one origin request's latency (request sent → response head received)."""
         self.origin_latency.observe(seconds)
 
+    def answer(self, target: str, *, local: bool = True) -> HttpResponse:
+        """The response for a request target: the status page and its JSON at their two paths,
+        the exposition at any other (Pushpin answers every path with it). The status shows
+        peers, channels and routes, so only ``local`` clients (loopback, or the ``ipc://``
+        socket) get it, wherever the port listens; scrapers from elsewhere still get metrics."""
+        path = target.partition("?")[0]
+        status = self.status
+        if status is not None and path in ("/status", "/status.html") and not local:
+            body = b"The status page is served to loopback clients only.\n"
+            return HttpResponse(403, "Forbidden", [("Content-Type", "text/plain")], body)
+        if status is not None and path == "/status":
+            headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+            return HttpResponse(200, "OK", headers, status.json())
+        if status is not None and path == "/status.html":
+            headers = [("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-store")]
+            return HttpResponse(200, "OK", headers, status.page())
+        return HttpResponse(200, "OK", [("Content-Type", "text/plain")], self.exposition())
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            method = await asyncio.wait_for(_read_request(reader), READ_TIMEOUT)
-            if method is not None:
-                resp = HttpResponse(200, "OK", [("Content-Type", "text/plain")], self.exposition())
+            req = await asyncio.wait_for(_read_request(reader), READ_TIMEOUT)
+            if req is not None:
+                method, target = req
+                resp = self.answer(target, local=_is_local(writer.get_extra_info("peername")))
                 writer.write(encode_full(resp, method=method, keep_alive=False))
                 await writer.drain()
         except (TimeoutError, OSError, asyncio.IncompleteReadError):
@@ -304,15 +338,19 @@ class Metrics(Events):
 
     def connection_opened(self, conn_id: str, peer: str, transport: Transport) -> None:
         old = self._conn_transport.get(conn_id)
+        counts = self.open_connections
         if old is not None:
             self.connections.labels(old).dec()
+            counts[old] -= 1
         self._conn_transport[conn_id] = transport
         self.connections.labels(transport).inc()
+        counts[transport] = counts.get(transport, 0) + 1
 
     def connection_closed(self, conn_id: str) -> None:
         transport = self._conn_transport.pop(conn_id, None)
         if transport is not None:
             self.connections.labels(transport).dec()
+            self.open_connections[transport] -= 1
 
     def subscribed(self, channel: str, mode: Mode, first: bool) -> None:
         self.subscriptions.labels(mode).inc()
@@ -336,8 +374,22 @@ class Metrics(Events):
             self.slow_clients.inc(count)
 
 
-async def _read_request(reader: asyncio.StreamReader) -> str | None:
-    """Read one request head (and a small body); its method, or None when it is unusable."""
+def _is_local(peer: object) -> bool:
+    """A loopback TCP peer, or a Unix socket one (whose peer name is not an address pair)."""
+    if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
+        return True
+    try:
+        addr = ipaddress.ip_address(peer[0].partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str] | None:
+    """Read one request head (and a small body); its method and target, or None when it is
+    unusable."""
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.LimitOverrunError:
@@ -360,4 +412,4 @@ async def _read_request(reader: asyncio.StreamReader) -> str | None:
         return None
     if length:
         await reader.readexactly(length)
-    return parts[0]
+    return parts[0], parts[1]
