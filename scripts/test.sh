@@ -25,4 +25,6 @@ PY=${PYTHON:-python3}
 .venv/bin/ruff format --check gripd tests bench
 .venv/bin/ruff check gripd tests bench
 .venv/bin/mypy
-exec .venv/bin/python -m pytest "$@"
+# Four pytest processes by default (most tests wait on real servers, so more processes than
+# cores pays off); GRIPD_TEST_PROCS=0 runs everything in this one process.
+exec .venv/bin/python -m pytest -n "${GRIPD_TEST_PROCS:-4}" "$@"
