@@ -2,7 +2,7 @@
 
 Pushpin logs those at info (F53), and so does gripd. With the standard ``logging`` machinery
 each line cost ~10 µs (a ``LogRecord``, a lock, a write): a third of gripd's CPU when ingesting
-ZeroMQ items (bench/RESULTS.md). ``TickLog`` keeps the same line format but formats the
+ZeroMQ items (CHANGELOG.md, 2026-11-28). ``TickLog`` keeps the same line format but formats the
 timestamp once and writes all the lines of one loop tick with one call. Anything that is not a
 plain stream handler (or a changed level) falls back to ``logging``.
 """
