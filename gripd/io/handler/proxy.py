@@ -151,7 +151,7 @@ class ProxySession:
             return
         if hdr.contains(self.req.headers, "expect") and not self._body_done:
             self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self._task = self.app.loop.create_task(self._open())
+        self._start_request()
 
     def _take_body(self, data: bytes) -> None:
         self._body_total += len(data)
@@ -201,7 +201,8 @@ class ProxySession:
         )
         return hdr.remove(h, "content-length", "transfer-encoding")
 
-    async def _open(self) -> None:
+    def _request(self) -> tuple[hdr.Headers, str, int, str, list[Endpoint]]:
+        """The origin request: headers, body framing, length, path and endpoints."""
         target = self.route.targets[0]
         headers = self._origin_headers(target)
         framing: str = "none"
@@ -220,8 +221,40 @@ class ProxySession:
             length = int(cl) if cl.strip().isdigit() else 0
             headers.append(("Content-Length", str(length)))
         path = rewrite_path(self.route, origin_form(self.req.url))
-        endpoints = self._endpoints()
+        return headers, framing, length, path, self._endpoints()
+
+    def _start_request(self) -> None:
+        """Send the request to the origin: at once on an idle keep-alive connection, else in a
+        task that connects first (F10 failover). Body bytes with no framing yet (a JSON-P
+        rewrite's body before the request is complete) go to the task, which runs once the
+        request is read and its length known."""
+        if self._unsent and not self._body_done:
+            self._task = self.app.loop.create_task(self._open())
+            return
+        headers, framing, length, path, endpoints = self._request()
         self._t0 = self.app.loop.time()
+        ex = self.app.pool.open_idle(
+            endpoints,
+            self.req.method,
+            path,
+            headers,
+            self,
+            body_framing=framing,  # type: ignore[arg-type]
+            content_length=length,
+        )
+        if ex is not None:
+            self._opened(ex)
+        else:
+            self._task = self.app.loop.create_task(
+                self._open((headers, framing, length, path, endpoints))
+            )
+
+    async def _open(
+        self, request: tuple[hdr.Headers, str, int, str, list[Endpoint]] | None = None
+    ) -> None:
+        headers, framing, length, path, endpoints = request or self._request()
+        if request is None:
+            self._t0 = self.app.loop.time()
         try:
             ex = await self.app.pool.open(
                 endpoints,
@@ -243,6 +276,9 @@ class ProxySession:
         if self._closed:
             ex.abort()
             return
+        self._opened(ex)
+
+    def _opened(self, ex: OriginExchange) -> None:
         self._exchange = ex
         self.target_label = ex.endpoint.label()
         ex.on_request_pause = self.conn.pause_reading
@@ -403,7 +439,9 @@ class ProxySession:
             headers.append(("Connection", "keep-alive"))
         self._keep_alive = keep_alive
         self._started = True
-        self.conn.write(encode_head(code, self._resp_reason or reason_phrase(code), headers))
+        # Queued, not written: the first body bytes (usually from the same read) go out with it
+        # in one send (``write`` joins what is queued).
+        self.conn.queue(encode_head(code, self._resp_reason or reason_phrase(code), headers))
 
     def _start_jsonp_stream(self, jr: JsonpRequest) -> None:
         """F46: ``200 OK`` ``application/javascript``, chunked (Pushpin's head, no

@@ -654,8 +654,11 @@ class ClientConnection(asyncio.Protocol):
         """Write now (pass-through and single responses)."""
         if self.transport is not None and not self.closed:
             if self._pending:
+                self._pending.append(data)  # one send for what was queued and this
+                self._pending_size += len(data)
                 self.flush()
-            self.transport.write(data)
+            else:
+                self.transport.write(data)
 
     def queue(self, data: bytes) -> None:
         """Write at the end of this loop tick, coalesced with other queued data (fan-out)."""

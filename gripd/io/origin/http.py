@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -440,7 +441,7 @@ class _OriginConnection(asyncio.Protocol):
         "_reason",
         "endpoint",
         "exchange",
-        "idle_handle",
+        "idle_since",
         "transport",
     )
 
@@ -449,7 +450,7 @@ class _OriginConnection(asyncio.Protocol):
         self.endpoint = endpoint
         self.transport: asyncio.Transport | None = None
         self.exchange: OriginExchange | None = None
-        self.idle_handle: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0  # loop time it was parked idle (the pool's sweep closes it later)
         self._closed = False
         self._reading_paused = False
         self._body_seen = False
@@ -712,6 +713,10 @@ class OriginPool:
         self.response_timeout = response_timeout
         self.max_idle_per_endpoint = max_idle_per_endpoint
         self.idle_timeout = idle_timeout
+        # An idle connection is closed between idle_timeout and idle_timeout + 1 s after it
+        # was parked (sooner timeouts are swept as often as they are long).
+        self._sweep_every = min(idle_timeout, 1.0)
+        self._sweeper: asyncio.TimerHandle | None = None
         self.logger = logger or logging.getLogger("gripd.origin")
         # Per endpoint, idle connections oldest first (dicts keep insertion order, O(1) removal).
         self._idle: dict[Endpoint, dict[_OriginConnection, None]] = {}
@@ -720,6 +725,32 @@ class OriginPool:
         self._ssl: dict[bool, ssl.SSLContext] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+
+    def open_idle(
+        self,
+        endpoints: Sequence[Endpoint],
+        method: str,
+        target: str,
+        headers: Headers,
+        handler: ResponseHandler,
+        *,
+        body_framing: BodyFraming,
+        content_length: int = 0,
+    ) -> OriginExchange | None:
+        """:meth:`open` without waiting, when the first endpoint has an idle keep-alive
+        connection (the usual case under load: no task, no await); None otherwise, and then
+        :meth:`open` is the way."""
+        if self._closed or not endpoints:
+            return None
+        ep = endpoints[0]
+        if not self._idle.get(ep):
+            return None
+        conn = self._take_idle(ep)
+        if conn is None:
+            return None
+        ex = OriginExchange(self, ep, handler, method, body_framing, content_length)
+        ex.start(conn, _encode_head(method, target, headers), True)
+        return ex
 
     async def open(
         self,
@@ -769,6 +800,9 @@ class OriginPool:
                 conn.exchange.fail(OriginError("origin pool closed"))
             conn.close()
         self._idle.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         await asyncio.sleep(0)  # let transports run connection_lost
 
     # -- exchange and connection side -----------------------------------------------------------
@@ -826,14 +860,29 @@ class OriginPool:
         while idle and len(idle) >= self.max_idle_per_endpoint:
             next(iter(idle)).close()  # close() removes it from `idle` (and maybe `_idle`)
         self._idle.setdefault(conn.endpoint, {})[conn] = None
-        conn.idle_handle = self._call_later(self.idle_timeout, conn.close)
+        conn.idle_since = time.monotonic()
+        if self._sweeper is None:
+            # One timer for every idle connection (not one per release, a cost per request).
+            self._sweeper = self._call_later(self._sweep_every, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close idle connections parked for ``idle_timeout`` (oldest first in each dict)."""
+        self._sweeper = None
+        now = time.monotonic()
+        limit = self.idle_timeout
+        for idle in list(self._idle.values()):
+            while idle:
+                conn = next(iter(idle))
+                if now - conn.idle_since < limit:
+                    break
+                conn.close()
+                idle.pop(conn, None)  # close() normally forgets it already
+        if self._idle:
+            self._sweeper = self._call_later(self._sweep_every, self._sweep)
 
     def forget(self, conn: _OriginConnection) -> None:
         """Drop a closed connection from the books (open and idle sets, idle timer)."""
         self._conns.discard(conn)
-        if conn.idle_handle is not None:
-            conn.idle_handle.cancel()
-            conn.idle_handle = None
         idle = self._idle.get(conn.endpoint)
         if idle is not None and conn in idle:
             del idle[conn]
@@ -861,9 +910,6 @@ class OriginPool:
         idle = self._idle.get(ep)
         while idle:
             conn, _ = idle.popitem()  # newest first: keeps the warm ones busy, old ones expire
-            if conn.idle_handle is not None:
-                conn.idle_handle.cancel()
-                conn.idle_handle = None
             if conn.usable:
                 return conn
             conn.close()
