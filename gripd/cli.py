@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,50 @@ class _Formatter(logging.Formatter):
             msg += "\n" + self.formatException(record.exc_info)
         level = _LEVEL_NAMES.get(record.levelname, record.levelname)
         return f"[{level}] {ts}.{int(record.msecs):03d} [{record.name}] {msg}"
+
+
+# What every LogRecord has; anything else on a record came from the log call's ``extra=``.
+_RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+_JSON_KEYS = frozenset({"time", "level", "event", "msg", "exc", "stack"})
+
+
+class JsonFormatter(logging.Formatter):
+    """``[gripd] log_format = json``: one JSON object per line, ASCII only (a message's line
+    breaks are escaped), with ``time`` (UTC, ISO 8601, milliseconds), ``level`` (Pushpin's
+    names: ERR, WARN, INFO, DEBUG), ``event`` (the logger's name), ``msg``, then the fields the
+    log call gave with ``extra=`` (``conn``, ``route``, ``peer``...), then ``exc`` (a
+    traceback) when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        out: dict[str, object] = {
+            "time": f"{ts}.{int(record.msecs):03d}Z",
+            "level": _LEVEL_NAMES.get(record.levelname, record.levelname),
+            "event": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRS and key not in _JSON_KEYS:
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(out, default=str)
+
+
+# Subclasses on purpose: the request, subscribe and publish lines (TickLog) bypass formatters
+# for plain StreamHandler/FileHandler only, so these get every line through JsonFormatter.
+class _JsonStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    pass
+
+
+class _JsonFileHandler(logging.FileHandler):
+    pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,11 +203,16 @@ def _user_rundir(cfg: Config) -> Config:
     )
 
 
-def setup_logging(level: int, logfile: str | None) -> None:
-    handler: logging.Handler = (
-        logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
-    )
-    handler.setFormatter(_Formatter())
+def setup_logging(level: int, logfile: str | None, log_format: str = "text") -> None:
+    """Log to ``logfile`` (else stderr) at Pushpin's ``level`` (0-3), in Pushpin's text lines
+    or, with ``log_format`` ``json``, one JSON object per line."""
+    handler: logging.Handler
+    if log_format == "json":
+        handler = _JsonFileHandler(logfile) if logfile else _JsonStreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_Formatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS.get(max(0, min(level, 3)), logging.INFO))
@@ -192,7 +243,7 @@ def run(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"gripd: {e}", file=sys.stderr)
         return 1
-    setup_logging(level, args.logfile)
+    setup_logging(level, args.logfile, cfg.log_format)
     _raise_nofile_limit()
     log_config_source(cfg, args)
     workers = cfg.workers or cpu_count()
@@ -235,10 +286,13 @@ def run(argv: list[str]) -> int:
         run_loop(main())
     except (ConfigError, OSError) as e:
         # One line, no traceback: a bad value or an address that cannot be bound (its setting
-        # named by BindError), the usual reasons a service does not come up.
-        if args.logfile:
+        # named by BindError), the usual reasons a service does not come up. With JSON logs on
+        # stderr it is a JSON line there like every other.
+        json_stderr = cfg.log_format == "json" and not args.logfile
+        if args.logfile or json_stderr:
             logging.getLogger("gripd").error("%s", e)
-        print(f"gripd: {e}", file=sys.stderr)
+        if not json_stderr:
+            print(f"gripd: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from gripd.core.errors import ConfigError
 from gripd.core.headers import split_unquoted, unquote
+from gripd.core.sig import parse_key
 
 __all__ = [
     "DEFAULT_PUSHPIN_CONF",
@@ -196,6 +197,12 @@ class Config:
       a single process.
     - ``bus``: ``redis://[user:password@]host[:port][/db]`` (or ``rediss://``) to share channels
       with other instances through Redis; empty = this instance only.
+    - ``log_format``: ``text`` (default: Pushpin's log lines) or ``json`` (one JSON object per
+      line, for log collectors).
+    - ``publish_key``: when set, the HTTP control API and the command socket accept only
+      requests with ``Authorization: Bearer <JWT>`` signed with it (``sig_key``'s forms: a
+      secret, ``base64:...``, or ``file:<path>`` to an ES256/RS256 PEM key); empty = no check.
+    - ``publish_iss``: the ``iss`` such a token must have; empty = any.
 
     ``extra`` holds every key seen (both files merged, main wins), per section, with templates and
     port offset applied, so new or unmodelled keys (``zurl_out_specs``, ``updates_check``...) stay
@@ -278,6 +285,9 @@ class Config:
     history_channels_max: int = 10_000  # channels with history kept in memory (LRU)
     history_gone_event: str = ""  # SSE event name sent when a resume id is gone; "" = none
     bus: str = ""
+    publish_key: str = field(default="", repr=False)  # may be the secret itself
+    publish_iss: str = ""
+    log_format: str = "text"  # "text" (Pushpin's lines) or "json"
     extra: dict[str, dict[str, str]] = field(default_factory=dict)
     # ``file:line: ...`` for each line of the files that was dropped or read in a lenient way
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -701,10 +711,13 @@ def load_config(
         zmq_max_message_size=r.int_("gripd", "zmq_max_message_size", 10_000_000, minimum=1024),
         workers=_workers(r),
         bus=_bus(r),
+        publish_key=_publish_key(r, config_dir, read_file),
+        publish_iss=_publish_iss(r),
         history_size=r.int_("gripd", "history_size", 0, minimum=0),
         history_ttl=r.float_("gripd", "history_ttl", 300.0, allow_zero=True),
         history_channels_max=r.int_("gripd", "history_channels_max", 10_000, minimum=1),
         history_gone_event=_gone_event(r),
+        log_format=_log_format(r),
         extra=extra,
         warnings=tuple(warnings),
     )
@@ -786,8 +799,48 @@ def _gone_event(r: _Reader) -> str:
     return value
 
 
+LOG_FORMATS = ("text", "json")
+
+
+def _log_format(r: _Reader) -> str:
+    """``[gripd] log_format``: ``text`` (Pushpin's lines) or ``json``."""
+    value = r.str_("gripd", "log_format", "text").strip().lower() or "text"
+    if value not in LOG_FORMATS:
+        raise r.error("gripd", "log_format", "must be text or json")
+    return value
+
+
 def _slow_policy(r: _Reader) -> str:
     value = r.str_("gripd", "slow_client_policy", "drop")
     if value not in ("drop", "close"):
         raise r.error("gripd", "slow_client_policy", f"must be drop or close (got {value!r})")
+    return value
+
+
+def _publish_key(r: _Reader, base_dir: str, read_file: Callable[[str], str]) -> str:
+    """``[gripd] publish_key``, parsed now so that an unusable key (bad base64, unreadable file,
+    not an EC P-256 or RSA PEM key) is an error naming file:line. Never echoed: it is secret."""
+    value = r.str_("gripd", "publish_key", "").strip()
+
+    def read_bytes(path: str) -> bytes:
+        try:
+            return read_file(path).encode("utf-8")
+        except ValueError as e:  # not text, so not PEM
+            raise OSError(f"not a PEM file ({e.__class__.__name__})") from None
+
+    try:
+        parse_key(value, base_dir=base_dir, read_file=read_bytes)
+    except ConfigError as e:
+        entry = r.entry("gripd", "publish_key")
+        where = (entry[1], entry[2]) if entry is not None else (None, None)
+        raise ConfigError(f"[gripd] publish_key: {e.message}", *where) from None
+    return value
+
+
+def _publish_iss(r: _Reader) -> str:
+    value = r.str_("gripd", "publish_iss", "").strip()
+    if any(c in value for c in "\r\n\0"):
+        raise r.error("gripd", "publish_iss", "must be one line")
+    if value and not r.str_("gripd", "publish_key", "").strip():
+        raise r.error("gripd", "publish_iss", "needs publish_key (nothing would be checked)")
     return value

@@ -13,12 +13,15 @@ callback, and whether a channel is held (for the SUB socket's exact-name filter)
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import zmq.asyncio
 
 from gripd.core.config import Config
+from gripd.core.pubauth import PublishGate, load_publish_auth
 from gripd.io.handler.history import HistoryReader
 from gripd.io.inputs.command import CommandServer
 from gripd.io.inputs.control_http import PublishSink, start_control_server
@@ -56,6 +59,15 @@ class Services:
         if config.prometheus_port:
             self.events.add(self.status)
             self.metrics.status = self.status
+        # publish_key: the control API and the command socket check the same gate.
+        self.publish_auth = PublishGate(
+            load_publish_auth(
+                config.publish_key,
+                config.publish_iss,
+                base_dir=config.config_dir,
+                read_file=lambda path: Path(path).read_bytes(),
+            )
+        )
         self.zmq = zmq.asyncio.Context()
         self.zmq_inputs = ZmqInputs(
             config,
@@ -72,6 +84,7 @@ class Services:
             is_connected=self.stats.check_connection,
             refresh=refresh,
             context=self.zmq,
+            auth=self.publish_auth,
         )
         self.control: asyncio.Server | None = None
         self.history: HistoryReader | None = None  # for the control API's history read
@@ -89,12 +102,20 @@ class Services:
                     max_body_size=cfg.push_in_http_max_body_size,
                     header_timeout=cfg.client_header_timeout,
                     history=self.history,
+                    auth=self.publish_auth,
                 )
             except OSError as e:
                 address = f"{cfg.push_in_http_addr}:{cfg.push_in_http_port}"
                 setting = "push_in_http_addr/push_in_http_port"
                 raise BindError(address, setting, os_reason(e)) from None
             log.info("control API on %s:%d", cfg.push_in_http_addr, cfg.push_in_http_port)
+            if not cfg.publish_key and _beyond_loopback(self.control):
+                log.warning(
+                    "control API on %s:%d is reachable from other machines and accepts "
+                    "publishes without authentication: set [gripd] publish_key",
+                    cfg.push_in_http_addr,
+                    cfg.push_in_http_port,
+                )
         await self.zmq_inputs.start(ipc=ipc)
         await self.command.start(ipc=ipc)
         await self.metrics.start(ipc=ipc)
@@ -120,3 +141,17 @@ class Services:
                 await asyncio.wait_for(self.control.wait_closed(), 2.0)
             except Exception:
                 pass
+
+
+def _beyond_loopback(server: asyncio.Server) -> bool:
+    """Whether ``server`` listens on an address other than loopback (``0.0.0.0`` included)."""
+    for sock in server.sockets:
+        name = sock.getsockname()
+        host = str(name[0] if isinstance(name, tuple) else name).partition("%")[0]
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                continue
+        except ValueError:
+            pass
+        return True
+    return False

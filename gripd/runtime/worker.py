@@ -51,7 +51,7 @@ async def serve(sock: socket.socket, admission_fd: int) -> int:
         return 1  # the hub went away before saying anything
     setup = init.result()
 
-    setup_logging(setup["log_level"], setup["logfile"])
+    setup_logging(setup["log_level"], setup["logfile"], setup["config"].log_format)
     admission = Admission(admission_fd, setup["count"], setup["index"])
     app = App(
         setup["config"],

@@ -386,6 +386,10 @@ class WorkerLink(Events):
     def dropped(self, reason: str, count: int = 1) -> None:
         self._send(("ev", "drop", reason, count))
 
+    def slow_client(self, route: str, queued: int, closed: bool) -> None:
+        # One message for the drop and its route (the hub's sinks count the drop from it).
+        self._send(("ev", "slow", route, queued, closed))
+
     def observe_origin_latency(self, seconds: float) -> None:
         self._latencies.append(seconds)
         self._arm_counts()
@@ -490,6 +494,8 @@ class EventRelay:
                 events.request_received()
         elif kind == "drop":
             events.dropped(ev[2], ev[3])
+        elif kind == "slow":
+            events.slow_client(ev[2], ev[3], ev[4])
         elif kind == "woh+":
             self.woh[ev[2]] = worker
         elif kind == "woh-" and self.woh.get(ev[2]) == worker:

@@ -22,6 +22,13 @@ Methods, checked as in 1.36's ``controlServer_requestReady`` and its workers:
   reply is sent first, then the items go to the sink (source ``command``).
 - anything else: ``method-not-found``.
 
+Authenticated publishing (``[gripd] publish_key``): ZeroMQ messages have no headers, so the
+token travels in the request's ``args`` as ``authorization: "Bearer <JWT>"`` (the same value as
+the HTTP header, a tnetstring byte string). Without a valid one every method is refused with
+``condition: unauthorized`` (no usable token) or ``forbidden`` (token refused) and a one-line
+``value`` naming the reason; the rejection is logged with the peer's address, never the token.
+No Pushpin client sends this field (pubcontrol's ZeroMQ client only asks ``get-zmq-uris``).
+
 Deviation: Pushpin silently skips malformed requests (wrong frame count, bad tnetstring, no
 ``method``), which leaves a REQ client waiting forever. gripd answers them with
 ``condition: bad-format`` (and the request's ``id`` when one could be read), logs, and keeps
@@ -33,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +50,7 @@ import zmq.asyncio
 from gripd.core import tnetstring
 from gripd.core.config import Config
 from gripd.core.errors import PublishError
+from gripd.core.pubauth import PublishGate
 from gripd.core.publish import PublishItem, parse_item
 from gripd.io.inputs.zmq import (
     PublishTarget,
@@ -95,8 +104,10 @@ class CommandServer:
         refresh: Callable[[dict[str, str]], bool] | None = None,
         logger: logging.Logger | None = None,
         context: zmq.asyncio.Context | None = None,
+        auth: PublishGate | None = None,
     ) -> None:
         self.config = config
+        self.auth = auth  # publish_key: requests need args.authorization
         self.sink = sink
         self.recover = recover
         self.is_connected = is_connected
@@ -147,8 +158,14 @@ class CommandServer:
 
     async def _serve(self, sock: zmq.asyncio.Socket) -> None:
         while True:
+            peer = ""
             try:
-                frames = await sock.recv_multipart()
+                if self.auth is not None and self.auth.auth is not None:
+                    raw = await sock.recv_multipart(copy=False)
+                    peer = _peer_address(raw[-1])  # for the log of a refused request
+                    frames = [f.bytes for f in raw]
+                else:
+                    frames = await sock.recv_multipart()
             except asyncio.CancelledError:
                 raise
             except zmq.ZMQError as e:
@@ -166,7 +183,7 @@ class CommandServer:
             if not envelope:
                 continue  # ROUTER always prefixes the peer id; nothing to answer otherwise
             try:
-                reply, items = self.handle(content)
+                reply, items = self.handle(content, peer=peer)
             except Exception:  # never stop serving
                 self.log.exception("command: request failed")
                 reply, items = error_reply(None, "bad-format"), None
@@ -182,8 +199,11 @@ class CommandServer:
 
     # -- requests (no I/O) -------------------------------------------------------------------
 
-    def handle(self, content: list[bytes]) -> tuple[CommandReply, list[PublishItem] | None]:
-        """Answer one request's content frames; also returns items to publish after replying."""
+    def handle(
+        self, content: list[bytes], *, peer: str = "", now: float | None = None
+    ) -> tuple[CommandReply, list[PublishItem] | None]:
+        """Answer one request's content frames; also returns items to publish after replying.
+        ``peer`` (the sender's address) and ``now`` (Unix time) are for ``publish_key``."""
         self.requests += 1
         if len(content) != 1:
             return self._malformed("received message with parts != 1", None)
@@ -201,6 +221,10 @@ class CommandServer:
         if not isinstance(method, bytes) or not isinstance(args, dict):
             return self._malformed("received message with invalid format (parse failed)", rid)
         name = method.decode("utf-8", "replace")
+        if self.auth is not None and self.auth.auth is not None:
+            refused = self._refused(self.auth, rid, name, args, peer, now)
+            if refused is not None:
+                return refused, None
         if self.log.isEnabledFor(logging.DEBUG):
             self.log.debug("IN command: %s args=%r", name, args)
         if name == "conncheck":
@@ -215,6 +239,36 @@ class CommandServer:
         if name == "publish":
             return self._publish(rid, args)
         return error_reply(rid, "method-not-found"), None
+
+    def _refused(
+        self,
+        gate: PublishGate,
+        rid: bytes | None,
+        name: str,
+        args: dict[bytes, Any],
+        peer: str,
+        now: float | None,
+    ) -> CommandReply | None:
+        """None when ``args`` carries a valid ``authorization: Bearer <JWT>``, else the error
+        reply (``unauthorized`` / ``forbidden``, the reason as value), logged without the token."""
+        value = args.get(b"authorization")
+        if value is None:
+            values: list[str] = []
+        elif isinstance(value, bytes):
+            values = [value.decode("latin-1")]
+        else:
+            values = [""]  # not a string: an invalid header
+        refused = gate.check(values, time.time() if now is None else now)
+        if refused is None:
+            return None
+        self.log.warning(
+            "command: %s refused (%s): %s peer %s",
+            name,
+            refused.condition,
+            refused.message,
+            peer or "unknown",
+        )
+        return error_reply(rid, refused.condition, refused.message)
 
     def _malformed(
         self, why: str, rid: bytes | None = None
@@ -277,3 +331,11 @@ class CommandServer:
             except PublishError as e:
                 return error_reply(rid, "bad-request", f"Invalid format: {e}"), None
         return success_reply(rid), items
+
+
+def _peer_address(frame: zmq.Frame) -> str:
+    """The sender's address of a received frame (libzmq's ``Peer-Address``), "" if unknown."""
+    try:
+        return str(frame.get("Peer-Address"))
+    except (zmq.ZMQError, AttributeError, TypeError, ValueError):
+        return ""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import typing
 
 import httptools
@@ -28,6 +29,7 @@ import httptools
 from gripd.core.headers import Headers
 from gripd.core.history import Replay
 from gripd.core.itemjson import accepts_json, history_body, items_channel, parse_items_query
+from gripd.core.pubauth import PublishGate
 from gripd.core.publish import (
     ControlReply,
     PublishItem,
@@ -98,8 +100,10 @@ class ControlProtocol(asyncio.Protocol):
         header_timeout: float = 0.0,
         history: HistoryReader | None = None,
         history_timeout: float = HISTORY_READ_TIMEOUT,
+        auth: PublishGate | None = None,
     ) -> None:
         self._sink = sink
+        self._auth = auth
         self._history = history
         self._history_timeout = history_timeout
         self._header_timeout = header_timeout
@@ -248,7 +252,32 @@ class ControlProtocol(asyncio.Protocol):
             self._state = "done"
             self._dispatch(bytes(self._buf))
 
+    def _refused(self, gate: PublishGate) -> bool:
+        """``publish_key``: answer 401/403 and return True unless the request carries a valid
+        ``Authorization: Bearer <JWT>``. ``/`` (the fixed "Pushpin API" answer, a liveness
+        probe that reads and changes nothing) needs no token. The token is never logged."""
+        if gate.auth is None or self._uri in ("/", "//"):
+            return False
+        values = [v for k, v in self._headers if k.lower() == "authorization"]
+        refused = gate.check(values, time.time())
+        if refused is None:
+            return False
+        self._log.warning(
+            "control: %s %s code=%d refused: %s peer %s",
+            self._method,
+            self._uri,
+            refused.code,
+            refused.message,
+            self._peer,
+        )
+        headers: Headers = [("WWW-Authenticate", "Bearer")] if refused.code == 401 else []
+        headers.append(("Content-Type", "text/plain"))
+        self._write(refused.code, refused.reason, headers, (refused.message + "\n").encode())
+        return True
+
     def _dispatch(self, body: bytes) -> None:
+        if self._auth is not None and self._refused(self._auth):
+            return
         path, _, query = self._uri.partition("?")
         encoded = items_channel(path)
         if encoded is not None:
@@ -375,12 +404,14 @@ async def start_control_server(
     logger: logging.Logger | None = None,
     history: HistoryReader | None = None,
     history_timeout: float = HISTORY_READ_TIMEOUT,
+    auth: PublishGate | None = None,
 ) -> asyncio.Server:
     """Listen for control API requests on ``host:port`` (``push_in_http_addr``/``_port``);
     ``header_timeout`` > 0 bounds the time to receive a whole request. ``history`` answers
     ``GET /channels/<channel>/items`` (None: nothing is stored, every read is empty); its
     ``done`` callback must run on this event loop, within ``history_timeout`` seconds (else
-    503; 0 waits without limit)."""
+    503; 0 waits without limit). ``auth`` (``publish_key``) refuses requests without a valid
+    ``Authorization: Bearer <JWT>`` with 401/403."""
     log = logger or _LOG
     loop = asyncio.get_running_loop()
     return await loop.create_server(
@@ -392,6 +423,7 @@ async def start_control_server(
             header_timeout=header_timeout,
             history=history,
             history_timeout=history_timeout,
+            auth=auth,
         ),
         host,
         port,

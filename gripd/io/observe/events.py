@@ -42,6 +42,15 @@ class Events:
     def dropped(self, reason: str, count: int = 1) -> None:
         """Deliveries or items were dropped, e.g. ``slow_client``, ``bad_item``."""
 
+    def slow_client(self, route: str, queued: int, closed: bool) -> None:
+        """One message was dropped for a client of ``route`` with ``queued`` bytes waiting;
+        ``closed`` when its connection is being closed for it (``slow_client_policy=close``).
+
+        It is also a ``dropped("slow_client")``: by default it calls that, so a sink that
+        only counts drops needs nothing more; a sink that overrides it counts the drop itself.
+        """
+        self.dropped("slow_client")
+
 
 class EventFanout(Events):
     """Calls every registered ``Events`` in order."""
@@ -83,3 +92,7 @@ class EventFanout(Events):
     def dropped(self, reason: str, count: int = 1) -> None:
         for s in self.sinks:
             s.dropped(reason, count)
+
+    def slow_client(self, route: str, queued: int, closed: bool) -> None:
+        for s in self.sinks:
+            s.slow_client(route, queued, closed)

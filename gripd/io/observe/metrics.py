@@ -2,9 +2,10 @@
 
 Any request on ``prometheus_port`` (``port``, ``addr:port`` or ``ipc://<path>``) gets ``200``
 ``text/plain`` with the exposition, and the connection is closed, as Pushpin 1.36 does
-(SRC ``src/corelib/statsmanager.cpp`` ``prometheus_requestReady``). Two paths are gripd's own:
-``/status`` (the instance's status as JSON) and ``/status.html`` (a page that shows it live),
-answered by :attr:`Metrics.status` (see :mod:`gripd.io.observe.status`).
+(SRC ``src/corelib/statsmanager.cpp`` ``prometheus_requestReady``). Three paths are gripd's
+own: ``/status`` (the instance's status as JSON), ``/status.html`` (a page that shows it live)
+and ``/status/slowest?n=N`` (the N backed-up connections with the most queued bytes, N from 1
+to ``SLOWEST_MAX``), answered by :attr:`Metrics.status` (see :mod:`gripd.io.observe.status`).
 
 Pushpin's five (``request_received``, ``connection_connected``, ``connection_minute``,
 ``message_received``, ``message_sent``, each with ``prometheus_prefix``) are written by hand,
@@ -17,7 +18,10 @@ stay 0 when ``stats_report_interval`` <= 0, as in Pushpin.
 gripd's own metrics come after them from a private ``CollectorRegistry`` (no process-global
 state) in the standard prometheus-client format, under the same prefix: connections by
 transport, subscriptions by mode, channels, publishes received by input, deliveries by
-transport, drops by reason, slow-client drops and the origin request latency histogram.
+transport, drops by reason, slow-client drops (in all, and, with the connections closed for
+being slow, by route: at most ``ROUTE_LABELS_MAX`` route values, then ``OTHER_ROUTE``), the
+bytes queued for a slow client each time a message is dropped for it, and the origin request
+latency histogram.
 
 When ``[gripd] bus`` names a Redis server the bus's state and counters follow, read from the bus
 object at scrape time (:class:`BusCollector`): ``gripd_bus_connected`` and the
@@ -35,6 +39,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from typing import Protocol
+from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -44,6 +49,7 @@ from gripd.core.http import HttpResponse, encode_full
 from gripd.core.stats import PrometheusListen, StatsState, Totals, parse_prometheus_port
 from gripd.io.inputs.zmq import BindError, os_reason, prepare_ipc_path
 from gripd.io.observe.events import Delivery, Events, Mode, Transport
+from gripd.io.observe.status import SLOWEST_MAX
 
 log = logging.getLogger("gripd.metrics")
 
@@ -100,6 +106,19 @@ BUS_CONNECTED_HELP = (
     "1 while the bus is connected to Redis, 0 while it delivers locally only "
     "(absent with the in-process bus)"
 )
+
+#: Buckets of ``gripd_slow_client_queued_bytes``: 4 KiB to 256 MiB (a connection is over
+#: ``client_write_buffer_max``, 1 MiB by default, when it is observed).
+QUEUED_BYTES_BUCKETS = tuple(
+    float(kib << 10) for kib in (4, 16, 64, 256, 1024, 2048, 4096, 8192, 16384, 65536, 262144)
+)
+#: Distinct ``route`` label values of the slow-client counters; past it, ``OTHER_ROUTE``.
+ROUTE_LABELS_MAX = 1000
+OTHER_ROUTE = "(other)"
+
+#: The status paths (loopback clients only); every other path is the exposition.
+STATUS_PATHS = frozenset({"/status", "/status.html", "/status/slowest"})
+SLOWEST_DEFAULT = 20  # connections /status/slowest lists without ?n=
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -163,10 +182,12 @@ class BusCollector:
 
 
 class StatusSource(Protocol):
-    """What answers ``/status`` and ``/status.html`` (a :class:`~.status.StatusBoard`)."""
+    """What answers ``/status``, ``/status.html`` and ``/status/slowest`` (a
+    :class:`~.status.StatusBoard`)."""
 
     def json(self) -> bytes: ...
     def page(self) -> bytes: ...
+    def slowest_json(self, n: int) -> bytes: ...
 
 
 class Metrics(Events):
@@ -210,6 +231,26 @@ class Metrics(Events):
             "Deliveries dropped because the client could not keep up",
             registry=reg,
         )
+        self.slow_route_drops = Counter(
+            p + "slow_client_route_drops",
+            "Messages dropped for clients that could not keep up, by route",
+            ["route"],
+            registry=reg,
+        )
+        self.slow_route_closes = Counter(
+            p + "slow_client_closes",
+            "Client connections closed because they could not keep up "
+            "(slow_client_policy = close), by route",
+            ["route"],
+            registry=reg,
+        )
+        self.slow_queued = Histogram(
+            p + "slow_client_queued_bytes",
+            "Bytes queued for a client connection when a message was dropped for it",
+            buckets=QUEUED_BYTES_BUCKETS,
+            registry=reg,
+        )
+        self._slow_routes: set[str] = set()  # route label values in use (bounded)
         self.origin_latency = Histogram(
             p + "origin_request_duration_seconds",
             "Time from sending a request to an origin until its response head",
@@ -300,22 +341,29 @@ class Metrics(Events):
         self.origin_latency.observe(seconds)
 
     def answer(self, target: str, *, local: bool = True) -> HttpResponse:
-        """The response for a request target: the status page and its JSON at their two paths,
-        the exposition at any other (Pushpin answers every path with it). The status shows
-        peers, channels and routes, so only ``local`` clients (loopback, or the ``ipc://``
-        socket) get it, wherever the port listens; scrapers from elsewhere still get metrics."""
-        path = target.partition("?")[0]
+        """The response for a request target: the status page, its JSON and the slowest
+        connections at their paths, the exposition at any other (Pushpin answers every path
+        with it). The status shows peers, channels and routes, so only ``local`` clients
+        (loopback, or the ``ipc://`` socket) get it, wherever the port listens; scrapers from
+        elsewhere still get metrics."""
+        path, _, query = target.partition("?")
         status = self.status
-        if status is not None and path in ("/status", "/status.html") and not local:
+        if status is None or path not in STATUS_PATHS:
+            return HttpResponse(200, "OK", [("Content-Type", "text/plain")], self.exposition())
+        if not local:
             body = b"The status page is served to loopback clients only.\n"
             return HttpResponse(403, "Forbidden", [("Content-Type", "text/plain")], body)
-        if status is not None and path == "/status":
-            headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
-            return HttpResponse(200, "OK", headers, status.json())
-        if status is not None and path == "/status.html":
+        if path == "/status.html":
             headers = [("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-store")]
             return HttpResponse(200, "OK", headers, status.page())
-        return HttpResponse(200, "OK", [("Content-Type", "text/plain")], self.exposition())
+        json_headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+        if path == "/status":
+            return HttpResponse(200, "OK", json_headers, status.json())
+        n = slowest_count(query)
+        if isinstance(n, str):
+            body = n.encode() + b"\n"
+            return HttpResponse(400, "Bad Request", [("Content-Type", "text/plain")], body)
+        return HttpResponse(200, "OK", json_headers, status.slowest_json(n))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -372,6 +420,43 @@ class Metrics(Events):
         self.drops.labels(reason).inc(count)
         if reason == "slow_client":
             self.slow_clients.inc(count)
+
+    def slow_client(self, route: str, queued: int, closed: bool) -> None:
+        self.dropped("slow_client")
+        label = self._route_label(route)
+        self.slow_route_drops.labels(label).inc()
+        if closed:
+            self.slow_route_closes.labels(label).inc()
+        self.slow_queued.observe(queued)
+
+    def _route_label(self, route: str) -> str:
+        """``route``, or ``OTHER_ROUTE`` once ``ROUTE_LABELS_MAX`` other routes have a series
+        (routes come from a file that can change: the label set stays bounded)."""
+        routes = self._slow_routes
+        if route in routes:
+            return route
+        if len(routes) >= ROUTE_LABELS_MAX:
+            return OTHER_ROUTE
+        routes.add(route)
+        return route
+
+
+def slowest_count(query: str) -> int | str:
+    """``n`` of ``/status/slowest?n=N`` (``SLOWEST_DEFAULT`` without it), or the reason it is
+    not usable: it must be one whole number from 1 to ``SLOWEST_MAX``."""
+    try:
+        values = parse_qs(query, keep_blank_values=True, strict_parsing=False).get("n")
+    except ValueError:
+        values = None
+    if not values:
+        return SLOWEST_DEFAULT
+    text = values[0]
+    if len(values) != 1 or not text.isascii() or not text.isdigit() or len(text) > 6:
+        return f"n must be a whole number from 1 to {SLOWEST_MAX}"
+    n = int(text)
+    if not 1 <= n <= SLOWEST_MAX:
+        return f"n must be a whole number from 1 to {SLOWEST_MAX} (got {n})"
+    return n
 
 
 def _is_local(peer: object) -> bool:

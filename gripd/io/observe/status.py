@@ -4,7 +4,7 @@ Two halves, so that answering a request never walks the connections:
 
 - :class:`StatusReporter` runs in every process that serves clients (the single process, or
   each worker). Every ``REPORT_INTERVAL`` seconds, while some client connection is backed up,
-  it sends the ``SLOW_TOP`` connections with the most queued bytes, and the routes it loaded,
+  it sends the ``SLOWEST_MAX`` connections with the most queued bytes, and the routes it loaded,
   to the :class:`StatusBoard` (directly in a single process, as a ``status`` message over the
   link from a worker). A connection is *backed up* while its transport is paused for writing
   (more than the listener's write high-water mark waits for the client): the listener keeps
@@ -16,7 +16,9 @@ Two halves, so that answering a request never walks the connections:
   into a ring buffer of ``SAMPLES`` entries (the rate chart), and keeps the latest reports.
   :meth:`StatusBoard.snapshot` only reads these: a request costs the same whatever the load
   (the busiest channels are ranked at most every ``TOP_CHANNELS_MAX_AGE`` seconds, and only
-  while there are at most ``TOP_CHANNELS_SCAN_MAX`` channels).
+  while there are at most ``TOP_CHANNELS_SCAN_MAX`` channels). ``/status`` shows the
+  ``SLOW_TOP`` slowest connections of the instance, ``/status/slowest?n=N``
+  (:meth:`StatusBoard.slowest_json`) up to ``SLOWEST_MAX``.
 
 Nothing of this runs unless ``prometheus_port`` is set, except the backed-up set itself.
 """
@@ -44,7 +46,8 @@ if TYPE_CHECKING:
 SAMPLE_INTERVAL = 5.0  # seconds between two samples of the counters (the chart's step)
 SAMPLES = 120  # samples kept: ten minutes at SAMPLE_INTERVAL
 REPORT_INTERVAL = 2.0  # seconds between two slow-connection reports from a serving process
-SLOW_TOP = 10  # connections reported (per process) and shown (per instance)
+SLOW_TOP = 10  # connections shown in /status (per instance)
+SLOWEST_MAX = 100  # connections reported per process, and the most /status/slowest lists
 TOP_CHANNELS = 5  # channels shown with their subscriber counts
 TOP_CHANNELS_SCAN_MAX = 10_000  # above this many channels the top list is not computed
 TOP_CHANNELS_MAX_AGE = 2.0  # seconds a computed top list is shown before it is computed again
@@ -63,10 +66,12 @@ def _route_id(conn: ClientConnection) -> str:
 def slowest(
     backed_up: Mapping[ClientConnection, float], now: float, top: int = SLOW_TOP
 ) -> list[dict[str, Any]]:
-    """The ``top`` backed-up connections with the most queued bytes, as report entries."""
+    """The ``top`` backed-up connections with the most queued bytes, as report entries; a
+    connection that serves a hold (stream, WebSocket) also says how many messages it missed."""
     conns = heapq.nlargest(top, backed_up, key=lambda c: c.buffered())
-    return [
-        {
+    out: list[dict[str, Any]] = []
+    for c in conns:
+        entry: dict[str, Any] = {
             "id": c.id,
             "route": _route_id(c),
             "peer": c.peer,
@@ -74,8 +79,11 @@ def slowest(
             "queued": c.buffered(),
             "age": round(max(now - backed_up[c], 0.0), 1),
         }
-        for c in conns
-    ]
+        dropped = getattr(c.handler, "dropped", None)
+        if isinstance(dropped, int):
+            entry["dropped"] = dropped
+        out.append(entry)
+    return out
 
 
 class StatusReporter:
@@ -121,7 +129,7 @@ class StatusReporter:
         """Send what changed (nothing when nothing did)."""
         out: Report = {}
         if self.backed_up or self._slow_sent:
-            out["slow"] = slowest(self.backed_up, self.loop.time())
+            out["slow"] = slowest(self.backed_up, self.loop.time(), SLOWEST_MAX)
             out["backed_up"] = len(self.backed_up)
             self._slow_sent = bool(self.backed_up)
         routes = self.routes()
@@ -158,7 +166,8 @@ class StatusBoard(Events):
         self.samples: deque[tuple[float, float, float, float]] = deque(maxlen=SAMPLES)
         self.top_channels: list[str] | None = []  # names; None: too many channels to rank
         self._top_at = -1e9  # loop time of the last top_channels
-        self.slow: dict[int, tuple[list[dict[str, Any]], int]] = {}  # worker -> (top, count)
+        # worker -> (its slowest connections, how many are backed up, loop time of the report)
+        self.slow: dict[int, tuple[list[dict[str, Any]], int, float]] = {}
         self.routes: dict[int, dict[str, Any]] = {}  # worker -> its last routes report
         self._last: tuple[float, int, int, int] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -224,7 +233,8 @@ class StatusBoard(Events):
         if "slow" in report:
             slow = list(report["slow"])
             if slow:
-                self.slow[worker] = (slow, int(report.get("backed_up", len(slow))))
+                count = int(report.get("backed_up", len(slow)))
+                self.slow[worker] = (slow, count, self.loop.time())
             else:
                 self.slow.pop(worker, None)
         if "routes" in report:
@@ -285,14 +295,21 @@ class StatusBoard(Events):
             return {"kind": "redis", "connected": connected, "counters": dict(counters)}
         return {"kind": "local", "connected": None, "counters": {}}
 
-    def _slowest(self) -> tuple[list[dict[str, Any]], int]:
+    def _slowest(self, top: int = SLOW_TOP) -> tuple[list[dict[str, Any]], int]:
+        """The instance's ``top`` slowest connections (as last reported, their age brought up
+        to now) and how many are backed up."""
+        now = self.loop.time()
         merged: list[dict[str, Any]] = []
         total = 0
-        for worker, (entries, count) in self.slow.items():
+        for worker, (entries, count, at) in self.slow.items():
             total += count
-            merged.extend({**e, "worker": worker} for e in entries)
+            since = max(now - at, 0.0)
+            merged.extend(
+                {**e, "age": round(float(e.get("age", 0.0)) + since, 1), "worker": worker}
+                for e in entries
+            )
         merged.sort(key=lambda e: e.get("queued", 0), reverse=True)
-        return merged[:SLOW_TOP], total
+        return merged[:top], total
 
     def snapshot(self) -> Snapshot:
         """The whole ``/status`` document, from counters and precomputed samples only."""
@@ -329,6 +346,18 @@ class StatusBoard(Events):
 
     def json(self) -> bytes:
         return json.dumps(self.snapshot(), separators=(",", ":")).encode()
+
+    def slowest_json(self, n: int) -> bytes:
+        """``/status/slowest?n=N``: the instance's ``n`` slowest connections (at most
+        ``SLOWEST_MAX``), from the last reports only."""
+        top, backed_up = self._slowest(max(1, min(n, SLOWEST_MAX)))
+        doc = {
+            "time": round(time.time(), 3),
+            "interval": REPORT_INTERVAL,
+            "backed_up": backed_up,
+            "connections": top,
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
 
     def page(self) -> bytes:
         """The self-contained HTML page (shipped in the package, read once)."""
