@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from gripd.core.sig import SigningKey, _b64url_decode, _verify, parse_key
+from gripd.core.sig import SigningKey, b64url_decode, parse_key, verify_signature
 
 __all__ = [
     "MAX_TOKEN_LENGTH",
@@ -162,7 +162,7 @@ def _check(token: str, auth: PublishAuth, now: float) -> Rejection | float:
     parts = token.split(".")
     if len(parts) != 3 or not token.isascii():
         return _NOT_JWT
-    header_raw, claims_raw, sig = (_b64url_decode(p) for p in parts)
+    header_raw, claims_raw, sig = (b64url_decode(p) for p in parts)
     if header_raw is None or claims_raw is None or sig is None:
         return _NOT_JWT
     header = _json_object(header_raw)
@@ -178,7 +178,7 @@ def _check(token: str, auth: PublishAuth, now: float) -> Rejection | float:
         return _CRIT
     if key.public is None and key.alg != "HS256":
         return _BAD_SIGNATURE
-    if not _verify((parts[0] + "." + parts[1]).encode("ascii"), sig, key):
+    if not verify_signature((parts[0] + "." + parts[1]).encode("ascii"), sig, key):
         return _BAD_SIGNATURE
     if "exp" not in claims:
         return _NO_EXP

@@ -146,7 +146,7 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _b64url_decode(part: str) -> bytes | None:
+def b64url_decode(part: str) -> bytes | None:
     """Strict unpadded base64url, as the Rust ``base64`` crate Pushpin uses (no ``=``,
     no stray characters, no non-zero trailing bits)."""
     if len(part) % 4 == 1 or not _B64URL_RE.fullmatch(part):
@@ -170,7 +170,7 @@ def _sign(msg: bytes, key: SigningKey) -> bytes:
     raise ValueError("public key cannot sign")
 
 
-def _verify(msg: bytes, sig: bytes, key: SigningKey) -> bool:
+def verify_signature(msg: bytes, sig: bytes, key: SigningKey) -> bool:
     if key.alg == "HS256":
         return hmac.compare_digest(hmac.new(key.secret, msg, hashlib.sha256).digest(), sig)
     try:
@@ -257,7 +257,7 @@ def validate_token(token: str, key: SigningKey, now: float) -> bool:
     parts = token.split(".")
     if len(parts) != 3 or (key.public is None and key.alg != "HS256"):
         return False
-    raw = [_b64url_decode(p) for p in parts]
+    raw = [b64url_decode(p) for p in parts]
     header_raw, claims_raw, sig = raw
     if header_raw is None or claims_raw is None or sig is None:
         return False
@@ -268,7 +268,7 @@ def validate_token(token: str, key: SigningKey, now: float) -> bool:
         return False
     if not isinstance(header, dict) or header.get("alg") != key.alg:
         return False
-    if not _verify((parts[0] + "." + parts[1]).encode("ascii"), sig, key):
+    if not verify_signature((parts[0] + "." + parts[1]).encode("ascii"), sig, key):
         return False
     if not isinstance(claims, dict):
         return False

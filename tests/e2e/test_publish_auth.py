@@ -27,12 +27,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gripd.core.tnetstring import dumps, loads
+from gripd.runtime.services import _beyond_loopback
 from tests.conftest import TIME_SCALE, StartFn
 from tests.support.e2e import stream_item
 from tests.support.procs import Impl, Server, run_gripd_expecting_exit
 from tests.support.rawhttp import RawResponse
 
-from .test_workers import STREAMS, conf, open_stream, start_hub, wait_metric, wait_until
+from .test_workers import STREAMS, conf, open_stream, start_hub, wait_metric
 
 WAIT = 10.0 * TIME_SCALE
 SECRET = "publish-secret-for-the-e2e-tests-0123456789"  # PyJWT warns below 32 bytes
@@ -328,24 +329,37 @@ async def test_without_key_tokens_are_ignored(impl: Impl, start: StartFn) -> Non
 # -- the start-up warning and bad keys ------------------------------------------------------------
 
 
-async def test_warning_when_the_control_api_is_open_beyond_loopback(start: StartFn) -> None:
-    """``push_in_http_addr = 0.0.0.0`` without a key: one WARN line naming the address and the
-    setting. (The server is stopped as soon as the line is seen.)"""
-    c = {"gripd": {"workers": "1"}, "handler": {"push_in_http_addr": "0.0.0.0"}}
-    s = await start("gripd", TEST_ROUTE, conf=c)
-    where = f"control API on 0.0.0.0:{s.control_port} is reachable from other machines"
-    await wait_until(lambda: where in s.log_text(), "the warning")
-    await asyncio.to_thread(s.stop)
-    lines = [ln for ln in s.log_text().splitlines() if "publish_key" in ln]
-    assert len(lines) == 1, lines
-    assert "WARN" in lines[0] and where in lines[0] and "set [gripd] publish_key" in lines[0]
+class _Sock:
+    def __init__(self, name: object) -> None:
+        self.name = name
 
-    with_key = keyed("1")
-    with_key["handler"]["push_in_http_addr"] = "0.0.0.0"
-    guarded = await start("gripd", TEST_ROUTE, conf=with_key)
-    await asyncio.to_thread(guarded.stop)
-    assert f"control API on 0.0.0.0:{guarded.control_port}" in guarded.log_text()
-    assert "reachable from other machines" not in guarded.log_text()
+    def getsockname(self) -> object:
+        return self.name
+
+
+class _Server:
+    def __init__(self, *names: object) -> None:
+        self.sockets = [_Sock(n) for n in names]
+
+
+def test_which_control_api_addresses_are_beyond_loopback() -> None:
+    """The start-up warning's test (``push_in_http_addr`` such as ``0.0.0.0`` with no key):
+    checked on the listening sockets' names, without opening a port beyond loopback here."""
+    far = [("0.0.0.0", 5561), ("192.0.2.7", 5561), ("::", 5561, 0, 0)]
+    near = [("127.0.0.1", 5561), ("::1", 5561, 0, 0), ("127.3.4.5", 1)]
+    for name in far:
+        assert _beyond_loopback(_Server(name))  # type: ignore[arg-type]
+    for name in near:
+        assert not _beyond_loopback(_Server(name))  # type: ignore[arg-type]
+    assert _beyond_loopback(_Server(("127.0.0.1", 1), ("0.0.0.0", 1)))  # type: ignore[arg-type]
+
+
+async def test_no_warning_on_loopback(start: StartFn) -> None:
+    """The default (loopback) control API logs no such warning, with or without a key."""
+    s = await start("gripd", TEST_ROUTE, conf={"gripd": {"workers": "1"}})
+    await asyncio.to_thread(s.stop)
+    assert f"control API on 127.0.0.1:{s.control_port}" in s.log_text()
+    assert "reachable from other machines" not in s.log_text()
 
 
 @pytest.mark.parametrize(
