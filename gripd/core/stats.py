@@ -22,8 +22,11 @@ Pushpin 1.36 handler:
   minutes as they pass. A report that is empty after being sent is dropped until new activity, so
   an idle proxy goes quiet. All report accounting is off when the interval is <= 0 (as Pushpin).
 
-gripd has one stats instance (no proxy/handler split) and no per-route reports: packets carry no
-``route`` unless given one, and everything is counted under the empty route.
+gripd has one stats instance (no proxy/handler split). Connections, counters and deliveries
+may name a route (the route ``id``, as Pushpin's ``statsRoute``): ``conn`` packets then carry it
+and each route gets its own ``report`` (Pushpin's per-route ``Report``); the Prometheus totals
+are the sum over routes (its ``combinedReport``). Without a route, everything is counted under
+the empty route.
 """
 
 from __future__ import annotations
@@ -239,6 +242,7 @@ class _Conn:
     ssl: bool
     last_report: float
     gen: int = 0
+    route: str = ""
 
 
 @dataclass(slots=True)
@@ -277,7 +281,7 @@ class StatsState:
         self.report_interval = report_interval
         self.conns: dict[str, _Conn] = {}
         self.subs: dict[tuple[str, str], _Sub] = {}
-        self.report: Report | None = None
+        self.reports: dict[str, Report] = {}  # route -> its report
         self.totals = Totals()
         self.activity = 0
         self.requests = 0
@@ -296,47 +300,63 @@ class StatsState:
     def _reporting(self) -> bool:
         return self.report_interval > 0
 
-    def _get_report(self, now: float) -> Report:
-        if self.report is None:
-            self.report = Report(start=now)
-        return self.report
+    @property
+    def report(self) -> Report | None:
+        """The report of the empty route (where route-less accounting goes)."""
+        return self.reports.get("")
 
-    def _update_connections_max(self, now: float) -> None:
-        r = self._get_report(now)
-        n = len(self.conns)
+    def _get_report(self, now: float, route: str = "") -> Report:
+        r = self.reports.get(route)
+        if r is None:
+            r = self.reports[route] = Report(start=now)
+        return r
+
+    def _update_connections_max(self, now: float, route: str = "") -> None:
+        r = self._get_report(now, route)
+        n = sum(1 for c in self.conns.values() if c.route == route)
         if r.connections_max_stale:
             r.connections_max = n
             r.connections_max_stale = False
         else:
             r.connections_max = max(r.connections_max, n)
-        self.totals.connection_connected = r.connections_max
+        self.totals.connection_connected = sum(x.connections_max for x in self.reports.values())
 
-    def _add_minutes(self, mins: int, now: float) -> None:
-        self._get_report(now).minutes += mins
+    def _add_minutes(self, mins: int, now: float, route: str = "") -> None:
+        self._get_report(now, route).minutes += mins
         self.totals.connection_minute += mins
 
     def _update_minutes(self, c: _Conn, now: float) -> None:
         mins = int((now - c.last_report) // MINUTE)
         if mins > 0:
             c.last_report += mins * MINUTE  # only advance by what was counted
-            self._add_minutes(mins, now)
+            self._add_minutes(mins, now, c.route)
 
     # -- connections -------------------------------------------------------------------------
 
     def connection_opened(
-        self, conn_id: str, now: float, *, type: str = "http", peer: str = "", ssl: bool = False
+        self,
+        conn_id: str,
+        now: float,
+        *,
+        type: str = "http",
+        peer: str = "",
+        ssl: bool = False,
+        route: str = "",
     ) -> list[Packet]:
-        """A connection opened: its ``conn`` packet; counts its first minute at once."""
+        """A connection opened: its ``conn`` packet; counts its first minute at once. An open
+        ``conn_id`` is replaced (Pushpin: a request handed back for a retry)."""
         old = self.conns.pop(conn_id, None)
-        c = _Conn(conn_id, type, peer, ssl, old.last_report if old else now)
+        c = _Conn(conn_id, type, peer, ssl, old.last_report if old else now, route=route)
         if old is not None:
             c.gen = old.gen
         self.conns[conn_id] = c
         self._schedule(("c", conn_id, ""), c, now + self._conn_interval)
         if self._reporting:
-            self._update_connections_max(now)
+            if old is not None and old.route != route:
+                self._update_connections_max(now, old.route)
+            self._update_connections_max(now, route)
             if old is None:  # minutes are rounded up: count one now (not when replacing)
-                self._add_minutes(1, now)
+                self._add_minutes(1, now, route)
         return [self._conn_packet(c)]
 
     def connection_closed(self, conn_id: str, now: float) -> list[Packet]:
@@ -347,8 +367,8 @@ class StatsState:
         c.gen += 1  # invalidate its scheduled refresh
         if self._reporting:
             self._update_minutes(c, now)
-            self._update_connections_max(now)
-        return [conn_gone_packet(self.instance_id, conn_id)]
+            self._update_connections_max(now, c.route)
+        return [conn_gone_packet(self.instance_id, conn_id, route=c.route)]
 
     def has_connection(self, conn_id: str) -> bool:
         """Whether ``conn_id`` is open (Pushpin answers ``conncheck`` from this, F42)."""
@@ -356,7 +376,13 @@ class StatsState:
 
     def _conn_packet(self, c: _Conn) -> Packet:
         return conn_packet(
-            self.instance_id, c.id, type=c.type, peer=c.peer, ssl=c.ssl, ttl=self.connection_ttl
+            self.instance_id,
+            c.id,
+            type=c.type,
+            peer=c.peer,
+            ssl=c.ssl,
+            ttl=self.connection_ttl,
+            route=c.route,
         )
 
     @property
@@ -417,23 +443,39 @@ class StatsState:
 
     # -- messages and activity ---------------------------------------------------------------
 
-    def message_received(self, now: float) -> None:
-        """A publish item arrived (counted whether or not anyone holds its channel)."""
+    def message_received(self, now: float, blocks: int = -1) -> None:
+        """A publish item arrived (counted whether or not anyone holds its channel), under the
+        empty route as Pushpin does; ``blocks`` as :func:`blocks_for`, -1 when not counted."""
         if self._reporting:
-            self._get_report(now).received += 1
+            r = self._get_report(now)
+            r.received += 1
+            if blocks > 0:
+                r.blocks_received = max(r.blocks_received, 0) + blocks
             self.totals.message_received += 1
 
     def delivered(
-        self, channel: str, item_id: str | None, transport: str, count: int, now: float
+        self,
+        channel: str,
+        item_id: str | None,
+        transport: str,
+        count: int,
+        now: float,
+        *,
+        route: str = "",
+        blocks: int = -1,
     ) -> list[Packet]:
-        """An item went to ``count`` subscribers over ``transport``: its ``message`` packet."""
+        """An item went to ``count`` subscribers (of ``route``) over ``transport``: its
+        ``message`` packet, whose ``blocks`` is ``blocks * count`` when blocks are counted."""
         if self._reporting and count > 0:
-            r = self._get_report(now)
+            r = self._get_report(now, route)
             r.sent += count
             if transport == "http-response":
                 r.http_response_sent += count
+            if blocks > 0:
+                r.blocks_sent = max(r.blocks_sent, 0) + blocks * count
             self.totals.message_sent += count
-        return [message_packet(self.instance_id, channel, item_id, transport, count)]
+        total = blocks * count if blocks != -1 else -1
+        return [message_packet(self.instance_id, channel, item_id, transport, count, blocks=total)]
 
     def request_received(self, now: float) -> bool:
         """A request arrived (activity and ``requests-received``). True when this starts a new
@@ -444,12 +486,12 @@ class StatsState:
         self.totals.request_received += 1
         return start
 
-    def add_counter(self, name: str, count: int, now: float) -> None:
+    def add_counter(self, name: str, count: int, now: float, route: str = "") -> None:
         """Add to one of :data:`REPORT_COUNTERS` (bytes/messages to clients and origins)."""
         if name not in REPORT_COUNTERS:
             raise ValueError(f"unknown stats counter: {name}")
         if self._reporting:
-            r = self._get_report(now)
+            r = self._get_report(now, route)
             r.counters[name] = r.counters.get(name, 0) + count
 
     def flush_activity(self) -> list[Packet]:
@@ -491,22 +533,32 @@ class StatsState:
         return out
 
     def make_report(self, now: float) -> list[Packet]:
-        """The ``report`` packet (none while nothing happened since an empty one was sent)."""
-        r = self.report
-        if r is None or not self._reporting:
+        """One ``report`` packet per route (none for a route while nothing happened on it since
+        an empty one was sent)."""
+        if not self._reporting:
             return []
-        if r.connections_max_stale:
-            self._update_connections_max(now)
-        p = report_packet(self.instance_id, r, now)
-        r.start = now
-        r.connections_max_stale = True
-        r.minutes = r.received = r.sent = r.http_response_sent = 0
-        r.blocks_received = r.blocks_sent = -1
-        r.counters.clear()
-        if r.is_empty():
-            self.report = None
-            self.totals.connection_connected = 0
-        return [p]
+        out: list[Packet] = []
+        for route, r in list(self.reports.items()):
+            if r.connections_max_stale:
+                self._update_connections_max(now, route)
+            out.append(report_packet(self.instance_id, r, now, route=route))
+            r.start = now
+            r.connections_max_stale = True
+            r.minutes = r.received = r.sent = r.http_response_sent = 0
+            r.blocks_received = r.blocks_sent = -1
+            r.counters.clear()
+            if r.is_empty():
+                del self.reports[route]
+        self.totals.connection_connected = sum(x.connections_max for x in self.reports.values())
+        return out
+
+
+def blocks_for(size: int, block_size: int) -> int:
+    """Pushpin's ``blocksForData``: ``size`` in ``message_block_size`` blocks (rounded up), or
+    -1 when block counting is off (``block_size`` <= 0)."""
+    if block_size <= 0:
+        return -1
+    return (size + block_size - 1) // block_size
 
 
 def default_instance_id(pid: int) -> str:

@@ -20,7 +20,12 @@ from gripd.core.instruct import Instruct, parse_instruct
 from gripd.core.publish import PublishItem
 from gripd.core.registry import Registry
 from gripd.io.handler.channels import ChannelTracker
-from gripd.io.handler.fanout import publish_response, publish_stream, publish_ws
+from gripd.io.handler.fanout import (
+    publish_response,
+    publish_stream,
+    publish_ws,
+    send_link_queue,
+)
 from gripd.io.handler.history import (
     GONE_HEADER,
     HistoryReader,
@@ -383,8 +388,11 @@ class Engine:
         self.loop.create_task(post_gone(self.app, route, url, peer))
 
     def resubscribe(self, hold: StreamHold, channels: list[str]) -> None:
-        """A next link's stream hold changed the channel set (F25)."""
+        """A next link's stream hold changed the channel set (F25). The route targets'
+        ``sub=`` channels (implicit, F11) stay, as Pushpin keeps ``implicitChannels``."""
         old = set(hold.channels)
+        implicit = {ch for t in hold.route.targets for ch in t.subs}
+        channels = [*channels, *(c for c in hold.channels if c in implicit and c not in channels)]
         new = set(channels)
         gone = [c for c in hold.channels if c not in new]
         added = [c for c in channels if c not in old]
@@ -421,8 +429,11 @@ class Engine:
         if ins.hold_mode == "response":
             hold.fail("Next link returned non-stream hold.")
         elif ins.hold_mode == "stream":
+            queued = hold.link.take_queue() if hold.link is not None else []
             self.resubscribe(hold, [c.name for c in ins.channels])
             hold.apply_stream_instruct(ins)
+            if queued:
+                send_link_queue(self, hold, queued)  # Pushpin's queue, after the new hold
         elif ins.next_link is not None:
             hold.apply_stream_instruct(ins)
             hold.update()  # no hold, another link: keep following (F25)
@@ -446,23 +457,48 @@ class Engine:
             self.app.retry_request(conn, req, route, body, last_ids)
 
     def slow_client(self, hold: StreamHold | WsSession) -> None:
-        self.events.dropped("slow_client")
-        if self.app.config.slow_client_policy == "close":
+        """A message was dropped for ``hold``'s client (its output is past
+        ``client_write_buffer_max``): count it, log it, and close the connection under
+        ``slow_client_policy=close`` (counted and logged once per connection)."""
+        conn = hold.conn
+        route = hold.route.id
+        t = conn.transport
+        closing = conn.closed or t is None or t.is_closing()
+        close = self.app.config.slow_client_policy == "close" and not closing
+        queued = conn.buffered()
+        self.events.slow_client(route, queued, close)
+        if close:
             log.warning(
                 "publish queue at max, closing: conn=%s route=%s peer=%s",
-                hold.conn.id,
-                hold.route.id,
-                hold.conn.peer,
+                conn.id,
+                route,
+                conn.peer,
+                extra={
+                    "conn": conn.id,
+                    "route": route,
+                    "peer": conn.peer,
+                    "queued": queued,
+                    "dropped": hold.dropped,
+                    "policy": "close",
+                },
             )
-            hold.conn.abort()
+            conn.abort()
             return
-        if hold.dropped == 1 or hold.dropped % 100 == 0:
+        if not closing and (hold.dropped == 1 or hold.dropped % 100 == 0):
             log.warning(
                 "publish queue at max, dropping: conn=%s route=%s peer=%s dropped=%d",
-                hold.conn.id,
-                hold.route.id,
-                hold.conn.peer,
+                conn.id,
+                route,
+                conn.peer,
                 hold.dropped,
+                extra={
+                    "conn": conn.id,
+                    "route": route,
+                    "peer": conn.peer,
+                    "queued": queued,
+                    "dropped": hold.dropped,
+                    "policy": "drop",
+                },
             )
 
     def _log_subscribe(self, req: Request, channels: list[str], retry: bool) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from websockets.frames import Opcode
 
-from gripd.core.cors import apply_cors
+from gripd.core.cors import apply_cors, strip_cors
 from gripd.core.errors import PublishError
 from gripd.core.filters import (
     FilterContext,
@@ -27,7 +27,7 @@ from gripd.core.filters import (
 )
 from gripd.core.http import encode_chunk, encode_full
 from gripd.core.jsonp import wrap_held_response
-from gripd.core.publish import PublishItem, apply_http_response
+from gripd.core.publish import PublishItem, apply_body_patch, apply_http_response
 from gripd.io.handler.holds import ResponseHold, StreamHold
 from gripd.io.handler.ws_session import WsSession
 from gripd.io.ws_endpoint import OPCODES, encode_message
@@ -95,15 +95,14 @@ def _admit(
 
 def publish_stream(engine: Engine, item: PublishItem, subs: list[object]) -> int:
     """Pushpin's order per subscriber (httpsession ``trySendQueue``): the prev-id check (every
-    action), the ``content-filters`` check, the delivery filters, then the action."""
+    action), the ``content-filters`` check, the delivery filters, then the action. A hold whose
+    next link is being fetched queues the item instead (httpsession ``publish``)."""
     fmt = item.http_stream
     assert fmt is not None
-    ch = item.channel
     n = 0
     raw = fmt.content
     chunk = encode_chunk(raw)
     now = engine.loop.time()
-    listed = fmt.content_filters
     for s in subs:
         if not isinstance(s, StreamHold):
             continue
@@ -113,25 +112,65 @@ def publish_stream(engine: Engine, item: PublishItem, subs: list[object]) -> int
                 continue  # waits for the replay, or the replay carried it
             if not r.skip and r.buffer is None:
                 s.resume = None
-        if not _admit(engine, s, item, listed):
+        link = s.link
+        if link is not None and link.task is not None:
+            link.enqueue(item)  # sent, or dropped, once the link's answer is applied
             continue
-        if fmt.action == "close":
-            s.close_stream()
-        elif fmt.action == "hint":
-            s.update()  # F24: fetch the next link, if any
-        else:
-            if s.filters:
-                try:
-                    mine = content_for(s, item, raw)
-                except FilterError as e:
-                    s.fail(str(e))
-                    continue
-                if not s.deliver(encode_chunk(mine), mine, now, ch):
-                    continue
-            elif not s.deliver(chunk, raw, now, ch):
-                continue
-        n += 1
+        if _stream_one(engine, s, item, chunk, now):
+            n += 1
     return n
+
+
+def _stream_one(engine: Engine, s: StreamHold, item: PublishItem, chunk: bytes, now: float) -> bool:
+    """One http-stream item for one stream hold; True when it acted (sent, hint or close)."""
+    fmt = item.http_stream
+    assert fmt is not None
+    if not _admit(engine, s, item, fmt.content_filters):
+        return False
+    if fmt.action == "close":
+        s.close_stream()
+    elif fmt.action == "hint":
+        s.update()  # F24: fetch the next link, if any
+    else:
+        raw = fmt.content
+        if s.filters:
+            try:
+                mine = content_for(s, item, raw)
+            except FilterError as e:
+                s.fail(str(e))
+                return False
+            return s.deliver(encode_chunk(mine), mine, engine.loop.time(), item.channel)
+        return s.deliver(chunk, raw, now, item.channel)
+    return True
+
+
+def send_link_queue(engine: Engine, s: StreamHold, queue: list[PublishItem]) -> None:
+    """Items queued while ``s``'s next link was fetched, once its stream hold is applied
+    (httpsession ``prepareToSendQueueOrHold``): leading items of channels no longer held or
+    that do not follow the new prev-ids are dropped, the rest are sent in order. Sending stops
+    (and the rest is dropped, as Pushpin clears its queue) when the hold ends or fetches its
+    link again (a hint or an out-of-sequence item)."""
+    i = 0
+    prev = s.prev_ids
+    while i < len(queue):
+        item = queue[i]
+        if item.channel not in s.channels:
+            i += 1
+            continue
+        expected = prev.get(item.channel) if prev is not None else None
+        if expected is not None and expected != item.prev_id:
+            i += 1
+            continue
+        break
+    now = engine.loop.time()
+    for item in queue[i:]:
+        if not s.active or (s.link is not None and s.link.task is not None):
+            break
+        if item.channel not in s.channels:
+            continue  # Pushpin: "received publish for channel with no subscription"
+        fmt = item.http_stream
+        assert fmt is not None
+        _stream_one(engine, s, item, encode_chunk(fmt.content), now)
 
 
 def publish_response(engine: Engine, item: PublishItem, subs: list[object]) -> int:
@@ -158,22 +197,33 @@ def publish_response(engine: Engine, item: PublishItem, subs: list[object]) -> i
             continue
         mine = fmt
         key: object = s.resp_key
-        if s.filters and fmt.body is not None:
+        if s.filters:
             try:
-                body = content_for(s, item, fmt.body)
-            except FilterError as e:
+                # Pushpin filters the body a ``body-patch`` produces too (httpsession publish).
+                base = (
+                    fmt.body
+                    if fmt.body_patch is None
+                    else apply_body_patch(s.response.body, fmt.body_patch)
+                )
+                body = content_for(s, item, base if base is not None else b"")
+            except (FilterError, PublishError) as e:
                 s.fail(str(e))
                 continue
-            if body != fmt.body:
-                mine = dataclasses.replace(fmt, body=body)
+            if body != fmt.body or fmt.body_patch is not None:
+                mine = dataclasses.replace(fmt, body=body, body_patch=None)
                 key = _DROP  # not shared
         aco = engine.app.aco(s.route)
         if aco:
             key = _DROP  # CORS/JSON-P answers depend on each client's request headers
         data = cache.get(key) if key is not _DROP else None
         if data is None:
+            held = s.response
+            if aco and s.req.jsonp is None:
+                # The held response was decorated for its timeout answer; Pushpin decorates the
+                # merged head instead, so the published headers are listed in Expose-Headers.
+                held = dataclasses.replace(held, headers=strip_cors(s.req.headers, held.headers))
             try:
-                out = apply_http_response(s.response, mine)
+                out = apply_http_response(held, mine)
             except PublishError as e:
                 s.fail(str(e))
                 continue

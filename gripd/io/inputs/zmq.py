@@ -27,8 +27,9 @@ keeps the interest without churn; when the last stream/WS subscriber leaves it g
 ZeroMQ filters by prefix, so a SUB item is only handed on when its channel has local subscribers
 under exactly that name (``has_channel``); others are counted in ``filtered``.
 
-Receive loops await one message, then drain up to 1024 more without blocking and hand them to
-the sink as one batch (research §3.6: 3-4x the throughput of awaiting each message).
+Receive loops await one message, then drain up to ``DRAIN_MAX`` more without blocking and hand
+them to the sink as one batch (research §3.6: 3-4x the throughput of awaiting each message),
+then yield to the event loop, so a large burst reaches clients progressively.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ __all__ = [
 _LOG = logging.getLogger("gripd.zmq")
 
 PULL_HWM = 101000  # Pushpin's DEFAULT_HWM for the PULL socket (F31)
-DRAIN_MAX = 1024  # messages taken per wake-up before yielding to the loop
+DRAIN_MAX = 256  # messages taken per wake-up before yielding to the loop
 _KEEPALIVE = (30, 6, 5)  # idle, count, interval: Pushpin's SUB settings in connect mode
 
 
@@ -418,6 +419,10 @@ class ZmqInputs:
                     sink.publish(batch, source=source)
                 except Exception:  # the sink's bug must not stop the input
                     self.log.exception("%s: publish failed", label)
+            # Yield before the next batch: awaiting a socket with messages ready does not
+            # suspend, so a large burst would otherwise be taken whole before any client
+            # write goes out; this way its items reach clients progressively.
+            await asyncio.sleep(0)
 
     def _take(
         self,

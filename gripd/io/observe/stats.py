@@ -13,9 +13,13 @@ either a stats spec or a Prometheus port is set.
   know parses it, and claiming to be Pushpin would mislead whoever reads the stream).
 - A connection's stats id is ``<from>:<conn id>`` (Pushpin: ``<condure id>:<request id>``). It is
   what ``conncheck`` (F42) must be asked with: pass :meth:`StatsPublisher.check_connection`.
-- Pushpin counts an HTTP *request* as a connection; gripd's events are per TCP connection, so a
-  keep-alive connection carrying several requests is one ``conn``. ``peer-address`` is the socket
-  peer (Pushpin uses the X-Forwarded-For-derived address); ``ssl`` is never set.
+- Pushpin counts an HTTP *request* as a connection (``conn`` with its route, the
+  X-Forwarded-For-derived ``peer-address`` and ``ssl``, gone when the response ends). The state
+  and :meth:`StatsPublisher.connection_opened` take ``route`` and ``ssl``; which events open and
+  close a stats connection (per request or per TCP connection) is the caller's choice.
+- ``blocks`` (``message_block_size``) and the byte/message report counters are fed through
+  :meth:`StatsPublisher.delivered`, :meth:`StatsPublisher.message_received` (``blocks``) and
+  :meth:`StatsPublisher.counter`.
 - The PUB socket is a plain (non-asyncio) pyzmq socket sent with NOBLOCK: PUB never blocks, it
   drops at the high-water mark (200000, Pushpin's OUT_HWM), so a slow stats reader can't stall
   the proxy.
@@ -211,10 +215,17 @@ class StatsPublisher(Events):
 
     # -- Events ------------------------------------------------------------------------------
 
-    def connection_opened(self, conn_id: str, peer: str, transport: Transport) -> None:
+    def connection_opened(
+        self, conn_id: str, peer: str, transport: Transport, *, route: str = "", ssl: bool = False
+    ) -> None:
         self._send(
             self.state.connection_opened(
-                self.stats_conn_id(conn_id), self.loop.time(), type=transport, peer=peer
+                self.stats_conn_id(conn_id),
+                self.loop.time(),
+                type=transport,
+                peer=peer,
+                ssl=ssl,
+                route=route,
             )
         )
 
@@ -232,8 +243,26 @@ class StatsPublisher(Events):
     def unsubscribed(self, channel: str, mode: Mode, last: bool) -> None:
         self._send(self.state.unsubscribed(mode, channel, self.loop.time()))
 
-    def message_received(self, channel: str, source: str) -> None:
-        self.state.message_received(self.loop.time())
+    def message_received(self, channel: str, source: str, *, blocks: int = -1) -> None:
+        self.state.message_received(self.loop.time(), blocks)
 
-    def delivered(self, channel: str, item_id: str | None, transport: Delivery, count: int) -> None:
-        self._send(self.state.delivered(channel, item_id, transport, count, self.loop.time()))
+    def delivered(
+        self,
+        channel: str,
+        item_id: str | None,
+        transport: Delivery,
+        count: int,
+        *,
+        route: str = "",
+        blocks: int = -1,
+    ) -> None:
+        now = self.loop.time()
+        self._send(
+            self.state.delivered(
+                channel, item_id, transport, count, now, route=route, blocks=blocks
+            )
+        )
+
+    def counter(self, name: str, count: int, route: str = "") -> None:
+        """Add to a report counter (``client-content-bytes-sent``, ...; ``REPORT_COUNTERS``)."""
+        self.state.add_counter(name, count, self.loop.time(), route)

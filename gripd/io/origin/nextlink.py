@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
@@ -22,6 +23,7 @@ from gripd.io.origin.http import endpoints_for, fetch
 
 if TYPE_CHECKING:
     from gripd.core.instruct import NextLink
+    from gripd.core.publish import PublishItem
     from gripd.core.routes import Route
     from gripd.io.context import OriginContext
     from gripd.io.handler.holds import StreamHold
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gripd.nextlink")
 
 RETRY_DELAYS = (1, 2, 4, 8, 16)
+PUBLISH_QUEUE_MAX = 100  # Pushpin's httpsession queue bound
 MAX_LINK_RESPONSE = 1_000_000
 
 
@@ -43,9 +46,12 @@ async def fetch_link(
     route: Route,
     url: str,
     peer_ip: str,
-    last_ids: list[tuple[str, str]],
+    last_ids: Callable[[], list[tuple[str, str]]],
 ) -> HttpResponse:
-    """GET ``url`` through ``route``'s targets; raise ``OriginError`` when every try failed."""
+    """GET ``url`` through ``route``'s targets; raise ``OriginError`` when every try failed.
+
+    ``last_ids`` is asked before every attempt: like Pushpin's ``requestNextLink``, a retry
+    sends the ``Grip-Last`` values current at that time."""
     parts = urlsplit(url)
     path = parts.path or "/"
     if parts.query:
@@ -60,16 +66,6 @@ async def fetch_link(
         tls=parts.scheme in ("https", "wss"),
     )
     token = None if route.no_grip else app.grip_sig_token(route)
-    headers = origin_request_headers(
-        info,
-        route,
-        target,
-        app.forward,
-        token=token,
-        trusted=False,
-        last_ids=last_ids,
-        internal=True,
-    )
     endpoints = endpoints_for(route.targets, route.as_host, host)
     if not endpoints:
         raise OriginError("next link: route has no host targets")
@@ -77,6 +73,16 @@ async def fetch_link(
     for attempt in range(len(RETRY_DELAYS) + 1):
         if attempt:
             await asyncio.sleep(RETRY_DELAYS[attempt - 1] + random.random())
+        headers = origin_request_headers(
+            info,
+            route,
+            target,
+            app.forward,
+            token=token,
+            trusted=False,
+            last_ids=last_ids(),
+            internal=True,
+        )
         t0 = time.monotonic()
         try:
             code, reason, rheaders, body = await fetch(
@@ -96,7 +102,7 @@ async def fetch_link(
 class LinkState:
     """A stream hold's next link: the URL, its periodic re-fetch, the fetch in flight."""
 
-    __slots__ = ("hold", "pending", "seen", "task", "timeout", "timer", "url")
+    __slots__ = ("hold", "pending", "queue", "seen", "task", "timeout", "timer", "url")
 
     def __init__(self, hold: StreamHold) -> None:
         self.hold = hold
@@ -106,6 +112,20 @@ class LinkState:
         self.task: asyncio.Task[None] | None = None
         self.seen: set[str] = set()
         self.pending = False
+        # Stream items published while the link is fetched (Pushpin's publish queue).
+        self.queue: list[PublishItem] = []
+
+    def enqueue(self, item: PublishItem) -> None:
+        """Hold ``item`` until the fetch in flight is applied; Pushpin keeps at most
+        ``PUBLISH_QUEUE_MAX`` and drops the rest."""
+        if len(self.queue) < PUBLISH_QUEUE_MAX:
+            self.queue.append(item)
+        else:
+            log.debug("publish queue at max, dropping")
+
+    def take_queue(self) -> list[PublishItem]:
+        out, self.queue = self.queue, []
+        return out
 
     def set(self, link: NextLink, req: Request, conn: ClientConnection) -> None:
         base = self.url
@@ -150,7 +170,10 @@ class LinkState:
     async def _run(self) -> None:
         hold = self.hold
         n = len(hold.route.prefix)
-        last = [(ch[n:], pid) for ch, pid in (hold.prev_ids or {}).items() if pid is not None]
+
+        def last() -> list[tuple[str, str]]:
+            return [(ch[n:], pid) for ch, pid in (hold.prev_ids or {}).items() if pid is not None]
+
         try:
             resp = await fetch_link(hold.engine.app, hold.route, self.url, hold.conn.peer, last)
         except OriginError:
@@ -170,6 +193,7 @@ class LinkState:
         if self.task is not None and not self.task.done():
             self.task.cancel()
         self.task = None
+        self.queue = []
 
 
 async def post_gone(app: OriginContext, route: Route, url: str, peer_ip: str) -> None:
