@@ -386,15 +386,27 @@ class ZmqInputs:
         parse = parse_pull_message if source == "zmq-pull" else parse_sub_message
         # A synchronous view of the same socket, for the non-blocking drain.
         shadow: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
+        more = False  # the last batch stopped at DRAIN_MAX: messages may be waiting
         while True:
             try:
-                first = await sock.recv_multipart()
+                if more:
+                    # Go on with the waiting messages through the same non-blocking view; the
+                    # socket is awaited only once that view found the queue empty (awaiting
+                    # it with messages already queued could miss its edge-triggered wake-up).
+                    try:
+                        first = shadow.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        more = False
+                        continue
+                else:
+                    first = await sock.recv_multipart()
             except asyncio.CancelledError:
                 raise
             except zmq.ZMQError as e:
                 if e.errno in (zmq.ETERM, zmq.ENOTSOCK):
                     return
                 self.log.error("%s: receive failed: %s", label, e)
+                more = False
                 await asyncio.sleep(0.1)
                 continue
             batch: list[PublishItem] = []
@@ -412,6 +424,7 @@ class ZmqInputs:
                     except zmq.ZMQError as e:
                         if e.errno not in (zmq.ETERM, zmq.ENOTSOCK):
                             self.log.error("%s: receive failed: %s", label, e)
+            more = n >= DRAIN_MAX
             if batch:
                 self.received[source] += len(batch)
                 try:
@@ -419,9 +432,8 @@ class ZmqInputs:
                     sink.publish(batch, source=source)
                 except Exception:  # the sink's bug must not stop the input
                     self.log.exception("%s: publish failed", label)
-            # Yield before the next batch: awaiting a socket with messages ready does not
-            # suspend, so a large burst would otherwise be taken whole before any client
-            # write goes out; this way its items reach clients progressively.
+            # Yield before the next batch, so a large burst reaches clients progressively
+            # instead of being taken whole before any client write goes out.
             await asyncio.sleep(0)
 
     def _take(
