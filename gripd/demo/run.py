@@ -118,9 +118,12 @@ def free_ports(n: int, avoid: int) -> list[int]:
             s.close()
 
 
-def gripd_conf(workdir: Path, http_port: int, control_port: int, bus: str | None) -> str:
+def gripd_conf(
+    workdir: Path, http_port: int, control_port: int, status_port: int, bus: str | None
+) -> str:
     """A pushpin.conf for one demo instance: loopback only, one process, no ZeroMQ sockets,
-    channel history on (so long-polls and reconnecting clients miss nothing)."""
+    channel history on (so long-polls and reconnecting clients miss nothing), the live status
+    page on ``status_port``."""
     bus_line = f"bus = {bus}\n" if bus else ""
     return f"""\
 [global]
@@ -141,6 +144,7 @@ push_in_http_addr = 127.0.0.1
 push_in_http_port = {control_port}
 command_spec =
 stats_spec =
+prometheus_port = 127.0.0.1:{status_port}
 
 [gripd]
 workers = 1
@@ -232,6 +236,7 @@ class Demo:
         self.redis_bin = redis_bin
         self.children: list[Child] = []
         self.server: DemoServer | None = None
+        self.status_url = ""  # the first instance's live status page, once started
         self.env = dict(os.environ)
         # ``python -m gripd`` must find this gripd even when it is not installed.
         package_root = str(Path(__file__).resolve().parents[2])
@@ -241,11 +246,14 @@ class Demo:
 
     def start(self) -> str:
         """Start everything and wait until it answers; returns the page's URL."""
-        # One control port per instance, a client port for each but the first, and Redis's.
-        ports = free_ports(3 * self.instances - 2, avoid=self.port)
+        # A control and a status port per instance, a client port for each but the first,
+        # and Redis's.
+        ports = free_ports(4 * self.instances - 2, avoid=self.port)
         bus = self._start_redis(ports.pop()) if self.instances > 1 else None
         http_ports = [self.port] + [ports.pop() for _ in range(self.instances - 1)]
         control_ports = [ports.pop() for _ in http_ports]
+        status_ports = [ports.pop() for _ in http_ports]
+        self.status_url = f"http://127.0.0.1:{status_ports[0]}/status.html"
         names = [f"gripd {n + 1}" for n in range(self.instances)]
         server = DemoServer(
             f"http://127.0.0.1:{control_ports[0]}/publish/",
@@ -254,11 +262,13 @@ class Demo:
         threading.Thread(target=server.serve_forever, name="demo-origin", daemon=True).start()
         self.server = server
         started = []
-        for name, http_port, control_port in zip(names, http_ports, control_ports, strict=True):
+        for name, http_port, control_port, status_port in zip(
+            names, http_ports, control_ports, status_ports, strict=True
+        ):
             wd = self.workdir / name.replace(" ", "-")
             wd.mkdir()
             conf = wd / "pushpin.conf"
-            conf.write_text(gripd_conf(wd, http_port, control_port, bus))
+            conf.write_text(gripd_conf(wd, http_port, control_port, status_port, bus))
             (wd / "routes").write_text(f"* 127.0.0.1:{server.port},over_http\n")
             argv = [sys.executable, "-m", "gripd", "--config", str(conf)]
             started.append((self._spawn(name, argv, wd), http_port, control_port))
@@ -377,6 +387,11 @@ def main(argv: list[str]) -> int:
                     flush=True,
                 )
                 print(url, flush=True)
+                print(
+                    f"gripd demo: gripd's live status page: {demo.status_url}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 demo.watch()
             except KeyboardInterrupt:
                 print("gripd demo: stopping", file=sys.stderr, flush=True)

@@ -17,7 +17,9 @@ Ctrl-C is SIGINT to the demo's PID: it must exit 0 and leave none of the process
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import selectors
 import signal
 import socket
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -242,6 +245,12 @@ async def open_demo(page: Page, url: str, instances: int) -> list[Frame]:
 
 
 @pytest.mark.timeout(150 * TIME_SCALE)
+def _read(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as resp:  # loopback only
+        data: bytes = resp.read()
+        return data
+
+
 async def test_demo_message_reaches_all_four_panes(tmp_path: Path) -> None:
     require_browser()
     port = free_ports(1)[0]
@@ -273,6 +282,14 @@ async def test_demo_message_reaches_all_four_panes(tmp_path: Path) -> None:
             await until_every_pane(page, demo, frames, repr(after), f"t => t === {after!r}")
             for transport, texts in (await pane_texts(page.main_frame)).items():
                 assert all(t.strip() and len(t) <= 4096 for t in texts), transport
+            # The first instance's live status page, named on stderr, counts what was sent.
+            found = re.search(
+                r"live status page: (http://127\.0\.0\.1:\d+)/status\.html", demo.stderr()
+            )
+            assert found, demo.stderr()
+            status = json.loads(await asyncio.to_thread(_read, found.group(1) + "/status"))
+            assert status["totals"]["published"] >= 4, status  # a message: one item per format
+            assert status["totals"]["delivered"] >= 4, status
         assert await asyncio.to_thread(demo.interrupt) == 0, demo.stderr()
     finally:
         await asyncio.to_thread(demo.kill)
@@ -384,7 +401,8 @@ def test_demo_start_retries_a_port_taken_meanwhile_and_names_its_own(
 
         def first_taken(n: int, avoid: int) -> list[int]:
             calls.append(n)
-            return [taken] if len(calls) == 1 else real(n, avoid)
+            # The control port is taken from the end of the list.
+            return [*real(n - 1, avoid), taken] if len(calls) == 1 else real(n, avoid)
 
         monkeypatch.setattr(run, "free_ports", first_taken)
         demo, url = run.start_demo(tmp_path / "a", free_ports(1)[0], 1, None)
