@@ -23,12 +23,18 @@ import posixpath
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from urllib.parse import unquote as pct
-from urllib.parse import urlsplit
 
+from gripd.core.config_gripd import (
+    _bus,
+    _gone_event,
+    _log_format,
+    _publish_iss,
+    _publish_key,
+    _slow_policy,
+    _workers,
+)
 from gripd.core.errors import ConfigError
 from gripd.core.headers import split_unquoted, unquote
-from gripd.core.sig import parse_key
 
 __all__ = [
     "DEFAULT_PUSHPIN_CONF",
@@ -736,111 +742,3 @@ def default_config(cwd: str) -> Config:
 
     cfg = load_config(DEFAULT_PUSHPIN_CONF, path=None, read_file=no_file)
     return replace(cfg, config_dir=cwd, routesfile=None)
-
-
-WORKERS_MAX = 1024
-
-
-def _workers(r: _Reader) -> int | None:
-    """``[gripd] workers``: a positive integer; unset means one per CPU (decided at start)."""
-    e = r.entry("gripd", "workers")
-    if e is None or unquote(e[0]).strip().lower() in ("", "auto"):
-        return None
-    n = r.int_("gripd", "workers", 1, minimum=1)
-    if n > WORKERS_MAX:
-        raise r.error("gripd", "workers", f"must be at most {WORKERS_MAX}")
-    return n
-
-
-def parse_bus_url(url: str) -> tuple[str, str, int, int, str | None, str | None]:
-    """``redis://[user:password@]host[:port][/db]`` (or ``rediss://`` for TLS) ->
-    (scheme, host, port, db, username, password). Raises ValueError naming the problem."""
-    try:
-        u = urlsplit(url)
-        port = u.port
-    except ValueError as e:
-        raise ValueError(f"not a valid URL: {e}") from None
-    if u.scheme not in ("redis", "rediss"):
-        raise ValueError("must start with redis:// or rediss://")
-    if not u.hostname:
-        raise ValueError("has no host")
-    if u.query or u.fragment:
-        raise ValueError("must not have a query or fragment")
-    path = u.path.strip("/")
-    if path and not path.isdigit():
-        raise ValueError("database must be a number")
-    db = int(path) if path else 0
-    if db > 1_000_000:
-        raise ValueError("database number is too large")
-    user = pct(u.username) if u.username else None
-    password = pct(u.password) if u.password is not None else None
-    return u.scheme, u.hostname, port or 6379, db, user, password
-
-
-def _bus(r: _Reader) -> str:
-    value = r.str_("gripd", "bus", "").strip()
-    if not value:
-        return ""
-    try:
-        parse_bus_url(value)
-    except ValueError as e:
-        # The value is not echoed: it may carry a password.
-        entry = r.entry("gripd", "bus")
-        where = (entry[1], entry[2]) if entry is not None else (None, None)
-        raise ConfigError(f"[gripd] bus: {e}", *where) from None
-    return value
-
-
-def _gone_event(r: _Reader) -> str:
-    """An SSE event name: one line of text (it is written after ``event:``)."""
-    value = r.str_("gripd", "history_gone_event", "").strip()
-    if any(c in value for c in "\r\n\0"):
-        raise r.error("gripd", "history_gone_event", "must be one line")
-    return value
-
-
-LOG_FORMATS = ("text", "json")
-
-
-def _log_format(r: _Reader) -> str:
-    """``[gripd] log_format``: ``text`` (Pushpin's lines) or ``json``."""
-    value = r.str_("gripd", "log_format", "text").strip().lower() or "text"
-    if value not in LOG_FORMATS:
-        raise r.error("gripd", "log_format", "must be text or json")
-    return value
-
-
-def _slow_policy(r: _Reader) -> str:
-    value = r.str_("gripd", "slow_client_policy", "drop")
-    if value not in ("drop", "close"):
-        raise r.error("gripd", "slow_client_policy", f"must be drop or close (got {value!r})")
-    return value
-
-
-def _publish_key(r: _Reader, base_dir: str, read_file: Callable[[str], str]) -> str:
-    """``[gripd] publish_key``, parsed now so that an unusable key (bad base64, unreadable file,
-    not an EC P-256 or RSA PEM key) is an error naming file:line. Never echoed: it is secret."""
-    value = r.str_("gripd", "publish_key", "").strip()
-
-    def read_bytes(path: str) -> bytes:
-        try:
-            return read_file(path).encode("utf-8")
-        except ValueError as e:  # not text, so not PEM
-            raise OSError(f"not a PEM file ({e.__class__.__name__})") from None
-
-    try:
-        parse_key(value, base_dir=base_dir, read_file=read_bytes)
-    except ConfigError as e:
-        entry = r.entry("gripd", "publish_key")
-        where = (entry[1], entry[2]) if entry is not None else (None, None)
-        raise ConfigError(f"[gripd] publish_key: {e.message}", *where) from None
-    return value
-
-
-def _publish_iss(r: _Reader) -> str:
-    value = r.str_("gripd", "publish_iss", "").strip()
-    if any(c in value for c in "\r\n\0"):
-        raise r.error("gripd", "publish_iss", "must be one line")
-    if value and not r.str_("gripd", "publish_key", "").strip():
-        raise r.error("gripd", "publish_iss", "needs publish_key (nothing would be checked)")
-    return value

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from gripd.core.config import Config, parse_bus_url
+from gripd.core.config import Config
+from gripd.core.config_gripd import parse_bus_url
 from gripd.core.history import OFF, HistoryPolicy, MemoryHistory
 from gripd.io.bus.base import Bus, BusSink
 from gripd.io.bus.local import LocalBus

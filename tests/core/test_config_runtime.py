@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gripd.core.config import WORKERS_MAX, load_config, parse_bus_url
+from gripd.core.config import load_config
+from gripd.core.config_gripd import WORKERS_MAX, parse_bus_url
 from gripd.core.errors import ConfigError
 
 

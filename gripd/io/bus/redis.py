@@ -48,7 +48,7 @@ from typing import Any
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.exceptions import NoScriptError, ResponseError
 
-from gripd.core.config import parse_bus_url
+from gripd.core.config_gripd import parse_bus_url
 from gripd.core.history import OFF, HistoryPolicy
 from gripd.core.itemwire import decode_message, encode_items
 from gripd.core.publish import PublishItem
@@ -126,7 +126,7 @@ class RedisBus:
         history_routes: bool = False,
     ) -> None:
         """``url``: ``redis[s]://[user:password@]host[:port][/db]`` (raises ``ValueError`` if
-        bad, see :func:`gripd.core.config.parse_bus_url`). ``node_id``: unique per instance.
+        bad, see :func:`gripd.core.config_gripd.parse_bus_url`). ``node_id``: unique per instance.
         ``loop``: the loop to run on (default: the one running ``start()``). ``key_prefix``:
         prepended to channel names to make the Redis channel names (the same on every
         instance). ``sharded``: None = SPUBLISH/SSUBSCRIBE when the server has them (Redis >=
