@@ -467,39 +467,23 @@ class Engine:
         close = self.app.config.slow_client_policy == "close" and not closing
         queued = conn.buffered()
         self.events.slow_client(route, queued, close)
+        if not close and (closing or not (hold.dropped == 1 or hold.dropped % 100 == 0)):
+            return  # dropped quietly: logged at the 1st and every 100th drop
+        extra = {
+            "conn": conn.id,
+            "route": route,
+            "peer": conn.peer,
+            "queued": queued,
+            "dropped": hold.dropped,
+            "policy": "close" if close else "drop",
+        }
         if close:
-            log.warning(
-                "publish queue at max, closing: conn=%s route=%s peer=%s",
-                conn.id,
-                route,
-                conn.peer,
-                extra={
-                    "conn": conn.id,
-                    "route": route,
-                    "peer": conn.peer,
-                    "queued": queued,
-                    "dropped": hold.dropped,
-                    "policy": "close",
-                },
-            )
+            msg = "publish queue at max, closing: conn=%s route=%s peer=%s"
+            log.warning(msg, conn.id, route, conn.peer, extra=extra)
             conn.abort()
-            return
-        if not closing and (hold.dropped == 1 or hold.dropped % 100 == 0):
-            log.warning(
-                "publish queue at max, dropping: conn=%s route=%s peer=%s dropped=%d",
-                conn.id,
-                route,
-                conn.peer,
-                hold.dropped,
-                extra={
-                    "conn": conn.id,
-                    "route": route,
-                    "peer": conn.peer,
-                    "queued": queued,
-                    "dropped": hold.dropped,
-                    "policy": "drop",
-                },
-            )
+        else:
+            msg = "publish queue at max, dropping: conn=%s route=%s peer=%s dropped=%d"
+            log.warning(msg, conn.id, route, conn.peer, hold.dropped, extra=extra)
 
     def _log_subscribe(self, req: Request, channels: list[str], retry: bool) -> None:
         """F53: ``subscribe http://host/path channel=c [retry]``, as Pushpin's handler logs."""
