@@ -31,7 +31,13 @@ from gripd.core.instruct import Channel, Instruct, is_grip_response, parse_instr
 from gripd.core.jsonp import JsonpStream, wrap_response
 from gripd.core.routes import Route, Target, rewrite_path, test_target_path
 from gripd.core.testhandler import answer_test_request
-from gripd.io.origin.http import Endpoint, OriginExchange, endpoints_for, origin_form
+from gripd.io.origin.http import (
+    BodyFraming,
+    Endpoint,
+    OriginExchange,
+    endpoints_for,
+    origin_form,
+)
 
 if TYPE_CHECKING:
     from gripd.core.jsonp import JsonpRequest
@@ -201,11 +207,11 @@ class ProxySession:
         )
         return hdr.remove(h, "content-length", "transfer-encoding")
 
-    def _request(self) -> tuple[hdr.Headers, str, int, str, list[Endpoint]]:
+    def _request(self) -> tuple[hdr.Headers, BodyFraming, int, str, list[Endpoint]]:
         """The origin request: headers, body framing, length, path and endpoints."""
         target = self.route.targets[0]
         headers = self._origin_headers(target)
-        framing: str = "none"
+        framing: BodyFraming = "none"
         length = 0
         te = (hdr.get(self.req.headers, "transfer-encoding") or "").lower()
         if self.retry or self._body_done:
@@ -239,7 +245,7 @@ class ProxySession:
             path,
             headers,
             self,
-            body_framing=framing,  # type: ignore[arg-type]
+            body_framing=framing,
             content_length=length,
         )
         if ex is not None:
@@ -250,7 +256,7 @@ class ProxySession:
             )
 
     async def _open(
-        self, request: tuple[hdr.Headers, str, int, str, list[Endpoint]] | None = None
+        self, request: tuple[hdr.Headers, BodyFraming, int, str, list[Endpoint]] | None = None
     ) -> None:
         headers, framing, length, path, endpoints = request or self._request()
         if request is None:
@@ -262,7 +268,7 @@ class ProxySession:
                 path,
                 headers,
                 self,
-                body_framing=framing,  # type: ignore[arg-type]
+                body_framing=framing,
                 content_length=length,
             )
         except OriginConnectError as e:
