@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from gripd.core.history import Replay
 from gripd.core.publish import HttpStreamFormat, PublishItem
+from gripd.io.bus.hub import READS_PENDING_MAX, WorkerLink
 from gripd.io.handler.history import (
     RESUME_BUFFER_MAX,
     RESUME_ID_MAX,
@@ -69,3 +70,18 @@ def test_resume_id_from_the_header_then_the_query() -> None:
     assert resume_id(request("/e", [])) is None
     long = resume_id(request("/e", [("Last-Event-ID", "x" * 5000)]))
     assert long is not None and len(long) == RESUME_ID_MAX + 1  # longer than any stored id
+
+
+def test_history_reads_waiting_on_the_hub_are_bounded() -> None:
+    """A worker's reads wait for the hub's answer; past READS_PENDING_MAX the oldest is
+    answered ``gone`` (a hub that answers nothing must not grow the worker's memory)."""
+    sent: list[tuple[object, ...]] = []
+    link = WorkerLink(sink=None, on_command=lambda msg: None)  # type: ignore[arg-type]
+    link.link = type("L", (), {"send": staticmethod(sent.append)})()  # type: ignore[assignment]
+    answers: list[tuple[int, str]] = []
+    for n in range(READS_PENDING_MAX + 2):
+        link.read("c", "1", 10, lambda r, n=n: answers.append((n, r.status)))
+    assert answers == [(0, "gone"), (1, "gone")]
+    assert len(sent) == READS_PENDING_MAX + 2
+    link.on_message(("hrep", READS_PENDING_MAX + 2, "ok", [], None, []))  # the newest read
+    assert answers[-1] == (READS_PENDING_MAX + 1, "ok")

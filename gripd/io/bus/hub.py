@@ -50,6 +50,7 @@ WORKER_WRITE_MAX = 64 << 20  # bytes queued to one worker before its items are d
 COUNTS_INTERVAL = 0.1  # seconds a worker gathers request counts and origin latencies
 
 Message = tuple[Any, ...]
+READS_PENDING_MAX = 10_000  # history reads a worker waits on at once (WorkerLink.read)
 
 
 class FrameLink(asyncio.Protocol):
@@ -335,8 +336,13 @@ class WorkerLink(Events):
         if self.link is None:
             done(Replay("gone"))
             return
+        reads = self._reads
+        if len(reads) >= READS_PENDING_MAX:
+            # The hub answers every read (a Redis read within its timeout); a backlog this long
+            # means a lost link: the oldest waiter gets "gone" (its hold has timed out anyway).
+            reads.pop(next(iter(reads)))(Replay("gone"))
         self._read_n += 1
-        self._reads[self._read_n] = done
+        reads[self._read_n] = done
         self._send(("hread", self._read_n, channel, after, limit))
 
     def set_policy(self, channel: str, policy: HistoryPolicy) -> None:
