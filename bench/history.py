@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import multiprocessing as mp
 import signal
 import statistics
 import subprocess
@@ -261,18 +260,7 @@ class Clients(Workers):
     """``run.Workers`` (call/all/mark/cpu/close) over ``HistWorker`` processes."""
 
     def __init__(self, count: int) -> None:
-        ctx = mp.get_context("fork")
-        self.conns = []
-        self.procs = []
-        for _ in range(count):
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=hist_worker_main, args=(child,), daemon=True)
-            p.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(p)
-        self.cpu_start = [0.0] * count
-        self.cpu_last = [0.0] * count
+        super().__init__(count, hist_worker_main)
 
     def open(
         self, port: int, path: str, n: int, channels: int, last_id: str | None = None

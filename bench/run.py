@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -76,15 +76,15 @@ class Settings:
 
 
 class Workers:
-    """Forked load-generator processes (bench/loadgen.py) driven over pipes."""
+    """Forked load-generator processes (bench/loadgen.py, or ``target``) driven over pipes."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, target: Callable[[Connection], None] | None = None) -> None:
         ctx = mp.get_context("fork")
         self.conns: list[Connection] = []
         self.procs: list[mp.process.BaseProcess] = []
         for _ in range(count):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=loadgen.worker_main, args=(child,), daemon=True)
+            p = ctx.Process(target=target or loadgen.worker_main, args=(child,), daemon=True)
             p.start()
             child.close()
             self.conns.append(parent)
