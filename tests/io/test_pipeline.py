@@ -12,12 +12,14 @@ import pytest
 
 import gripd.io.handler.pipeline as pipeline_mod
 from gripd.core.config import Config, default_config
+from gripd.core.history import HistoryPolicy, MemoryHistory
 from gripd.core.publish import (
     HttpResponseFormat,
     HttpStreamFormat,
     PublishItem,
     WsMessageFormat,
 )
+from gripd.io.handler.history import LocalHistory
 from gripd.io.handler.pipeline import PublishPipeline
 from gripd.io.observe.events import Events
 
@@ -395,3 +397,20 @@ async def test_engine_failure_keeps_the_timer_alive(make: Make) -> None:
     p.publish([item(str(n)) for n in range(5)], source="http")
     await asyncio.sleep(0.2)
     assert eng.ids == ["3", "4"]  # the first batch (3 items) was lost with the error
+
+
+async def test_history_stores_in_sequencing_order_but_not_hwm_drops(make: Make) -> None:
+    """Items for nobody skip the rate limiter's queue, so history stores in the order items
+    leave sequencing (not delivery order); an item the hwm drops is never stored."""
+    eng = FakeEngine()
+    p = make(eng, message_rate=1, message_hwm=2)
+    store = MemoryHistory(HistoryPolicy(100, 0), 100)
+    p.history = LocalHistory(store, asyncio.get_running_loop())
+    await p.start()
+    p.channels.subscribed("c", "stream")
+    p.publish([item(str(n)) for n in range(4)] + [item("x", ch="free")], source="http")
+    assert p.counters == {"hwm": 2}
+    assert eng.ids == ["x"]  # delivered at once; "0" waits in the rate limiter's queue
+    stored = store.latest("c", 10, 0.0)
+    assert [i.id for i in stored.items] == ["0", "1"]  # "2" and "3" were dropped by the hwm
+    assert [i.id for i in store.latest("free", 10, 0.0).items] == ["x"]

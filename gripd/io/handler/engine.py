@@ -315,7 +315,8 @@ class Engine:
             publish_stream(self, item, [hold])
         skip = {(i.channel, i.id) for i in replayed if i.id is not None}
         for c, r in state.results.items():
-            skip.update((c, k) for k in r.known)
+            if r.status == "ok":  # after "gone" nothing tells what the client has: drop nothing
+                skip.update((c, k) for k in r.known)
         for item in buffer:
             if item.id is None or (item.channel, item.id) not in skip:
                 publish_stream(self, item, [hold])
@@ -360,7 +361,7 @@ class Engine:
         for item in replayed:
             publish_ws(self, item, [session])
         skip = {(channel, i.id) for i in replayed if i.id is not None}
-        if r is not None:
+        if r is not None and r.status == "ok":
             skip.update((channel, k) for k in r.known)
         for item in buffer:
             if item.id is None or (channel, item.id) not in skip:

@@ -167,19 +167,26 @@ class PublishPipeline:
     # -- delivery ----------------------------------------------------------------------------
 
     def _deliver(self, ready: list[_Action], now: float) -> None:
+        # Items are stored for history in the order they come out of sequencing (items for no
+        # subscriber skip the rate limiter's queue, so delivery order is no order to store
+        # by), all but those the hwm drops: they are never delivered.
         history = self.history
-        if history is not None and history.store.active:
-            history.append([a[0] for a in ready])
+        if history is not None and not history.store.active:
+            history = None
         if not self.limited:
+            if history is not None:
+                history.append([a[0] for a in ready])
             self._publish(ready)
             return
         limiter = self.limiter
         hwm = self.hwm
         direct: list[_Action] = []
+        kept: list[PublishItem] = []
         for action in ready:
             weight = self._weight(action[0])
             if weight <= 0:
                 direct.append(action)  # nobody receives it; Pushpin queues nothing either
+                kept.append(action[0])
                 continue
             if hwm > 0 and limiter.queued_weight("") + min(weight, hwm) > hwm:
                 self._drop(DROP_HWM, weight)
@@ -193,6 +200,9 @@ class PublishPipeline:
                 )
                 continue
             limiter.add("", action, weight, now)
+            kept.append(action[0])
+        if history is not None:
+            history.append(kept)
         if direct:
             self._publish(direct)
         self._arm_rate_timer()
