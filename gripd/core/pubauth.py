@@ -33,7 +33,6 @@ __all__ = [
     "PublishGate",
     "Rejection",
     "bearer_token",
-    "check_authorization",
     "check_token",
     "load_publish_auth",
 ]
@@ -196,14 +195,6 @@ def _check(token: str, auth: PublishAuth, now: float) -> Rejection | float:
     if auth.iss and claims.get("iss") != auth.iss:
         return _WRONG_ISS
     return exp
-
-
-def check_authorization(values: Sequence[str], auth: PublishAuth, now: float) -> Rejection | None:
-    """:func:`bearer_token` then :func:`check_token`: None when the request may go on."""
-    token = bearer_token(values)
-    if isinstance(token, Rejection):
-        return token
-    return check_token(token, auth, now)
 
 
 class PublishGate:

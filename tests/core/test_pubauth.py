@@ -28,7 +28,6 @@ from gripd.core.pubauth import (
     PublishGate,
     Rejection,
     bearer_token,
-    check_authorization,
     check_token,
     load_publish_auth,
 )
@@ -114,11 +113,11 @@ def test_gripcontrol_header_is_accepted() -> None:
     """pubcontrol's own builder (``exp`` = now + 3600 from the real clock), as gripcontrol
     sends it for ``?iss=me&key=...``; plain and ``base64:`` keys."""
     header = _gen_auth_jwt_header({"iss": "me"}, SECRET)
-    assert check_authorization([header], hs_auth(iss="me"), time.time()) is None
+    assert PublishGate(hs_auth(iss="me")).check([header], time.time()) is None
     raw = bytes(range(40))
     b64 = "base64:" + base64.b64encode(raw).decode()
     header = _gen_auth_jwt_header({"iss": "me"}, raw)
-    assert check_authorization([header], hs_auth(b64, iss="me"), time.time()) is None
+    assert PublishGate(hs_auth(b64, iss="me")).check([header], time.time()) is None
 
 
 def test_jose_style_token_without_typ_is_accepted() -> None:
