@@ -1000,3 +1000,20 @@ def test_head_bytes_do_not_count_as_trailer() -> None:
     rec, _ = _feed([head, ext, b"hello\r\n0\r\n\r\n"])
     assert rec.events == ["head", "body", "end"], rec.error
     assert bytes(rec.body) == b"hello"
+
+
+async def test_idle_sweep_stops_when_no_connection_is_idle() -> None:
+    """Taking the last idle connection of an endpoint leaves no empty entry, so the one idle
+    sweep timer is not re-armed for ever."""
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"
+    async with RawOrigin(respond_each(ok)) as srv:
+        ep = Endpoint(LOCAL, srv.port)
+        pool = OriginPool(idle_timeout=0.05)
+        await fetch(pool, srv.port)
+        assert pool.idle_count(ep) == 1 and pool._sweeper is not None
+        conn = pool._take_idle(ep)  # taken, and not given back (as when an origin closes it)
+        assert conn is not None
+        conn.close()
+        await asyncio.sleep(0.15)  # a few sweep intervals
+        assert not pool._idle and pool._sweeper is None
+        await pool.close()

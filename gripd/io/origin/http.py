@@ -773,6 +773,17 @@ class OriginPool:
         if self._closed:
             raise OriginError("origin pool is closed")
         self._loop = asyncio.get_running_loop()
+        ex = self.open_idle(
+            endpoints,
+            method,
+            target,
+            headers,
+            handler,
+            body_framing=body_framing,
+            content_length=content_length,
+        )
+        if ex is not None:
+            return ex
         head = _encode_head(method, target, headers)
         tried: list[str] = []
         for ep in endpoints:
@@ -910,6 +921,8 @@ class OriginPool:
         idle = self._idle.get(ep)
         while idle:
             conn, _ = idle.popitem()  # newest first: keeps the warm ones busy, old ones expire
+            if not idle:
+                del self._idle[ep]  # no empty dicts: the idle sweep stops when none is left
             if conn.usable:
                 return conn
             conn.close()
