@@ -56,6 +56,14 @@ class Replay:
     known: frozenset[str] = frozenset()
 
 
+def gone_event(name: str, last_id: str) -> bytes:
+    """The SSE event a resuming stream gets when its id is no longer stored
+    (``history_gone_event``): the event name, and the id the client sent as data (line breaks
+    removed, so it stays one event)."""
+    asked = last_id.replace("\r", "").replace("\n", "")
+    return f"event: {name}\ndata: {asked}\n\n".encode()
+
+
 class _Channel:
     __slots__ = ("entries", "ids", "policy", "seq")
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from gripd.core.errors import InstructError
 from gripd.core.filters import FilterError, process_initial_body
-from gripd.core.history import READ_LIMIT_MAX, Replay
+from gripd.core.history import READ_LIMIT_MAX, Replay, gone_event
 from gripd.core.http import HttpResponse, encode_chunk
 from gripd.core.instruct import Instruct, parse_instruct
 from gripd.core.publish import PublishItem
@@ -300,8 +300,7 @@ class Engine:
         self.write_stream_head(hold.conn, resp, hold.chunked)
         event = self.app.config.history_gone_event
         if verdict == "gone" and event:
-            asked = state.last_id.replace("\r", "").replace("\n", "")
-            hold.write(f"event: {event}\ndata: {asked}\n\n".encode())
+            hold.write(gone_event(event, state.last_id))
         replayed: list[PublishItem] = []
         for c in state.channels:
             r = state.results.get(c)
