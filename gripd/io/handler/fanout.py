@@ -139,7 +139,7 @@ def _stream_one(engine: Engine, s: StreamHold, item: PublishItem, chunk: bytes, 
             except FilterError as e:
                 s.fail(str(e))
                 return False
-            return s.deliver(encode_chunk(mine), mine, engine.loop.time(), item.channel)
+            return s.deliver(encode_chunk(mine), mine, now, item.channel)
         return s.deliver(chunk, raw, now, item.channel)
     return True
 
