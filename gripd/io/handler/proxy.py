@@ -29,6 +29,7 @@ from gripd.core.http import (
 )
 from gripd.core.instruct import Channel, Instruct, is_grip_response, parse_instruct
 from gripd.core.jsonp import JsonpStream, wrap_response
+from gripd.core.requestlog import request_log_line
 from gripd.core.routes import Route, Target, rewrite_path, test_target_path
 from gripd.core.testhandler import answer_test_request
 from gripd.io.origin.http import (
@@ -622,21 +623,17 @@ class ProxySession:
         if not ticklog.enabled():
             return
         cfg = self.app.config
-        req = self.req
-        parts = [self._describe(), "->", self.target_label or self.route.targets[0].label()]
-        if cfg.log_from:
-            parts.append(f"from={self.conn.peer}")
-        if ref := hdr.get(req.headers, "referer"):
-            parts.append(f"ref={ref}")
-        if self.route.explicit_id:
-            parts.append(f"route={self.route.id}")
-        parts.append(what)
-        if self.retry:
-            parts.append("retry")
-        if cfg.log_user_agent and (ua := hdr.get(req.headers, "user-agent")):
-            parts.append(f"ua={ua}")
-        parts.extend(f"#{ch}={lid}" for ch, lid in self.last_ids)
-        ticklog.info(" ".join(parts))
+        line = request_log_line(
+            self._describe(),
+            self.target_label or self.route.targets[0].label(),
+            self.req.headers,
+            self.route,
+            what + " retry" if self.retry else what,
+            peer=self.conn.peer if cfg.log_from else None,
+            user_agent=cfg.log_user_agent,
+            trailer=(f"#{ch}={lid}" for ch, lid in self.last_ids),
+        )
+        ticklog.info(line)
 
 
 def own_response(req: Request, resp: HttpResponse, aco: bool) -> HttpResponse:

@@ -23,6 +23,7 @@ from websockets.utils import accept_key
 from gripd.core import headers as hdr
 from gripd.core.errors import GripError
 from gripd.core.http import HttpResponse, encode_head, text_response
+from gripd.core.requestlog import request_log_line
 from gripd.core.wscontrol import (
     META_BYTES_MAX,
     META_KEYS_MAX,
@@ -408,20 +409,18 @@ class WsSession:
         ticklog = self.app.ticklog  # the host's request lines, beside the HTTP ones
         if not ticklog.enabled():
             return
-        parts = ["GET", self._uri()]
-        if proxied:
-            target = self.route.targets[0]
-            parts += ["->", target.label() + ("[http]" if target.over_http else "")]
-        if self.app.config.log_from:
-            parts.append(f"from={self.conn.peer}")
-        if ref := hdr.get(self.req.headers, "referer"):
-            parts.append(f"ref={ref}")
-        if self.route.explicit_id:
-            parts.append(f"route={self.route.id}")
-        parts.append(f"code={code} {size}")
-        if self.app.config.log_user_agent and (ua := hdr.get(self.req.headers, "user-agent")):
-            parts.append(f"ua={ua}")
-        ticklog.info(" ".join(parts))
+        target = self.route.targets[0]
+        cfg = self.app.config
+        line = request_log_line(
+            f"GET {self._uri()}",
+            target.label() + ("[http]" if target.over_http else "") if proxied else None,
+            self.req.headers,
+            self.route,
+            f"code={code} {size}",
+            peer=self.conn.peer if cfg.log_from else None,
+            user_agent=cfg.log_user_agent,
+        )
+        ticklog.info(line)
 
     def _unsubscribe_all(self) -> None:
         if self.channels:
