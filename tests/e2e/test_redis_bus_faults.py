@@ -135,6 +135,9 @@ async def test_redis_killed_mid_stream_then_restarted(
             assert (await metrics(s))[RECONNECTS] == 1
         before = {x.label: len(x.got) for x in subs}
         await pub.http(a, item("k", "again-A"))
+        # Two instances' publishes have no order between them until Redis has one: the second
+        # goes in once the first has arrived everywhere.
+        await wait_until(lambda: all(len(x.got) >= before[x.label] + 1 for x in subs), "A's")
         await pub.pull(b, item("k", "again-B"))
         await wait_until(lambda: all(len(x.got) >= before[x.label] + 2 for x in subs), "both")
         for x in subs:
