@@ -34,9 +34,7 @@ from gripd.core.config import (
     parse_log_level,
 )
 from gripd.core.errors import ConfigError
-
-LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
-
+from gripd.runtime.reload import LEVELS
 
 # Pushpin's level names (src/corelib/log.cpp): [ERR] [WARN] [INFO] [DEBUG].
 _LEVEL_NAMES = {"CRITICAL": "ERR", "ERROR": "ERR", "WARNING": "WARN"}
@@ -128,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--verbose", action="store_true", help="same as --loglevel=3")
     p.add_argument(
-        "--port", metavar="[ADDR:]PORT", help="one plain-HTTP listener instead of http_port"
+        "--port",
+        metavar="[ADDR:]PORT",
+        help="one plain-HTTP listener instead of http_port, https_ports and local_ports",
     )
     p.add_argument(
         "--id", type=int, metavar="N", help="instance id: ipc prefix pN- and port offset N*10"
@@ -187,7 +187,8 @@ def load(args: argparse.Namespace) -> Config:
         ports = parse_listen_list(args.port)
         if not ports or ports[0].port < 1:
             raise ConfigError(f"invalid --port: {args.port}")
-        cfg = dataclasses.replace(cfg, http_port=ports[:1], https_ports=[])
+        # F1: --port replaces every client listener: no https_ports, no local_ports.
+        cfg = dataclasses.replace(cfg, http_port=ports[:1], https_ports=[], local_ports=[])
     return cfg
 
 
@@ -263,11 +264,21 @@ def run(argv: list[str]) -> int:
         for _ in range(workers):
             early.append(fork_worker(admission.fd, [p for _, p in early]))
 
+    # A reload (SIGHUP, or the file changed) reads the file again with the same flags; the
+    # embedded default has no file to read again.
+    loader = (lambda: load(args)) if cfg.config_path is not None else None
+    level_fixed = args.loglevel is not None or bool(args.verbose)
+
     async def main() -> None:
         if workers == 1:
             from gripd.runtime.app import App
 
-            await App(cfg, route_lines=args.route).run()
+            await App(
+                cfg,
+                route_lines=args.route,
+                config_loader=loader,
+                log_level_fixed=level_fixed,
+            ).run()
         else:
             from gripd.runtime.hub import Hub
 
@@ -279,6 +290,8 @@ def run(argv: list[str]) -> int:
                 logfile=args.logfile,
                 admission=admission,
                 prestarted=early,
+                config_loader=loader,
+                log_level_fixed=level_fixed,
             )
             await hub.run()
 

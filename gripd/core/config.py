@@ -31,6 +31,8 @@ from gripd.core.config_gripd import (
     _publish_iss,
     _publish_key,
     _slow_policy,
+    _tls_reload_interval,
+    _wildcard_channels,
     _workers,
 )
 from gripd.core.errors import ConfigError
@@ -294,6 +296,10 @@ class Config:
     publish_key: str = field(default="", repr=False)  # may be the secret itself
     publish_iss: str = ""
     log_format: str = "text"  # "text" (Pushpin's lines) or "json"
+    wildcard_channels: bool = False  # channel names ending in "*" are prefix patterns
+    tls_reload_interval: float = 5.0  # seconds between looks at the https_ports certificates
+    http2: bool = True  # offer HTTP/2 (ALPN h2) on the https_ports listeners
+    http2_max_streams: int = 100  # concurrent requests on one HTTP/2 connection
     extra: dict[str, dict[str, str]] = field(default_factory=dict)
     # ``file:line: ...`` for each line of the files that was dropped or read in a lenient way
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -724,6 +730,10 @@ def load_config(
         history_channels_max=r.int_("gripd", "history_channels_max", 10_000, minimum=1),
         history_gone_event=_gone_event(r),
         log_format=_log_format(r),
+        wildcard_channels=_wildcard_channels(r),
+        tls_reload_interval=_tls_reload_interval(r),
+        http2=r.bool_("gripd", "http2", True),
+        http2_max_streams=r.int_("gripd", "http2_max_streams", 100, minimum=1),
         extra=extra,
         warnings=tuple(warnings),
     )

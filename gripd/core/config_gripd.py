@@ -123,3 +123,21 @@ def _publish_iss(r: _Reader) -> str:
     if value and not r.str_("gripd", "publish_key", "").strip():
         raise r.error("gripd", "publish_iss", "needs publish_key (nothing would be checked)")
     return value
+
+
+TLS_RELOAD_MAX = 86_400.0
+
+
+def _tls_reload_interval(r: _Reader) -> float:
+    """``[gripd] tls_reload_interval``: seconds between looks at the ``https_ports``
+    certificate files (changed files are loaded without a restart); default 5."""
+    value = r.float_("gripd", "tls_reload_interval", 5.0)
+    if value > TLS_RELOAD_MAX:
+        raise r.error("gripd", "tls_reload_interval", f"must be at most {TLS_RELOAD_MAX:g}")
+    return value
+
+
+def _wildcard_channels(r: _Reader) -> bool:
+    """``[gripd] wildcard_channels``: channel names ending in ``*`` are prefix patterns
+    (:mod:`gripd.core.wildcard`). Off by default: then ``*`` is an ordinary character."""
+    return r.bool_("gripd", "wildcard_channels", False)

@@ -104,16 +104,20 @@ def find_route(
     upgrade: bool,
     routes: RouteTable,
     forward: ForwardSettings,
+    *,
+    tls: bool = False,
 ) -> Route | None:
     """The route for a request: by ``Pushpin-Route`` id when accepted and the id is not shared
-    (F4/F8; an unknown id gives none), else by host/path/ws/ssl (F7)."""
+    (F4/F8; an unknown id gives none), else by host/path/ws/ssl (F7). ``tls``: the request
+    came over a TLS listener (F3 ``https_ports``); the ``ssl=`` condition also follows F4
+    ``accept_x_forwarded_protocol``."""
     route_id = ""
     if forward.accept_pushpin_route:
         route_id = (hdr.get(headers, "pushpin-route") or "").strip()
     if route_id and not routes.is_id_shared(route_id):
         return routes.lookup_by_id(route_id)
-    tls = client_is_tls(headers, False, forward)
-    return routes.lookup(host, path, ws=upgrade, ssl=tls)
+    ssl = client_is_tls(headers, tls, forward)
+    return routes.lookup(host, path, ws=upgrade, ssl=ssl)
 
 
 def dispatch(
@@ -126,15 +130,16 @@ def dispatch(
     *,
     open_requests: int,
     now: float,
+    tls: bool = False,
 ) -> Decision:
     """Decide what serves this request head. ``upgrade``: the head asks for a protocol
     upgrade; ``open_requests``: sessions in flight; ``now``: wall-clock seconds (Grip-Sig
-    expiry for the upstream trust check).
+    expiry for the upstream trust check); ``tls``: it came over a TLS listener.
 
     Pushpin's order: JSON-P, then ``Pushpin-Check``, then "no route". Its own answers from the
     JSON-P step on are JSON-P wrapped or CORS-decorated like any other."""
     host, path = request_host_path(url, headers)
-    route = find_route(host, path, headers, upgrade, routes, settings.forward)
+    route = find_route(host, path, headers, upgrade, routes, settings.forward, tls=tls)
     aco = settings.auto_cross_origin or (route is not None and route.aco)
     jr: JsonpRequest | None = None
     if aco and not upgrade:

@@ -337,7 +337,8 @@ def origin_request_headers(
     headers = remove(headers, "X-Forwarded-For")
     if rule.truncate >= 0:
         xff = xff[max(len(xff) - rule.truncate, 0) :]
-    if rule.append:
+    if rule.append and req.peer_ip:
+        # A Unix-socket client (local_ports) has no address: Pushpin then sends no value.
         xff.append(req.peer_ip)
     if xff:
         headers.append(("X-Forwarded-For", ", ".join(xff)))

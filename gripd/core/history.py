@@ -102,6 +102,15 @@ class MemoryHistory:
     def policy(self, channel: str) -> HistoryPolicy:
         return self._overrides.get(channel, self.default)
 
+    def set_default(self, policy: HistoryPolicy) -> None:
+        """A config reload changed ``history_size``/``history_ttl``: channels without a route's
+        own settings take ``policy`` (a smaller size trims at the channel's next append)."""
+        old, self.default = self.default, policy
+        for name, ch in self._channels.items():
+            if name not in self._overrides and ch.policy == old:
+                ch.policy = policy
+        self.active = policy.on or any(p.on for p in self._overrides.values())
+
     def set_policy(self, channel: str, policy: HistoryPolicy) -> None:
         """A route's own history settings apply to ``channel`` (learnt when a client of that
         route subscribes). Bounded like the channels: the oldest override is forgotten."""

@@ -15,6 +15,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -43,6 +44,9 @@ from gripd.io.handler.proxy import ProxySession, own_response
 from gripd.io.handler.ws_session import WsSession
 from gripd.io.inputs.zmq import BindError, os_reason
 from gripd.io.listener.client import ClientConnection, Flusher, Request
+from gripd.io.listener.conn import ClientConn, Listened
+from gripd.io.listener.tls import CertStore, serve_tls, stop_watch
+from gripd.io.listener.unix import bind_unix, file_id, unlink_if_same
 from gripd.io.observe.events import Events
 from gripd.io.observe.status import StatusReporter
 from gripd.io.observe.ticklog import TickLog
@@ -51,6 +55,12 @@ from gripd.io.origin.woh import WohPeer
 from gripd.io.origin.ws_peer import WsOriginPeer
 from gripd.runtime.admission import Admission
 from gripd.runtime.buses import make_bus, make_history
+from gripd.runtime.reload import (
+    ConfigReloader,
+    apply_history_settings,
+    apply_publish_settings,
+    set_log_level,
+)
 
 if TYPE_CHECKING:
     from gripd.runtime.services import Services
@@ -103,6 +113,23 @@ class RateLog:
         return n
 
 
+def forward_settings(config: Config) -> ForwardSettings:
+    """What requests to origins carry (F9, F14-F16); raises ConfigError for a key file that
+    cannot be read."""
+    base = config.config_dir
+    return ForwardSettings(
+        sig_iss=config.sig_iss,
+        sig_key=parse_key(config.sig_key, base_dir=base, read_file=_read_bytes),
+        upstream_key=parse_key(config.upstream_key, base_dir=base, read_file=_read_bytes),
+        accept_x_forwarded_protocol=config.accept_x_forwarded_protocol,
+        set_x_forwarded_protocol=config.set_x_forwarded_protocol,
+        x_forwarded_for=tuple(config.x_forwarded_for),
+        x_forwarded_for_trusted=tuple(config.x_forwarded_for_trusted),
+        orig_headers_need_mark=tuple(config.orig_headers_need_mark),
+        accept_pushpin_route=config.accept_pushpin_route,
+    )
+
+
 class App:
     """The running proxy: listeners, engine, control API, routes."""
 
@@ -113,7 +140,12 @@ class App:
         route_lines: list[str] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         worker: WorkerSetup | None = None,
+        config_loader: Callable[[], Config] | None = None,
+        log_level_fixed: bool = False,
     ) -> None:
+        """``config_loader`` reads pushpin.conf again for a reload on SIGHUP or a change of
+        the file (None: no reload, e.g. the embedded default); ``log_level_fixed``: the command
+        line set the log level, so a reload leaves it."""
         self.config = config
         self.loop = loop or asyncio.get_running_loop()
         self.route_lines = route_lines
@@ -127,7 +159,7 @@ class App:
         self.routes = RouteTable.parse("", "<none>")[0]
         self._routes_stamp: tuple[int, int, int] | None = None
         self.admission: Admission | None = None
-        self.connections: set[ClientConnection]
+        self.connections: set[Listened]
         if worker is None:
             self._conn_ids = itertools.count(1)
             self.connections = set()
@@ -140,7 +172,7 @@ class App:
             self.connections = set()
         self._open_requests = 0  # proxy sessions in flight (F4 max_open_requests)
         self._waiting_timer: asyncio.TimerHandle | None = None
-        self.waiting: deque[tuple[ClientConnection, Request, Route, bool]] = deque()
+        self.waiting: deque[tuple[ClientConn, Request, Route, bool]] = deque()
         self.maxconn_refusals = RateLog(MAXCONN_LOG_INTERVAL)
         # fd_reserve: clients may use descriptors only below ``fd_high``, the rest is kept for
         # the publish inputs, the command and stats sockets and origin connections.
@@ -160,20 +192,7 @@ class App:
             response_timeout=config.origin_response_timeout,
             response_head_max=config.origin_response_head_max,
         )
-        base = config.config_dir
-        sig_key = parse_key(config.sig_key, base_dir=base, read_file=_read_bytes)
-        upstream_key = parse_key(config.upstream_key, base_dir=base, read_file=_read_bytes)
-        self.forward = ForwardSettings(
-            sig_iss=config.sig_iss,
-            sig_key=sig_key,
-            upstream_key=upstream_key,
-            accept_x_forwarded_protocol=config.accept_x_forwarded_protocol,
-            set_x_forwarded_protocol=config.set_x_forwarded_protocol,
-            x_forwarded_for=tuple(config.x_forwarded_for),
-            x_forwarded_for_trusted=tuple(config.x_forwarded_for_trusted),
-            orig_headers_need_mark=tuple(config.orig_headers_need_mark),
-            accept_pushpin_route=config.accept_pushpin_route,
-        )
+        self.forward = forward_settings(config)
         self.tokens = TokenCache()
         self._route_keys: dict[tuple[str, str], SigningKey | None] = {}
         self.dispatch_settings = DispatchSettings(
@@ -241,8 +260,16 @@ class App:
         if self.services is not None:
             self.channels.add_listener(self.services.zmq_inputs)
         self.servers: list[asyncio.Server] = []
+        self.certs: CertStore | None = None  # https_ports certificates, once loaded
+        self._certs_task: asyncio.Task[None] | None = None
+        self._unix_files: list[tuple[str, int | None]] = []  # local_ports bound here, to remove
         self._stopping = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
+        self._log_level_fixed = log_level_fixed
+        self.reloader: ConfigReloader | None = None  # single process; a worker's is the hub's
+        self._reload_task: asyncio.Task[None] | None = None
+        if config_loader is not None and worker is None:
+            self.reloader = ConfigReloader(lambda: self.config, config_loader, self._apply_reloaded)
         # The status page's view of this process: slowest connections and routes, reported to
         # the instance's board (here, or in the hub) while the Prometheus port is configured.
         self.routes_loaded: float | None = None  # wall-clock time of the last (re)load
@@ -278,7 +305,7 @@ class App:
         self._open_requests += 1
         return True
 
-    def admit_connection(self, conn: ClientConnection) -> bool:
+    def admit_connection(self, conn: Listened) -> bool:
         """Count a new client connection, or refuse it at F3 ``client_maxconn`` (every
         worker's connections count, checked and counted as one step)."""
         limit = self.config.client_maxconn
@@ -290,7 +317,7 @@ class App:
         self.connections.add(conn)
         return True
 
-    def drop_connection(self, conn: ClientConnection) -> None:
+    def drop_connection(self, conn: Listened) -> None:
         """An admitted connection is gone: its place is free."""
         if conn in self.connections:
             self.connections.remove(conn)
@@ -303,8 +330,47 @@ class App:
     def next_conn_id(self) -> str:
         return str(next(self._conn_ids))
 
-    def client_tls(self, headers: hdr.Headers) -> bool:
-        return client_is_tls(headers, False, self.forward)
+    def apply_config(self, config: Config) -> None:
+        """Put a reloaded configuration in force (:mod:`gripd.runtime.reload`). Whatever can
+        fail (key files) is read first: a :class:`ConfigError` leaves everything as it was.
+        Open connections are kept; each setting takes effect at its next use."""
+        forward = forward_settings(config)
+        services = self.services
+        auth = services.publish_auth_for(config) if services is not None else None
+        self.config = config
+        self.forward = forward
+        self._route_keys.clear()
+        self.dispatch_settings = DispatchSettings(
+            forward, config.auto_cross_origin, config.max_open_requests
+        )
+        pool = self.pool
+        pool.connect_timeout = config.origin_connect_timeout
+        pool.response_timeout = config.origin_response_timeout
+        pool.response_head_max = config.origin_response_head_max
+        self.engine.write_buffer_max = config.client_write_buffer_max
+        self.channels.interest.linger = float(config.subscription_linger)
+        if self.pipeline is not None:
+            apply_publish_settings(self.pipeline, config)
+        if self.history is not None:
+            apply_history_settings(self.history, config)
+        if services is not None:
+            services.reconfigure(config, auth)
+
+    def _apply_reloaded(self, config: Config) -> None:
+        self.apply_config(config)
+        if not self._log_level_fixed:
+            set_log_level(config.log_level)
+
+    def _sighup(self) -> None:
+        """Routes (F6) and, when it came from a file, pushpin.conf."""
+        self.load_routes()
+        if self.reloader is not None:
+            self.reloader.reload()
+
+    def client_tls(self, headers: hdr.Headers, tls: bool) -> bool:
+        """Whether a request counts as TLS: it came over an ``https_ports`` listener
+        (``tls``), or F4 ``accept_x_forwarded_protocol`` says so."""
+        return client_is_tls(headers, tls, self.forward)
 
     def grip_sig_token(self, route: Route) -> str | None:
         """F9/F15: the route's own iss+key when both are set, else the global ones."""
@@ -412,7 +478,7 @@ class App:
         """Auto cross-origin (CORS + JSON-P, F45/F46) for this route."""
         return route.aco or self.config.auto_cross_origin
 
-    def handle_request(self, conn: ClientConnection, req: Request) -> None:
+    def handle_request(self, conn: ClientConn, req: Request) -> None:
         """Carry out what :func:`gripd.core.dispatch.dispatch` decides for a request head:
         answer it, queue it (F4 max_open_requests) or start the session that serves it."""
         d = dispatch(
@@ -424,6 +490,7 @@ class App:
             self.dispatch_settings,
             open_requests=self.open_requests,
             now=time.time(),
+            tls=req.tls,
         )
         jr = d.rewrite
         if jr is not None:  # F46: the request JSON-P describes replaces this one
@@ -441,7 +508,7 @@ class App:
         else:
             self._begin(conn, req, d.route, d.trusted)
 
-    def _begin(self, conn: ClientConnection, req: Request, route: Route, trusted: bool) -> None:
+    def _begin(self, conn: ClientConn, req: Request, route: Route, trusted: bool) -> None:
         """Start the session; its place is already taken (:meth:`_try_open`)."""
         if req.upgrade and "websocket" in (hdr.get(req.headers, "upgrade") or "").lower():
             WsSession(self, conn, req, route, trusted=trusted).start()
@@ -450,7 +517,7 @@ class App:
 
     def retry_request(
         self,
-        conn: ClientConnection,
+        conn: ClientConn,
         req: Request,
         route: Route,
         body: list[bytes],
@@ -612,10 +679,14 @@ class App:
             await self.stop(quiet=True)
             raise
         self._watch_task = self.loop.create_task(self._watch_routes())
+        if self.reloader is not None:
+            self._reload_task = self.loop.create_task(self.reloader.watch())
+        if self.certs is not None:
+            self._certs_task = self.loop.create_task(self.certs.watch())
         if self.status_reporter is not None:
             self.status_reporter.start()
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            self.loop.add_signal_handler(signal.SIGHUP, self.load_routes)
+            self.loop.add_signal_handler(signal.SIGHUP, self._sighup)
             if self.worker is None:  # a worker ignores Ctrl-C: its hub stops it
                 self.loop.add_signal_handler(signal.SIGINT, self._stopping.set)
             self.loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
@@ -642,11 +713,67 @@ class App:
                 self.servers.append(server)
                 if self.worker is None or self.worker.index == 0:
                     log.info("listening on %s:%d", listen.addr or "*", listen.port)
+            await self._bind_tls()
+            await self._bind_local()
             if self.pipeline is not None:
                 await self.pipeline.start()
             await self.bus.start()
         if self.services is not None:
             await self.services.bind(ipc=ipc)
+
+    def _says(self) -> bool:
+        """Whether this process logs the listeners (one worker speaks for all)."""
+        return self.worker is None or self.worker.index == 0
+
+    async def _bind_tls(self) -> None:
+        """F3 ``https_ports``: TLS listeners with the certificates of ``runner/certs``
+        (loaded now: a missing or bad one is a :class:`ConfigError` naming the file)."""
+        cfg = self.config
+        if not cfg.https_ports:
+            return
+        certs = CertStore(
+            os.path.join(cfg.config_dir, "runner", "certs"),
+            [p.port for p in cfg.https_ports],
+            http2=cfg.http2,
+            reload_interval=cfg.tls_reload_interval,
+            quiet=not self._says(),
+        )
+        certs.load()
+        self.certs = certs
+        self.servers += await serve_tls(
+            self.loop,
+            lambda: ClientConnection(self),
+            cfg.https_ports,
+            certs,
+            reuse_port=self.worker is not None,
+            header_timeout=cfg.client_header_timeout,
+            announce=self._says(),
+        )
+
+    async def _bind_local(self) -> None:
+        """F3 ``local_ports``: Unix-socket listeners. A single process binds them; with
+        workers the hub binds each once and every worker accepts on the descriptor it was
+        handed (SO_REUSEPORT does not apply to Unix sockets; the kernel gives each new
+        connection to one of the accepting workers)."""
+        socks: list[tuple[str, socket.socket]] = []
+        if self.worker is not None:
+            socks = list(self.worker.unix_socks)
+        else:
+            for path in self.config.local_ports:
+                sock = bind_unix(path)
+                self._unix_files.append((path, file_id(path)))
+                socks.append((path, sock))
+        for path, sock in socks:
+            try:
+                server = await self.loop.create_unix_server(
+                    lambda: ClientConnection(self), sock=sock, backlog=4096
+                )
+            except OSError as e:
+                sock.close()
+                raise BindError(path, "local_ports", os_reason(e)) from None
+            self.servers.append(server)
+            if self.worker is None:  # the hub says it for the workers
+                log.info("listening on unix:%s", path)
 
     async def run(self) -> None:
         await self.start()
@@ -676,6 +803,13 @@ class App:
             self.engine.first_subscription(msg[1])
         elif kind == "stop":
             self.request_stop()
+        elif kind == "reload":  # the hub reloaded pushpin.conf: its result, and the log level
+            try:
+                self.apply_config(msg[1])
+            except ConfigError as e:
+                log.log(self._error, "config not reloaded in this worker: %s", e)
+            if msg[2] is not None:
+                set_log_level(msg[2])
 
     async def stop(self, *, quiet: bool = False) -> None:
         """Close everything (also after a failed start: each part tolerates never starting)."""
@@ -688,6 +822,9 @@ class App:
             self.loop.set_exception_handler(self._prev_handler)
         if self._watch_task is not None:
             self._watch_task.cancel()
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+        await stop_watch(self._certs_task)
         if self.status_reporter is not None:
             self.status_reporter.stop()
         if self._waiting_timer is not None:
@@ -710,6 +847,8 @@ class App:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2.0)
+        for path, ino in self._unix_files:
+            unlink_if_same(path, ino)
 
 
 @dataclass(frozen=True, slots=True)
@@ -721,6 +860,8 @@ class WorkerSetup:
     link: FrameLink
     admission: Admission
     generation: int = 0  # how many times this worker index was started before
+    # local_ports: (path, listening socket) handed over by the hub, which bound them
+    unix_socks: tuple[tuple[str, socket.socket], ...] = ()
 
 
 class _Entry:

@@ -21,11 +21,13 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from gripd.core.config import Config
+from gripd.core.errors import ConfigError
 from gripd.core.history import HistoryPolicy, Replay
 from gripd.core.publish import PublishItem
 from gripd.core.sequencer import Sequencer
@@ -42,8 +44,16 @@ from gripd.io.handler.channels import ChannelTracker
 from gripd.io.handler.engine import FIRST_SUBSCRIPTION_DELAY
 from gripd.io.handler.pipeline import PublishPipeline
 from gripd.io.inputs.zmq import BindError, os_reason
+from gripd.io.listener.tls import CertStore
+from gripd.io.listener.unix import bind_unix, file_id, unlink_if_same
 from gripd.runtime.admission import Admission
 from gripd.runtime.buses import make_bus, make_history
+from gripd.runtime.reload import (
+    ConfigReloader,
+    apply_history_settings,
+    apply_publish_settings,
+    set_log_level,
+)
 from gripd.runtime.services import Services
 from gripd.runtime.spawn import WorkerProcess, start_worker_process
 
@@ -52,6 +62,7 @@ log = logging.getLogger("gripd")
 READY_TIMEOUT = 30.0  # seconds a new worker has to bind its listeners
 STOP_TIMEOUT = 10.0  # seconds workers have to stop before they are killed
 RESTART_MIN_INTERVAL = 1.0  # a worker that keeps dying is restarted at most this often
+LOCAL_FDS_MAX = 253  # local_ports sockets handed to a worker in one message (SCM_MAX_FD)
 
 
 @dataclass
@@ -79,11 +90,22 @@ class Hub:
         logfile: str | None = None,
         admission: Admission | None = None,
         prestarted: list[tuple[WorkerProcess, socket.socket]] | None = None,
+        config_loader: Callable[[], Config] | None = None,
+        log_level_fixed: bool = False,
     ) -> None:
         """``admission`` and ``prestarted`` (one process per worker, in index order) come
         from :func:`gripd.runtime.spawn.fork_worker` when the workers were forked before the
-        hub's event loop started (the command line does so); otherwise the hub starts them."""
+        hub's event loop started (the command line does so); otherwise the hub starts them.
+        ``config_loader`` reads pushpin.conf again on SIGHUP or a change of the file; the hub
+        applies its part and sends the result to every worker (None: no reload)."""
         self.config = config
+        self.log_level_fixed = log_level_fixed
+        self.reloader = (
+            ConfigReloader(lambda: self.config, config_loader, self.apply_config)
+            if config_loader is not None
+            else None
+        )
+        self._reload_task: asyncio.Task[None] | None = None
         self.count = workers
         self.route_lines = route_lines
         self.log_level = log_level
@@ -132,6 +154,8 @@ class Hub:
         self.workers = {i: WorkerProc(i) for i in range(workers)}
         self._stopping = asyncio.Event()
         self._closing = False
+        # local_ports: bound here once, handed to every worker (see _spawn)
+        self.unix_socks: list[tuple[str, socket.socket, int | None]] = []
         self.services.status.workers = self.status_workers  # the status page's workers
 
     # -- commands that reach every worker ----------------------------------------------------
@@ -175,6 +199,8 @@ class Hub:
         listeners, then bind the per-instance services (TCP, then ``ipc://``)."""
         try:
             self._check_client_ports()
+            self._check_certs()
+            self._bind_local()
             # Workers first: once the control API answers, clients can connect.
             results = await asyncio.gather(*(self._spawn(w) for w in self.workers.values()))
             for err in results:
@@ -188,6 +214,8 @@ class Hub:
             await self.stop(quiet=True)
             raise
         log.info("started %d workers", self.count)
+        if self.reloader is not None:
+            self._reload_task = self.loop.create_task(self.reloader.watch())
         with contextlib.suppress(NotImplementedError, RuntimeError):
             self.loop.add_signal_handler(signal.SIGHUP, self._sighup)
             self.loop.add_signal_handler(signal.SIGINT, self._stopping.set)
@@ -197,7 +225,9 @@ class Hub:
         """Workers bind the client ports with SO_REUSEPORT, which another process of the same
         user could share silently; a plain bind first makes a port in use an error, as it is
         for a single process."""
-        for listen in self.config.http_port:
+        ports = [(p, "http_port") for p in self.config.http_port]
+        ports += [(p, "https_ports") for p in self.config.https_ports]
+        for listen, setting in ports:
             host = listen.addr or ""
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             s = socket.socket(family, socket.SOCK_STREAM)
@@ -205,9 +235,28 @@ class Hub:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind((host, listen.port))
             except OSError as e:
-                raise BindError(f"{host or '*'}:{listen.port}", "http_port", os_reason(e)) from None
+                raise BindError(f"{host or '*'}:{listen.port}", setting, os_reason(e)) from None
             finally:
                 s.close()
+
+    def _check_certs(self) -> None:
+        """The https_ports certificates load (else one ConfigError naming the file, here rather
+        than once per worker); each worker then loads and watches its own copy."""
+        cfg = self.config
+        if cfg.https_ports:
+            certs_dir = os.path.join(cfg.config_dir, "runner", "certs")
+            CertStore(certs_dir, [p.port for p in cfg.https_ports]).load()
+
+    def _bind_local(self) -> None:
+        """F3 ``local_ports``: SO_REUSEPORT does not spread Unix-socket connections, so the
+        hub binds each path once and every worker accepts on the same listening socket (each
+        connection goes to one of them). A restarted worker is handed the same sockets."""
+        if len(self.config.local_ports) > LOCAL_FDS_MAX:
+            raise ConfigError(f"[runner] local_ports: at most {LOCAL_FDS_MAX} with workers")
+        for path in self.config.local_ports:
+            sock = bind_unix(path)
+            self.unix_socks.append((path, sock, file_id(path)))
+            log.info("listening on unix:%s", path)
 
     async def _spawn(self, w: WorkerProc) -> str | None:
         """Start worker ``w`` (or take the one started early); its bind error, or None once
@@ -218,6 +267,16 @@ class Hub:
         early = self._prestarted.pop(w.index, None)
         proc, parent = early or start_worker_process(self.admission.fd)
         w.proc = proc
+        # The first byte on the pair carries the local_ports listening sockets (SCM_RIGHTS),
+        # before any frame: the worker reads it before it opens its link.
+        fds = [sock.fileno() for _, sock, _ in self.unix_socks]
+        try:
+            socket.send_fds(parent, [b"F"], fds)
+        except OSError as e:
+            parent.close()
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()  # it would wait for the byte that never comes
+            return f"worker {w.index}: cannot hand over the local_ports sockets: {e}"
         w.link = await open_link(parent, partial(self._on_message, w), _ignore)
         w.pid = proc.pid
         w.link.send(
@@ -324,8 +383,27 @@ class Hub:
         else:
             log.info("worker %d restarted (pid %d)", w.index, w.pid)
 
+    def apply_config(self, config: Config) -> None:
+        """A reloaded configuration (:mod:`gripd.runtime.reload`): the hub's publish inputs,
+        pipeline and history take it, then every worker (a worker started later gets it in its
+        init). A key file that cannot be read raises ConfigError before anything changed."""
+        auth = self.services.publish_auth_for(config)
+        self.config = config
+        self.services.reconfigure(config, auth)
+        apply_publish_settings(self.pipeline, config)
+        apply_history_settings(self.history, config)
+        self.tracker.interest.linger = float(config.subscription_linger)
+        level = None
+        if not self.log_level_fixed:
+            level = config.log_level
+            self.log_level = level  # what a restarted worker starts with
+            set_log_level(level)
+        self.router.broadcast(("reload", config, level))
+
     def _sighup(self) -> None:
-        """Routes reload (F6) in every worker."""
+        """Routes reload (F6) in every worker, and pushpin.conf here."""
+        if self.reloader is not None:
+            self.reloader.reload()
         for w in self.workers.values():
             if w.proc is not None and w.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -343,6 +421,8 @@ class Hub:
         if not quiet:
             log.info("stopping")
         self._closing = True
+        if self._reload_task is not None:
+            self._reload_task.cancel()
         for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 self.loop.remove_signal_handler(sig)
@@ -380,6 +460,10 @@ class Hub:
         self.admission.close()
         with contextlib.suppress(OSError):
             os.close(self.admission.fd)
+        for path, sock, ino in self.unix_socks:
+            sock.close()
+            unlink_if_same(path, ino)
+        self.unix_socks.clear()
 
 
 def _ignore() -> None:

@@ -21,10 +21,10 @@ from pathlib import Path
 import zmq.asyncio
 
 from gripd.core.config import Config
-from gripd.core.pubauth import PublishGate, load_publish_auth
+from gripd.core.pubauth import PublishAuth, PublishGate, load_publish_auth
 from gripd.io.handler.history import HistoryReader
 from gripd.io.inputs.command import CommandServer
-from gripd.io.inputs.control_http import PublishSink, start_control_server
+from gripd.io.inputs.control_http import ControlLimits, PublishSink, start_control_server
 from gripd.io.inputs.zmq import BindError, ZmqInputs, os_reason
 from gripd.io.observe.events import EventFanout
 from gripd.io.observe.metrics import Metrics
@@ -60,14 +60,7 @@ class Services:
             self.events.add(self.status)
             self.metrics.status = self.status
         # publish_key: the control API and the command socket check the same gate.
-        self.publish_auth = PublishGate(
-            load_publish_auth(
-                config.publish_key,
-                config.publish_iss,
-                base_dir=config.config_dir,
-                read_file=lambda path: Path(path).read_bytes(),
-            )
-        )
+        self.publish_auth = PublishGate(self.publish_auth_for(config))
         self.zmq = zmq.asyncio.Context()
         self.zmq_inputs = ZmqInputs(
             config,
@@ -87,7 +80,32 @@ class Services:
             auth=self.publish_auth,
         )
         self.control: asyncio.Server | None = None
+        self.control_limits = ControlLimits(
+            config.push_in_http_max_headers_size,
+            config.push_in_http_max_body_size,
+            config.client_header_timeout,
+        )
         self.history: HistoryReader | None = None  # for the control API's history read
+
+    def publish_auth_for(self, config: Config) -> PublishAuth | None:
+        """The publish check ``config`` asks for; raises ConfigError (an unreadable key)."""
+        return load_publish_auth(
+            config.publish_key,
+            config.publish_iss,
+            base_dir=config.config_dir,
+            read_file=lambda path: Path(path).read_bytes(),
+        )
+
+    def reconfigure(self, config: Config, auth: PublishAuth | None) -> None:
+        """A config reload: the publish key (``auth``, from :meth:`publish_auth_for`) and the
+        control API's bounds change; the other settings the services use are bound at start."""
+        self.config = config
+        if auth is not self.publish_auth.auth:
+            self.publish_auth.set(auth)
+        lim = self.control_limits
+        lim.max_headers_size = config.push_in_http_max_headers_size
+        lim.max_body_size = config.push_in_http_max_body_size
+        lim.header_timeout = config.client_header_timeout
 
     async def bind(self, *, ipc: bool) -> None:
         """One start phase: TCP endpoints (``ipc`` False) or ``ipc://`` paths (True)."""
@@ -98,11 +116,9 @@ class Services:
                     self.entry,
                     cfg.push_in_http_addr,
                     cfg.push_in_http_port,
-                    max_headers_size=cfg.push_in_http_max_headers_size,
-                    max_body_size=cfg.push_in_http_max_body_size,
-                    header_timeout=cfg.client_header_timeout,
                     history=self.history,
                     auth=self.publish_auth,
+                    limits=self.control_limits,
                 )
             except OSError as e:
                 address = f"{cfg.push_in_http_addr}:{cfg.push_in_http_port}"

@@ -20,11 +20,14 @@ from typing import Any
 # Imported at once, not after the hub's first message: the hub starts its workers before it
 # imports its own modules, so both imports run at the same time.
 from gripd.cli import run_loop, setup_logging
+from gripd.core.errors import ConfigError
 from gripd.io.bus.hub import Message, open_link
 from gripd.runtime.admission import Admission
 from gripd.runtime.app import App, WorkerSetup
 
 log = logging.getLogger("gripd")
+
+LOCAL_FDS_MAX = 253  # descriptors one SCM_RIGHTS message may carry (Linux's SCM_MAX_FD)
 
 
 async def serve(sock: socket.socket, admission_fd: int) -> int:
@@ -33,6 +36,19 @@ async def serve(sock: socket.socket, admission_fd: int) -> int:
     pending: list[Message] = []
     handler: list[Any] = []  # the app's message handler, once it exists
     lost = asyncio.Event()
+    # The hub's first byte carries the local_ports listening sockets (none most of the time);
+    # read before the link takes the socket over. Blocking: nothing else runs yet.
+    try:
+        first_byte, fds, _, _ = socket.recv_fds(sock, 1, LOCAL_FDS_MAX)
+    except OSError:
+        return 1
+    if not first_byte:
+        return 1  # the hub went away before saying anything
+    unix: list[socket.socket] = []
+    for fd in fds:
+        s = socket.socket(fileno=fd)
+        s.setblocking(False)
+        unix.append(s)
 
     def on_message(msg: Message) -> None:
         if msg[0] == "init":
@@ -57,7 +73,12 @@ async def serve(sock: socket.socket, admission_fd: int) -> int:
         setup["config"],
         route_lines=setup["route_lines"],
         worker=WorkerSetup(
-            setup["index"], setup["count"], link, admission, setup.get("generation", 0)
+            setup["index"],
+            setup["count"],
+            link,
+            admission,
+            setup.get("generation", 0),
+            tuple(zip(setup["config"].local_ports, unix, strict=False)),
         ),
     )
     handler.append(app.on_hub_message)
@@ -65,7 +86,7 @@ async def serve(sock: socket.socket, admission_fd: int) -> int:
         app.on_hub_message(msg)
     try:
         await app.start()
-    except OSError as e:
+    except (OSError, ConfigError) as e:
         link.send(("ready", str(e)))
         link.flush()
         return 1

@@ -63,8 +63,9 @@ def require_browser() -> None:
 
 
 @contextlib.asynccontextmanager
-async def browser_page() -> AsyncIterator[Page]:
+async def browser_page(extra_args: tuple[str, ...] = ()) -> AsyncIterator[Page]:
     """A fresh page in a newly launched headless Chromium, closed (with the browser) on exit.
+    ``extra_args``: more Chromium switches (say, to trust a test certificate).
 
     The page's console messages and uncaught errors are recorded: :func:`page_log` returns
     them, for failure messages."""
@@ -76,7 +77,7 @@ async def browser_page() -> AsyncIterator[Page]:
         browser = await pw.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
-            args=CHROMIUM_ARGS,
+            args=[*CHROMIUM_ARGS, *extra_args],
             timeout=LAUNCH_TIMEOUT_MS,
         )
         try:

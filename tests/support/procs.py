@@ -462,13 +462,16 @@ START_ATTEMPTS = 3
 def start_server(impl: Impl, workdir: Path, routes: list[str], **kw: Any) -> Server:
     """:func:`_start_server_once` (same arguments), again with new ports when a port it picked
     was taken."""
+    first = Path(workdir)
     for attempt in range(1, START_ATTEMPTS + 1):
         try:
             return _start_server_once(impl, workdir, routes, **kw)
         except ServerStartError as e:
             if "Address already in use" not in str(e) or attempt == START_ATTEMPTS:
                 raise
-        workdir = Path(f"{workdir}-retry{attempt}")
+        workdir = Path(f"{first}-retry{attempt}")
+        if (first / "runner").is_dir():  # certificates a test put there (https_ports, F3)
+            shutil.copytree(first / "runner", workdir / "runner", dirs_exist_ok=True)
     raise AssertionError("unreachable")
 
 

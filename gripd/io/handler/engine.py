@@ -43,7 +43,8 @@ from gripd.io.origin.nextlink import post_gone
 if TYPE_CHECKING:
     from gripd.core.routes import Route
     from gripd.io.context import EngineHost, LastIds
-    from gripd.io.listener.client import ClientConnection, Request
+    from gripd.io.listener.client import Request
+    from gripd.io.listener.conn import ClientConn
 
 log = logging.getLogger("gripd.engine")
 
@@ -86,7 +87,7 @@ class Engine:
 
     def start_response(
         self,
-        conn: ClientConnection,
+        conn: ClientConn,
         req: Request,
         route: Route,
         ins: Instruct,
@@ -167,7 +168,7 @@ class Engine:
         state.finish = lambda: done(Replay("gone"))
         history.read(ch, pid, 100, done)
 
-    def write_stream_head(self, conn: ClientConnection, resp: HttpResponse, chunked: bool) -> None:
+    def write_stream_head(self, conn: ClientConn, resp: HttpResponse, chunked: bool) -> None:
         head = stream_head(resp, chunked)
         if resp.body:
             head += encode_chunk(resp.body) if chunked else resp.body
@@ -175,7 +176,7 @@ class Engine:
 
     def start_stream(
         self,
-        conn: ClientConnection,
+        conn: ClientConn,
         req: Request,
         route: Route,
         ins: Instruct,
@@ -446,7 +447,7 @@ class Engine:
 
     def retry(
         self,
-        conn: ClientConnection,
+        conn: ClientConn,
         req: Request,
         route: Route,
         body: list[bytes],

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from gripd.core.routes import Route
     from gripd.io.handler.engine import Engine
     from gripd.io.handler.history import ResumeState
-    from gripd.io.listener.client import ClientConnection, Request
+    from gripd.io.listener.client import Request
+    from gripd.io.listener.conn import ClientConn
 
 log = logging.getLogger("gripd.hold")
 
@@ -41,7 +42,7 @@ class _Hold:
     gone: str | None
     engine: Engine
     route: Route
-    conn: ClientConnection
+    conn: ClientConn
 
     def _stop(self) -> None:
         raise NotImplementedError
@@ -104,7 +105,7 @@ class ResponseHold(_Hold):
     def __init__(
         self,
         engine: Engine,
-        conn: ClientConnection,
+        conn: ClientConn,
         req: Request,
         route: Route,
         ins: Instruct,
@@ -219,7 +220,7 @@ class StreamHold(_Hold):
     def __init__(
         self,
         engine: Engine,
-        conn: ClientConnection,
+        conn: ClientConn,
         req: Request,
         route: Route,
         ins: Instruct,

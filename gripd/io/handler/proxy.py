@@ -43,7 +43,8 @@ from gripd.io.origin.http import (
 if TYPE_CHECKING:
     from gripd.core.jsonp import JsonpRequest
     from gripd.io.context import ProxyHost
-    from gripd.io.listener.client import ClientConnection, Request
+    from gripd.io.listener.client import Request
+    from gripd.io.listener.conn import ClientConn
 
 log = logging.getLogger("gripd.proxy")
 
@@ -96,7 +97,7 @@ class ProxySession:
     def __init__(
         self,
         app: ProxyHost,
-        conn: ClientConnection,
+        conn: ClientConn,
         req: Request,
         route: Route,
         *,
@@ -192,7 +193,7 @@ class ProxySession:
             path=req.url,
             headers=req.headers,
             peer_ip=self.conn.peer,
-            tls=app.client_tls(req.headers),
+            tls=app.client_tls(req.headers, req.tls),
         )
         token = None
         if not self.route.no_grip and not self.trusted:

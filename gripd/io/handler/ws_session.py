@@ -45,7 +45,8 @@ if TYPE_CHECKING:
     from gripd.core.routes import Route
     from gripd.io.context import SessionHost
     from gripd.io.handler.history import ResumeState
-    from gripd.io.listener.client import ClientConnection, Request
+    from gripd.io.listener.client import Request
+    from gripd.io.listener.conn import ClientConn
 
 log = logging.getLogger("gripd.ws")
 
@@ -108,7 +109,7 @@ class WsSession:
     mode: Final = "ws"
 
     def __init__(
-        self, app: SessionHost, conn: ClientConnection, req: Request, route: Route, *, trusted: bool
+        self, app: SessionHost, conn: ClientConn, req: Request, route: Route, *, trusted: bool
     ) -> None:
         self.app = app
         self.conn = conn

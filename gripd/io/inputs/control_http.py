@@ -87,6 +87,19 @@ def _encode(code: int, reason: str, headers: Headers, body: bytes, http10: bool)
     return "".join(lines).encode("latin-1", "replace") + body
 
 
+class ControlLimits:
+    """The control API's bounds, read by each new connection (a config reload changes them:
+    ``push_in_http_max_headers_size``, ``push_in_http_max_body_size``,
+    ``client_header_timeout``)."""
+
+    __slots__ = ("header_timeout", "max_body_size", "max_headers_size")
+
+    def __init__(self, max_headers_size: int, max_body_size: int, header_timeout: float) -> None:
+        self.max_headers_size = max_headers_size
+        self.max_body_size = max_body_size
+        self.header_timeout = header_timeout
+
+
 class ControlProtocol(asyncio.Protocol):
     """One control API connection: read one request, answer it, close."""
 
@@ -405,22 +418,25 @@ async def start_control_server(
     history: HistoryReader | None = None,
     history_timeout: float = HISTORY_READ_TIMEOUT,
     auth: PublishGate | None = None,
+    limits: ControlLimits | None = None,
 ) -> asyncio.Server:
     """Listen for control API requests on ``host:port`` (``push_in_http_addr``/``_port``);
     ``header_timeout`` > 0 bounds the time to receive a whole request. ``history`` answers
     ``GET /channels/<channel>/items`` (None: nothing is stored, every read is empty); its
     ``done`` callback must run on this event loop, within ``history_timeout`` seconds (else
     503; 0 waits without limit). ``auth`` (``publish_key``) refuses requests without a valid
-    ``Authorization: Bearer <JWT>`` with 401/403."""
+    ``Authorization: Bearer <JWT>`` with 401/403. ``limits``, when given, replaces the three
+    bounds and is read again for each connection."""
     log = logger or _LOG
     loop = asyncio.get_running_loop()
+    lim = limits or ControlLimits(max_headers_size, max_body_size, header_timeout)
     return await loop.create_server(
         lambda: ControlProtocol(
             sink,
-            max_headers_size=max_headers_size,
-            max_body_size=max_body_size,
+            max_headers_size=lim.max_headers_size,
+            max_body_size=lim.max_body_size,
             logger=log,
-            header_timeout=header_timeout,
+            header_timeout=lim.header_timeout,
             history=history,
             history_timeout=history_timeout,
             auth=auth,

@@ -51,6 +51,8 @@ import httptools
 from gripd.core.headers import Headers
 from gripd.core.http import HttpResponse, encode_full, text_response
 from gripd.core.requestcheck import Rejection, check_request
+from gripd.io.listener import h2 as _h2
+from gripd.io.listener.conn import ClientConn, Flushable
 
 if TYPE_CHECKING:
     from gripd.core.jsonp import JsonpRequest
@@ -83,6 +85,7 @@ class Request:
         "keep_alive",
         "method",
         "reject",
+        "tls",
         "upgrade",
         "url",
     )
@@ -102,6 +105,7 @@ class Request:
         self.body_done = False
         self.head_size = 0
         self.reject: Rejection | None = None  # answered by gripd itself (core.requestcheck)
+        self.tls = False  # it came over a TLS listener (https_ports)
 
 
 class Flusher:
@@ -112,11 +116,11 @@ class Flusher:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._dirty: list[ClientConnection] = []
+        self._dirty: list[Flushable] = []
         self._scheduled = False
-        self.backed_up: dict[ClientConnection, float] = {}
+        self.backed_up: dict[ClientConn, float] = {}
 
-    def mark(self, conn: ClientConnection) -> None:
+    def mark(self, conn: Flushable) -> None:
         self._dirty.append(conn)
         if not self._scheduled:
             self._scheduled = True
@@ -182,6 +186,7 @@ class ClientConnection(asyncio.Protocol):
         "id",
         "peer",
         "raw_sink",
+        "tls",
         "transport",
     )
 
@@ -190,6 +195,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self.peer = ""
+        self.tls = False  # set in connection_made: the transport is TLS (https_ports)
         self.id = app.next_conn_id()
         self.handler: RequestHandler | None = None
         self.closed = False
@@ -225,7 +231,10 @@ class ClientConnection(asyncio.Protocol):
         transport = typing.cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.transport = transport
         peer = transport.get_extra_info("peername")
-        self.peer = str(peer[0]) if peer else ""
+        # A tuple for TCP; for a Unix socket (local_ports) a path or "" and no address, as
+        # Pushpin reports none for such a client.
+        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self.tls = transport.get_extra_info("ssl_object") is not None
         transport.set_write_buffer_limits(high=self.app.write_high_water)
         if not self.app.admit_connection(self):
             # F3 client_maxconn: over the limit a new connection is closed at once.
@@ -239,8 +248,24 @@ class ClientConnection(asyncio.Protocol):
             self.app.drop_connection(self)
             transport.abort()
             return
+        if self.tls:
+            ssl_obj = transport.get_extra_info("ssl_object")
+            if ssl_obj is not None and ssl_obj.selected_alpn_protocol() == "h2":
+                self._to_h2(transport)
+                return
         self.app.events.connection_opened(self.id, self.peer, "http")
         self._arm(_T_HEAD, self.app.config.client_header_timeout)  # counted from accept
+
+    def _to_h2(self, transport: asyncio.Transport) -> None:
+        """ALPN chose HTTP/2: an :class:`~gripd.io.listener.h2.H2Connection` takes the
+        transport (and this connection's place in the admission count)."""
+        conn = _h2.H2Connection(self.app, transport, self.id, self.peer)
+        self.closed = True
+        conns = self.app.connections
+        conns.discard(self)
+        conns.add(conn)
+        transport.set_protocol(conn)
+        conn.start()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self not in self.app.connections:
@@ -469,6 +494,7 @@ class ClientConnection(asyncio.Protocol):
         if p.should_upgrade():
             req.upgrade = True
         req.head_size = self._head_size
+        req.tls = self.tls
         req.reject = check_request(req.method, req.headers)
         self._in_head = False
         if self._timer_kind == _T_HEAD:

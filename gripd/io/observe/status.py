@@ -40,7 +40,7 @@ from gripd import __version__
 from gripd.io.observe.events import Delivery, Events, Mode
 
 if TYPE_CHECKING:
-    from gripd.io.listener.client import ClientConnection
+    from gripd.io.listener.conn import ClientConn
     from gripd.io.observe.metrics import Metrics
 
 SAMPLE_INTERVAL = 5.0  # seconds between two samples of the counters (the chart's step)
@@ -56,7 +56,7 @@ Report = dict[str, Any]  # what a serving process sends: {"slow": [...], "routes
 Snapshot = dict[str, Any]  # the /status JSON document
 
 
-def _route_id(conn: ClientConnection) -> str:
+def _route_id(conn: ClientConn) -> str:
     """The route of the request the connection serves now (a hold, a session), or ""."""
     route = getattr(conn.handler, "route", None)
     rid = getattr(route, "id", None)
@@ -64,7 +64,7 @@ def _route_id(conn: ClientConnection) -> str:
 
 
 def slowest(
-    backed_up: Mapping[ClientConnection, float], now: float, top: int = SLOW_TOP
+    backed_up: Mapping[ClientConn, float], now: float, top: int = SLOW_TOP
 ) -> list[dict[str, Any]]:
     """The ``top`` backed-up connections with the most queued bytes, as report entries; a
     connection that serves a hold (stream, WebSocket) also says how many messages it missed."""
@@ -96,7 +96,7 @@ class StatusReporter:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        backed_up: Mapping[ClientConnection, float],
+        backed_up: Mapping[ClientConn, float],
         routes: Callable[[], dict[str, Any]],
         send: Callable[[Report], None],
         *,

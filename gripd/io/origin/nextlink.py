@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from gripd.core.routes import Route
     from gripd.io.context import OriginContext
     from gripd.io.handler.holds import StreamHold
-    from gripd.io.listener.client import ClientConnection, Request
+    from gripd.io.listener.client import Request
+    from gripd.io.listener.conn import ClientConn
 
 log = logging.getLogger("gripd.nextlink")
 
@@ -127,7 +128,7 @@ class LinkState:
         out, self.queue = self.queue, []
         return out
 
-    def set(self, link: NextLink, req: Request, conn: ClientConnection) -> None:
+    def set(self, link: NextLink, req: Request, conn: ClientConn) -> None:
         base = self.url
         if not base:
             host = next((v for k, v in req.headers if k.lower() == "host"), "localhost")

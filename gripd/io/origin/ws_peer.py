@@ -33,7 +33,7 @@ def ws_origin_headers(app: OriginContext, session: WsSession, *, ws: bool = True
         path=req.url,
         headers=req.headers,
         peer_ip=session.conn.peer,
-        tls=app.client_tls(req.headers),
+        tls=app.client_tls(req.headers, req.tls),
         ws=ws,
     )
     token = None

@@ -1,0 +1,130 @@
+"""Reload of pushpin.conf while running, on SIGHUP and when the file changes on disk.
+
+The file is read again with the command line's overrides (``--id``, ``--port``);
+:func:`gripd.core.reload.plan_reload` decides what changes. Settings that can change live are
+applied by the process's ``apply`` callback (which may refuse, e.g. a key file that cannot be
+read, by raising :class:`ConfigError`); settings that need a restart are logged and keep their old
+values. A file that cannot be read or parsed keeps the whole old configuration, and the log names
+file and line. No connection is closed by a reload.
+
+With workers, the hub reloads and sends the resulting configuration to every worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from gripd.core.config import Config
+from gripd.core.errors import ConfigError
+from gripd.core.history import HistoryPolicy, MemoryHistory
+from gripd.core.reload import plan_reload
+
+if TYPE_CHECKING:
+    from gripd.io.handler.pipeline import PublishPipeline
+
+log = logging.getLogger("gripd")
+
+#: Pushpin's log levels (``log_level``, ``--loglevel``) as Python logging levels.
+LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
+
+#: Seconds between looks at the config file's (mtime, size, inode).
+CONFIG_POLL_INTERVAL = 1.0
+
+Stamp = tuple[int, int, int]
+
+
+def _stamp(path: str) -> Stamp | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class ConfigReloader:
+    """Reloads one process's configuration. ``current`` gives the configuration in force,
+    ``loader`` reads the file again (raising ConfigError), ``apply`` puts a new configuration in
+    force (raising ConfigError to refuse it)."""
+
+    def __init__(
+        self,
+        current: Callable[[], Config],
+        loader: Callable[[], Config],
+        apply: Callable[[Config], None],
+    ) -> None:
+        self._current = current
+        self._loader = loader
+        self._apply = apply
+        path = current().config_path
+        self.path = path
+        self._stamp = _stamp(path) if path else None
+        self.reloads = 0  # reloads that changed something
+
+    def reload(self) -> bool:
+        """Read the file and apply what changed; True when a live setting changed."""
+        if self.path:
+            self._stamp = _stamp(self.path)
+        old = self._current()
+        try:
+            new = self._loader()
+        except ConfigError as e:
+            log.error("config not reloaded: %s; keeping the previous configuration", e)
+            return False
+        plan = plan_reload(old, new)
+        for name in plan.needs_restart:
+            log.warning(
+                "config reload: %s changed, needs restart; keeping %r", name, getattr(old, name)
+            )
+        if not plan.changed:
+            if not plan.needs_restart:
+                log.info("config reloaded: no change")
+            return False
+        try:
+            self._apply(plan.config)
+        except ConfigError as e:
+            log.error("config not reloaded: %s; keeping the previous configuration", e)
+            return False
+        self.reloads += 1
+        log.info("config reloaded: %s", "; ".join(plan.describe(old)))
+        return True
+
+    async def watch(self) -> None:
+        """Reload whenever the file's (mtime, size, inode) changes."""
+        path = self.path
+        if not path:
+            return
+        while True:
+            await asyncio.sleep(CONFIG_POLL_INTERVAL)
+            stamp = _stamp(path)
+            if stamp is not None and stamp != self._stamp:
+                self.reload()
+
+
+def apply_publish_settings(pipeline: PublishPipeline, config: Config) -> None:
+    """F34/F35 on a reload: the publish rate, high-water mark, block size, and the sequencer's
+    ``message_wait`` and ``id_cache_ttl``. Items already queued keep their place."""
+    pipeline.hwm = config.message_hwm
+    pipeline.block_size = config.message_block_size
+    pipeline.limiter.set_rate(config.message_rate)
+    pipeline.limited = config.message_rate > 0 or config.message_hwm > 0
+    seq = pipeline.sequencer
+    seq.message_wait = config.message_wait / 1000.0
+    seq.id_cache_ttl = config.id_cache_ttl
+
+
+def apply_history_settings(history: object, config: Config) -> None:
+    """``history_size`` / ``history_ttl`` on a reload, for the in-memory store (channels of
+    routes with their own history options keep those). The Redis store takes them at start
+    only: :func:`gripd.core.reload.plan_reload` callers are told so by the docs."""
+    store = getattr(history, "store", None)
+    if isinstance(store, MemoryHistory):
+        store.set_default(HistoryPolicy(config.history_size, config.history_ttl))
+
+
+def set_log_level(level: int) -> None:
+    """Pushpin's 0-3 log level, on the root logger (as at start)."""
+    logging.getLogger().setLevel(LEVELS.get(max(0, min(level, 3)), logging.INFO))
