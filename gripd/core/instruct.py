@@ -59,6 +59,7 @@ from gripd.core.qtcompat import (
 from gripd.core.qtcompat import (
     variant_to_int as _variant_to_int,
 )
+from gripd.core.wildcard import pattern_error
 
 DEFAULT_RESPONSE_TIMEOUT = 55
 MINIMUM_RESPONSE_TIMEOUT = 5
@@ -357,12 +358,15 @@ def parse_instruct(
     *,
     channel_prefix: str = "",
     connection_subscription_max: int = 20,
+    wildcard: bool = False,
 ) -> Instruct:
     """Parse an origin response's GRIP instructions (F20 headers, F21 JSON body).
 
     Raises InstructError with Pushpin's message on invalid input. A hold without channels is
     not an error (Pushpin holds it until the timeout). Channels get ``channel_prefix``; more
-    than ``connection_subscription_max`` are truncated with a warning. ``response`` is what the
+    than ``connection_subscription_max`` are truncated with a warning. With ``wildcard``
+    (``[gripd] wildcard_channels``) a channel name with a ``*`` other than one at its end
+    (:func:`gripd.core.wildcard.pattern_error`) is an error. ``response`` is what the
     client gets, minus hop-by-hop headers and Content-Length (the length is recomputed).
     """
     st = _State()
@@ -425,6 +429,10 @@ def parse_instruct(
         channels = channels[: max(connection_subscription_max, 0)]
         warnings.append(TOO_MANY_SUBSCRIPTIONS)
     for c in channels:
+        if wildcard:
+            why = pattern_error(c.name)
+            if why is not None:
+                raise InstructError(why)
         c.name = channel_prefix + c.name
 
     # The handler never relays these (they apply to the origin hop only); the length is

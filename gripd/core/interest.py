@@ -9,11 +9,17 @@ subscribed "in case the client long-polls again" (F22), so its last-id survives 
 and get back whether the channel was *gained* (became interesting) or which channels were
 *lost*. Sequencing, the ZeroMQ SUB socket and the bus consume gained/lost; the rate limiter
 reads the per-mode counts.
+
+With ``wildcard`` (``[gripd] wildcard_channels``) a pattern (``news.*``) is counted like any
+channel, and the interesting patterns are also kept in a prefix index: :meth:`matching` lists
+the patterns an actual channel matches (the rate limiter weighs their subscribers too).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+
+from gripd.core.wildcard import PrefixIndex, is_pattern, stem
 
 #: Subscription modes, in the order of the per-mode counts.
 MODES: tuple[str, ...] = ("response", "stream", "ws")
@@ -23,12 +29,29 @@ _INDEX = {m: i for i, m in enumerate(MODES)}
 class ChannelInterest:
     """Per-channel subscriber counts by mode, and lingering channels with their expiry."""
 
-    __slots__ = ("_counts", "_lingering", "linger")
+    __slots__ = ("_counts", "_lingering", "_patterns", "linger", "wildcard")
 
-    def __init__(self, linger: float) -> None:
+    def __init__(self, linger: float, *, wildcard: bool = False) -> None:
         self.linger = float(linger)
+        self.wildcard = wildcard
         self._counts: dict[str, list[int]] = {}  # channel -> [response, stream, ws]
         self._lingering: OrderedDict[str, float] = OrderedDict()  # channel -> expiry, in order
+        self._patterns: PrefixIndex[str] = PrefixIndex()  # interesting patterns, by stem
+
+    def matching(self, channel: str) -> list[str]:
+        """The interesting patterns that match ``channel`` (none without ``wildcard``)."""
+        return self._patterns.match(channel) if self._patterns else []
+
+    def has_patterns(self) -> bool:
+        return bool(self._patterns)
+
+    def _gained(self, channel: str) -> None:
+        if self.wildcard and is_pattern(channel):
+            self._patterns.add(stem(channel), channel)
+
+    def _lost(self, channel: str) -> None:
+        if self.wildcard and is_pattern(channel):
+            self._patterns.remove(stem(channel), channel)
 
     def __contains__(self, channel: object) -> bool:
         """Whether ``channel`` is interesting (has subscribers or lingers)."""
@@ -58,6 +81,8 @@ class ChannelInterest:
         counts[_INDEX[mode]] += 1
         if mode == "response":
             self._lingering.pop(channel, None)  # a new long-poll ends the linger
+        if gained:
+            self._gained(channel)
         return gained
 
     def remove(self, channel: str, mode: str, now: float) -> bool:
@@ -85,6 +110,7 @@ class ChannelInterest:
         # The last subscriber of another mode left: the channel goes now, even if a long-poll
         # left it lingering earlier (Pushpin removes the subscription at once here).
         self._lingering.pop(channel, None)
+        self._lost(channel)
         return True
 
     def deadline(self) -> float | None:
@@ -104,6 +130,7 @@ class ChannelInterest:
             del lingering[channel]
             if channel not in self._counts:
                 lost.append(channel)
+                self._lost(channel)
         return lost
 
     def clear(self) -> list[str]:
@@ -111,4 +138,5 @@ class ChannelInterest:
         lost = self.channels()
         self._counts.clear()
         self._lingering.clear()
+        self._patterns = PrefixIndex()
         return lost

@@ -10,15 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
 
+from gripd.core.wildcard import PrefixIndex, is_pattern, stem
+
 
 class Registry:
-    """Channel -> subscribers, and subscriber -> channels."""
+    """Channel -> subscribers, and subscriber -> channels.
 
-    __slots__ = ("_by_channel", "_by_sub")
+    With ``wildcard`` (``[gripd] wildcard_channels``), a subscription to a pattern
+    (``news.*``) is also kept in a prefix index, and :meth:`receivers` adds its subscribers to
+    those of every channel it matches."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_by_channel", "_by_sub", "_patterns", "wildcard")
+
+    def __init__(self, *, wildcard: bool = False) -> None:
         self._by_channel: dict[str, dict[Hashable, None]] = {}
         self._by_sub: dict[Hashable, list[str]] = {}
+        self.wildcard = wildcard
+        self._patterns: PrefixIndex[Hashable] = PrefixIndex()
 
     def subscribe(self, sub: Hashable, channels: Iterable[str]) -> list[str]:
         """Add ``sub`` to ``channels``; returns the channels that had no subscriber before."""
@@ -32,6 +40,8 @@ class Registry:
             if sub not in members:
                 members[sub] = None
                 mine.append(ch)
+                if self.wildcard and is_pattern(ch):
+                    self._patterns.add(stem(ch), sub)
         return new
 
     def unsubscribe(self, sub: Hashable, channels: Iterable[str] | None = None) -> list[str]:
@@ -46,6 +56,8 @@ class Registry:
             members = self._by_channel.get(ch)
             if members is not None:
                 members.pop(sub, None)
+                if self.wildcard and is_pattern(ch):
+                    self._patterns.remove(stem(ch), sub)
                 if not members:
                     del self._by_channel[ch]
                     emptied.append(ch)
@@ -58,6 +70,25 @@ class Registry:
         """A snapshot of ``channel``'s subscribers, in subscription order."""
         members = self._by_channel.get(channel)
         return list(members) if members else []
+
+    def receivers(self, channel: str) -> list[Hashable]:
+        """Who gets an item published on ``channel``: its subscribers, then those of the
+        patterns matching it; each subscriber once, however many of its subscriptions match."""
+        members = self._by_channel.get(channel)
+        patterns = self._patterns
+        if not patterns:
+            return list(members) if members else []
+        matched = patterns.match(channel)
+        if not matched:
+            return list(members) if members else []
+        if not members:
+            return matched
+        out = dict(members)
+        out.update(dict.fromkeys(matched))
+        return list(out)
+
+    def has_patterns(self) -> bool:
+        return bool(self._patterns)
 
     def channels(self) -> list[str]:
         """A snapshot of every channel that has a subscriber."""

@@ -21,6 +21,7 @@ from gripd.core.headers import is_safe_text, is_token, split_unquoted
 from gripd.core.qtcompat import decode_json as _decode_json
 from gripd.core.qtcompat import from_base64 as _qt_from_base64
 from gripd.core.qtcompat import variant_to_int as _variant_to_int
+from gripd.core.wildcard import pattern_error
 
 DEFAULT_MESSAGE_PREFIX = "m:"
 CONTROL_PREFIX = "c:"
@@ -207,8 +208,10 @@ def _timeout(obj: dict[str, object], content: bytes | None, default: int) -> int
     return t if t > 0 else default
 
 
-def control_message_from_json(doc: object) -> ControlMessage:
-    """F39: a decoded JSON value as a control message (``WsControlMessage::fromVariant``)."""
+def control_message_from_json(doc: object, *, wildcard: bool = False) -> ControlMessage:
+    """F39: a decoded JSON value as a control message (``WsControlMessage::fromVariant``).
+    With ``wildcard`` (``[gripd] wildcard_channels``) a subscribe or unsubscribe channel with a
+    ``*`` other than one at its end is an error."""
     if not isinstance(doc, dict):
         raise WsControlError("grip control packet is not an object")
     mtype = _get_str(doc, "type", True)
@@ -216,6 +219,10 @@ def control_message_from_json(doc: object) -> ControlMessage:
         channel = _get_str(doc, "channel", True)
         if not channel:
             raise WsControlError(f"{_PN} contains 'channel' with invalid value")
+        if wildcard:
+            why = pattern_error(channel)
+            if why is not None:
+                raise WsControlError(why)
         if mtype == "unsubscribe":
             return Unsubscribe(channel)
         lid = doc.get("last-id")
@@ -257,7 +264,7 @@ def control_message_from_json(doc: object) -> ControlMessage:
     raise WsControlError(f"'type' contains unknown value: {mtype}")
 
 
-def parse_control_message(payload: bytes | str) -> ControlMessage:
+def parse_control_message(payload: bytes | str, *, wildcard: bool = False) -> ControlMessage:
     """F39: parse the JSON after ``c:``. Invalid JSON, a JSON value other than an object or
     array, or an invalid message raises :class:`WsControlError` (the caller logs and ignores)."""
     raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
@@ -265,7 +272,7 @@ def parse_control_message(payload: bytes | str) -> ControlMessage:
         doc = _decode_json(raw)
     except InstructError as e:
         raise WsControlError("grip control message is not valid json") from e
-    return control_message_from_json(doc)
+    return control_message_from_json(doc, wildcard=wildcard)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -225,7 +225,9 @@ class App:
             self.metrics = self.link  # origin latencies go to the hub's histogram
         # Channel interest (with the one linger) is tracked once; sequencing, the ZeroMQ SUB
         # socket and the bus listen to it (in a worker: the link, for the hub's routing).
-        self.channels = ChannelTracker(config.subscription_linger, self.loop)
+        self.channels = ChannelTracker(
+            config.subscription_linger, self.loop, wildcard=config.wildcard_channels
+        )
         self.bus: Bus
         self.woh_peers: dict[str, WohPeer] = {}  # WebSocket-over-HTTP sessions by Connection-Id
         self.pipeline: PublishPipeline | None = None

@@ -31,6 +31,7 @@ def make_bus(config: Config, sink: BusSink) -> Bus:
         config.bus,
         node_id=uuid.uuid4().hex[:12],
         key_prefix=prefix,
+        wildcard=config.wildcard_channels,
         history=HistoryPolicy(config.history_size, config.history_ttl)
         if config.history_size > 0
         else OFF,

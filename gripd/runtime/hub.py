@@ -111,10 +111,12 @@ class Hub:
         self.log_level = log_level
         self.logfile = logfile
         self.loop = asyncio.get_running_loop()
-        self.router = HubRouter()
+        self.router = HubRouter(wildcard=config.wildcard_channels)
         # The instance's channel interest, from the workers' forwarded subscriptions, with the
         # one linger; the pipeline, the ZeroMQ SUB socket and the bus listen to it.
-        self.tracker = ChannelTracker(config.subscription_linger, self.loop)
+        self.tracker = ChannelTracker(
+            config.subscription_linger, self.loop, wildcard=config.wildcard_channels
+        )
         self.services = Services(
             config,
             self.loop,

@@ -39,6 +39,7 @@ from typing import Any, cast
 from gripd.core.history import HistoryPolicy, Replay
 from gripd.core.publish import PublishItem
 from gripd.core.sequencer import LAST_IDS_MAX, LastIds
+from gripd.core.wildcard import PrefixIndex, is_pattern, stem
 from gripd.io.bus.base import BusSink
 from gripd.io.observe.events import Delivery, Events, Mode, Transport
 
@@ -156,11 +157,17 @@ class HubRouter:
     It stands where a single process's engine stands: after the pipeline. Which worker holds
     which channel comes from the workers' ``gained``/``lost``; the instance-wide interest the
     pipeline, the ZeroMQ SUB socket and the bus need is the hub's own tracker, fed by the
-    forwarded subscription events (:class:`EventRelay`)."""
+    forwarded subscription events (:class:`EventRelay`).
 
-    def __init__(self) -> None:
+    With ``wildcard`` (``[gripd] wildcard_channels``) a worker may hold a pattern
+    (``news.*``): an item goes to the workers holding its channel and to those holding a
+    pattern that matches it, once each (the worker's engine delivers it once per subscriber)."""
+
+    def __init__(self, *, wildcard: bool = False) -> None:
         self.links: dict[int, FrameLink] = {}
         self.interest: dict[str, set[int]] = {}  # channel -> workers holding it
+        self.wildcard = wildcard
+        self.patterns: PrefixIndex[str] = PrefixIndex()  # stem -> patterns held (wildcard)
         self.dropped: dict[int, int] = {}  # items dropped per worker (slow reader)
         self.on_drop: Callable[[int], None] | None = None  # count of items dropped
         self.received: Callable[[PublishItem, str], None] | None = None
@@ -181,6 +188,8 @@ class HubRouter:
             holders = interest.get(ch)
             if holders is None:
                 interest[ch] = {index}
+                if self.wildcard and is_pattern(ch):
+                    self.patterns.add(stem(ch), ch)
             else:
                 holders.add(index)
 
@@ -193,6 +202,8 @@ class HubRouter:
             holders.discard(index)
             if not holders:
                 del interest[ch]
+                if self.wildcard and is_pattern(ch):
+                    self.patterns.remove(stem(ch), ch)
 
     # BusSink
     def publish(self, items: list[PublishItem], *, source: str) -> None:
@@ -201,9 +212,13 @@ class HubRouter:
             for item in items:
                 self.received(item, source)
         interest = self.interest
+        patterns = self.patterns
         per: dict[int, list[PublishItem]] = {}
         for item in items:
             holders = interest.get(item.channel)
+            if patterns:
+                for p in patterns.match(item.channel):
+                    holders = interest[p] if not holders else holders | interest[p]
             if not holders:
                 continue
             for w in holders:

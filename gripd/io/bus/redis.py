@@ -31,6 +31,14 @@ off the bus sends exactly what it sends without it.
 ``node_id`` must be unique among the instances sharing the Redis server: it tells this
 instance's messages from the others'. The URL names one standalone server (or a proxy to one):
 all subscriptions go on one connection, which Redis Cluster would refuse across slots.
+
+Wildcard channels (``[gripd] wildcard_channels``): a wanted pattern (``news.*``) is
+PSUBSCRIBEd, its prefix escaped for Redis's glob syntax. Sharded pub/sub has no pattern form
+(SPUBLISH never reaches a PSUBSCRIBE), so with the option on the bus uses PUBLISH/SUBSCRIBE
+even on Redis >= 7: every instance sharing the server must set the option alike. A publish
+that matches several of this instance's subscriptions (``news.x`` and ``news.*``) comes back
+once per subscription, one right after the other on the connection: the copies are dropped
+(see :meth:`RedisBus._on_message`), so the sink gets each item once.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ from gripd.core.config_gripd import parse_bus_url
 from gripd.core.history import OFF, HistoryPolicy
 from gripd.core.itemwire import decode_message, encode_items
 from gripd.core.publish import PublishItem
+from gripd.core.wildcard import PrefixIndex, is_pattern, stem
 from gripd.io.bus.base import BusSink
 from gripd.io.bus.redis_history import RedisHistory
 
@@ -72,8 +81,10 @@ SUBSCRIBE_CHUNK = 1000
 LOG_EVERY = 10.0
 
 _MESSAGE = (b"smessage", b"message")
-_SUBSCRIBED = (b"ssubscribe", b"subscribe")
-_UNSUBSCRIBED = (b"sunsubscribe", b"unsubscribe")
+_SUBSCRIBED = (b"ssubscribe", b"subscribe", b"psubscribe")
+_UNSUBSCRIBED = (b"sunsubscribe", b"unsubscribe", b"punsubscribe")
+_GLOB_SPECIAL = re.compile(rb"([\\*?\[\]])")
+_GLOB_ESCAPE = re.compile(rb"\\(.)", re.DOTALL)
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._:@-]")
 
 
@@ -124,6 +135,7 @@ class RedisBus:
         ping_interval: float = PING_INTERVAL,
         history: HistoryPolicy = OFF,
         history_routes: bool = False,
+        wildcard: bool = False,
     ) -> None:
         """``url``: ``redis[s]://[user:password@]host[:port][/db]`` (raises ``ValueError`` if
         bad, see :func:`gripd.core.config_gripd.parse_bus_url`). ``node_id``: unique per instance.
@@ -134,8 +146,16 @@ class RedisBus:
         same). ``ping_interval``: seconds between liveness PINGs. ``history``: the history
         policy of channels no route set one for; ``history_routes``: some route of this
         instance has history options (with both off, publishing is exactly as without
-        history)."""
+        history). ``wildcard``: channel names ending in ``*`` are patterns (PSUBSCRIBEd; forces
+        PUBLISH/SUBSCRIBE, ``sharded=True`` is then a ValueError)."""
         scheme, host, port, db, user, password = parse_bus_url(url)
+        if wildcard:
+            if sharded:
+                raise ValueError("sharded pub/sub has no pattern subscriptions")
+            sharded = False
+        self.wildcard = wildcard
+        self._patterns: PrefixIndex[str] = PrefixIndex()  # stem -> wanted patterns
+        self._last_data: bytes | None = None  # the last message handed on (copies dropped)
         self.sink = sink
         self.node_id = node_id
         self.key_prefix = key_prefix
@@ -236,6 +256,8 @@ class RedisBus:
             self._wanted.add(channel)
             self._changed.add(channel)
             self._wake_sub.set()
+            if self.wildcard and is_pattern(channel):
+                self._patterns.add(stem(channel), channel)
 
     def unsubscribe(self, channel: str) -> None:
         """Stop wanting ``channel``: its items are dropped from now on."""
@@ -243,10 +265,16 @@ class RedisBus:
             self._wanted.discard(channel)
             self._changed.add(channel)
             self._wake_sub.set()
+            if self.wildcard and is_pattern(channel):
+                self._patterns.remove(stem(channel), channel)
             # Acknowledged messages kept to be delivered locally on a drop are not wanted now.
             if self._inflight:
                 unacked = {m.seq for m in self._sending}
-                for seq in [s for s, m in self._inflight.items() if m.channel == channel]:
+                if self._patterns or (self.wildcard and is_pattern(channel)):
+                    gone = [s for s, m in self._inflight.items() if not self._wants(m.channel)]
+                else:
+                    gone = [s for s, m in self._inflight.items() if m.channel == channel]
+                for seq in gone:
                     if seq not in unacked:
                         del self._inflight[seq]
             if channel in self._waiters:
@@ -418,6 +446,7 @@ class RedisBus:
         self._requested.clear()
         self._unconfirmed.clear()
         self._outstanding = 0
+        self._last_data = None
         self._changed = set(self._wanted)
         self._last_rx = loop.time()
         self._epoch = [
@@ -515,7 +544,7 @@ class RedisBus:
             command = b"SPUBLISH" if self.sharded else b"PUBLISH"
             for m in batch:
                 if m.reply is None:
-                    m.expect_back = self.is_subscribed(m.channel)
+                    m.expect_back = self._comes_back(m.channel)
                     self._inflight[m.seq] = m
             packed = conn.pack_commands(
                 [(command, m.key, m.data) if m.cmd is None else m.cmd for m in batch]
@@ -546,7 +575,7 @@ class RedisBus:
                         continue
                     self.history.stored(m, reply)
                 self.counters["published"] += len(m.items)
-                if not m.expect_back or m.channel not in self._wanted:
+                if not m.expect_back or not self._wants(m.channel):
                     self._inflight.pop(m.seq, None)
 
     async def _write_sub(self, conn: Connection) -> None:
@@ -578,6 +607,16 @@ class RedisBus:
                 (b"SSUBSCRIBE", b"SUNSUBSCRIBE") if self.sharded else (b"SUBSCRIBE", b"UNSUBSCRIBE")
             )
             commands: list[tuple[bytes, ...]] = []
+            if self.wildcard:
+                padd = [c for c in add if is_pattern(c)]
+                pdrop = [c for c in drop if is_pattern(c)]
+                if padd or pdrop:
+                    add = [c for c in add if not is_pattern(c)]
+                    drop = [c for c in drop if not is_pattern(c)]
+                    for verb, chans in ((b"PSUBSCRIBE", padd), (b"PUNSUBSCRIBE", pdrop)):
+                        for i in range(0, len(chans), SUBSCRIBE_CHUNK):
+                            keys = [self._pkey(c) for c in chans[i : i + SUBSCRIBE_CHUNK]]
+                            commands.append((verb, *keys))
             for verb, chans in ((sub, add), (unsub, drop)):
                 for i in range(0, len(chans), SUBSCRIBE_CHUNK):
                     keys = [self._key(c) for c in chans[i : i + SUBSCRIBE_CHUNK]]
@@ -597,11 +636,13 @@ class RedisBus:
             kind = reply[0]
             if kind in _MESSAGE:
                 self._on_message(reply[1], reply[2])
+            elif kind == b"pmessage" and len(reply) >= 4:
+                self._on_message(reply[2], reply[3], reply[1])
             elif kind in _SUBSCRIBED or kind in _UNSUBSCRIBED:
-                self._on_confirmation(reply[1])
+                self._on_confirmation(reply[1], kind[0] == 112)  # b"p..."
 
-    def _on_confirmation(self, key: object) -> None:
-        channel = self._channel_of(key)
+    def _on_confirmation(self, key: object, pattern: bool = False) -> None:
+        channel = self._pattern_of(key) if pattern else self._channel_of(key)
         left = self._unconfirmed.get(channel) if channel is not None else None
         if channel is None or left is None:
             return
@@ -614,11 +655,24 @@ class RedisBus:
         if channel in self._waiters:
             self._wake_waiters(channel)
 
-    def _on_message(self, key: object, data: object) -> None:
+    def _on_message(self, key: object, data: object, pkey: object = None) -> None:
+        """A message on channel ``key`` (through pattern ``pkey`` for a pmessage). Redis
+        sends a publish to each matching subscription of this connection in a row, so a copy
+        of the message just handed on is one of those: dropped."""
         channel = self._channel_of(key)
         if channel is None or not isinstance(data, bytes):
             self._bad(f"channel {key!r} is not one of this bus")
             return
+        if self.wildcard:
+            if data == self._last_data:
+                return
+            if pkey is not None:
+                pattern = self._pattern_of(pkey)
+                wanted = pattern is not None and pattern in self._wanted
+            else:
+                wanted = channel in self._wanted
+        else:
+            wanted = channel in self._wanted
         try:
             msg = decode_message(data)
         except ValueError as e:
@@ -629,7 +683,9 @@ class RedisBus:
             return
         if msg.node == self.node_id:
             self._inflight.pop(msg.seq, None)
-        if channel in self._wanted and msg.items:
+        if wanted and msg.items:
+            if self.wildcard:
+                self._last_data = data
             self.counters["received"] += len(msg.items)
             self._deliver(msg.items, msg.source)
 
@@ -637,6 +693,36 @@ class RedisBus:
 
     def _key(self, channel: str) -> bytes:
         return self._prefix + channel.encode("utf-8", "surrogatepass")
+
+    def _pkey(self, pattern: str) -> bytes:
+        """The PSUBSCRIBE glob of a pattern: its prefixed stem, escaped, then ``*``."""
+        return _GLOB_SPECIAL.sub(rb"\\\1", self._key(stem(pattern))) + b"*"
+
+    def _pattern_of(self, pkey: object) -> str | None:
+        """The pattern a PSUBSCRIBE glob made by :meth:`_pkey` stands for."""
+        if not isinstance(pkey, bytes) or not pkey.endswith(b"*"):
+            return None
+        channel = self._channel_of(_GLOB_ESCAPE.sub(rb"\1", pkey[:-1]))
+        return None if channel is None else channel + "*"
+
+    def _wants(self, channel: str) -> bool:
+        """Whether items of ``channel`` are wanted here (held, or matched by a held pattern)."""
+        if channel in self._wanted:
+            return True
+        return bool(self._patterns) and any(True for _ in self._patterns.matching_prefixes(channel))
+
+    def _comes_back(self, channel: str) -> bool:
+        """Whether a publish on ``channel`` will come back to this instance: its subscription,
+        or a matching pattern's, is confirmed."""
+        if self.is_subscribed(channel):
+            return True
+        if not self._patterns:
+            return False
+        return any(
+            self.is_subscribed(p)
+            for s in self._patterns.matching_prefixes(channel)
+            for p in self._patterns.members(s)
+        )
 
     def _channel_of(self, key: object) -> str | None:
         if not isinstance(key, bytes) or not key.startswith(self._prefix):

@@ -28,8 +28,14 @@ class InterestListener(Protocol):
 class ChannelTracker:
     """Owns the channel interest of one process and its linger timer."""
 
-    def __init__(self, linger: float, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self.interest = ChannelInterest(linger)
+    def __init__(
+        self,
+        linger: float,
+        loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        wildcard: bool = False,
+    ) -> None:
+        self.interest = ChannelInterest(linger, wildcard=wildcard)
         self._loop = loop
         self.listeners: list[InterestListener] = []
         self._timer: asyncio.TimerHandle | None = None

@@ -19,6 +19,7 @@ from gripd.core.http import HttpResponse, encode_chunk
 from gripd.core.instruct import Instruct, parse_instruct
 from gripd.core.publish import PublishItem
 from gripd.core.registry import Registry
+from gripd.core.wildcard import is_pattern
 from gripd.io.handler.channels import ChannelTracker
 from gripd.io.handler.fanout import (
     publish_response,
@@ -76,7 +77,8 @@ class Engine:
         # knows the instance's first subscriber and calls :meth:`first_subscription`.
         self.first_subscription_here = first_subscription
         self.loop: asyncio.AbstractEventLoop = app.loop
-        self.registry = Registry()
+        self.wildcard = app.config.wildcard_channels
+        self.registry = Registry(wildcard=self.wildcard)
         self.channels = channels
         self.last_ids = last_ids
         self.write_buffer_max = app.config.client_write_buffer_max
@@ -105,8 +107,8 @@ class Engine:
         use_history = self.history is not None and route_policy(route, self.app.config).on
         last_ids = self.last_ids
         for ch, pid in hold.prev_ids.items():
-            if pid is None:
-                continue
+            if pid is None or self._is_pattern(ch):
+                continue  # a pattern has no last id and no history of its own
             last = last_ids.last_id(ch)
             if last is not None and last != pid:
                 behind.append((ch, pid))
@@ -200,8 +202,10 @@ class Engine:
         conn.hold_started()
         self.subscribe(hold, hold.channels, "stream")
         self._log_subscribe(req, hold.channels, retry)
-        if last is not None and hold.channels:
-            self._start_resume(hold, ResumeState(last, list(hold.channels), ins.response))
+        resumable = [c for c in hold.channels if not self._is_pattern(c)]
+        if last is not None and resumable:
+            # A pattern has no history of its own: only its exact channels are resumed.
+            self._start_resume(hold, ResumeState(last, resumable, ins.response))
         elif last is not None:
             self.write_stream_head(conn, ins.response, chunked)
         if follow:
@@ -330,6 +334,8 @@ class Engine:
         history = self.history
         if history is None or not route_policy(session.route, self.app.config).on:
             return
+        if self._is_pattern(channel):
+            return  # a pattern has no history of its own: live messages only
         state = ResumeState(last_id, [channel])
         if session.resuming is None:
             session.resuming = {}
@@ -374,6 +380,9 @@ class Engine:
         elif not session.resuming:
             session.resuming = None
 
+    def _is_pattern(self, channel: str) -> bool:
+        return self.wildcard and is_pattern(channel)
+
     def first_subscription(self, channel: str) -> None:
         """F22: ~1 s after a channel's first subscriber, update its sessions, closing the race
         between a backend's subscribe and its publish (``update_on_first_subscription``)."""
@@ -415,6 +424,7 @@ class Engine:
                 resp.body,
                 channel_prefix=hold.route.prefix,
                 connection_subscription_max=self.app.config.connection_subscription_max,
+                wildcard=self.app.config.wildcard_channels,
             )
         except InstructError as e:
             hold.fail(f"Failed to parse next link instructions: {e}")
@@ -509,7 +519,8 @@ class Engine:
                 self.ticklog.info(f"publish channel={item.channel} receivers={n}")
 
     def _publish_one(self, item: PublishItem) -> int:
-        subs = self.registry.subscribers(item.channel)
+        # Subscribers of the channel and of the patterns matching it, each once (wildcard_channels)
+        subs = self.registry.receivers(item.channel)
         if not subs:
             return 0
         sent = 0

@@ -28,6 +28,7 @@ from gripd.core.filters import (
 from gripd.core.http import encode_chunk, encode_full
 from gripd.core.jsonp import wrap_held_response
 from gripd.core.publish import PublishItem, apply_body_patch, apply_http_response
+from gripd.core.wildcard import is_pattern, stem
 from gripd.io.handler.holds import ResponseHold, StreamHold
 from gripd.io.handler.ws_session import WsSession
 from gripd.io.ws_endpoint import OPCODES, encode_message
@@ -53,9 +54,36 @@ def _context(s: Sub, item: PublishItem) -> FilterContext:
     )
 
 
+def _wildcard(s: Sub) -> bool:
+    app = s.app if isinstance(s, WsSession) else s.engine.app
+    return app.config.wildcard_channels
+
+
+def filters_for(s: Sub, channel: str) -> list[str] | None:
+    """``s``'s filters for an item on ``channel``: those of the channel itself, else (with
+    ``wildcard_channels``) those of the first of ``s``'s patterns that matches it."""
+    f = s.filters
+    if not f:
+        return None
+    fl = f.get(channel)
+    if fl is None and _wildcard(s):
+        for key, value in f.items():
+            if is_pattern(key) and channel.startswith(stem(key)):
+                return value
+    return fl
+
+
+def holds_channel(s: Sub, channel: str) -> bool:
+    """Whether ``s`` is subscribed to ``channel``, itself or (with ``wildcard_channels``)
+    through one of its patterns."""
+    if channel in s.channels:
+        return True
+    return _wildcard(s) and any(is_pattern(c) and channel.startswith(stem(c)) for c in s.channels)
+
+
 def allowed(s: Sub, item: PublishItem) -> bool:
     """Delivery filters of ``s`` for ``item``'s channel."""
-    fl = s.filters.get(item.channel) if s.filters else None
+    fl = filters_for(s, item.channel)
     return not fl or send_allowed(fl, _context(s, item))
 
 
@@ -63,13 +91,13 @@ def check_listed(s: Sub, item: PublishItem, content_filters: list[str] | None) -
     """F30: raise ``ContentFilterMismatch`` unless a published ``content-filters`` list equals
     ``s``'s content filters for the channel (absent: anything goes)."""
     if content_filters is not None:
-        fl = s.filters.get(item.channel) if s.filters else None
+        fl = filters_for(s, item.channel)
         check_content_filters(content_filters, fl or [])
 
 
 def content_for(s: Sub, item: PublishItem, content: bytes) -> bytes:
     """The content ``s`` gets after its content filters; raises FilterError."""
-    fl = s.filters.get(item.channel) if s.filters else None
+    fl = filters_for(s, item.channel)
     if not fl:
         return content
     return process_content(fl, _context(s, item), content)
@@ -154,7 +182,7 @@ def send_link_queue(engine: Engine, s: StreamHold, queue: list[PublishItem]) -> 
     prev = s.prev_ids
     while i < len(queue):
         item = queue[i]
-        if item.channel not in s.channels:
+        if not holds_channel(s, item.channel):
             i += 1
             continue
         expected = prev.get(item.channel) if prev is not None else None
@@ -166,7 +194,7 @@ def send_link_queue(engine: Engine, s: StreamHold, queue: list[PublishItem]) -> 
     for item in queue[i:]:
         if not s.active or (s.link is not None and s.link.task is not None):
             break
-        if item.channel not in s.channels:
+        if not holds_channel(s, item.channel):
             continue  # Pushpin: "received publish for channel with no subscription"
         fmt = item.http_stream
         assert fmt is not None

@@ -19,6 +19,11 @@ fairness is not modelled. HWM: an item is dropped, as a whole, when Pushpin woul
 at least one of its deliveries; an item alone in the queue is always accepted. Items nobody
 would receive bypass the queue.
 
+Wildcard channels (``[gripd] wildcard_channels``): an item on a channel that only a pattern
+(``news.*``) holds is not sequenced by prev-id (the sequencer keeps state only for channels
+held as such, so a pattern matching many channels cannot grow it) but is delivered, and weighs
+on the rate limiter by the pattern's subscribers.
+
 Two timers at most (``loop.call_at``), one each for the sequencer's 1 s expiry tick and the
 limiter's next batch; none per item (the linger timer is the tracker's).
 """
@@ -208,8 +213,16 @@ class PublishPipeline:
         self._arm_rate_timer()
 
     def _weight(self, item: PublishItem) -> int:
-        """Deliveries this item would make now (x blocks with ``message_block_size``)."""
-        counts = self.interest.counts(item.channel)
+        """Deliveries this item would make now (x blocks with ``message_block_size``). With
+        ``wildcard_channels`` the subscribers of the patterns matching the channel count too
+        (a subscriber of both the channel and a pattern is counted twice: an upper bound)."""
+        interest = self.interest
+        counts = interest.counts(item.channel)
+        if interest.has_patterns():
+            for pattern in interest.matching(item.channel):
+                more = interest.counts(pattern)
+                if more is not None:
+                    counts = [a + b for a, b in zip(counts or (0, 0, 0), more, strict=True)]
         if counts is None:
             return 0
         total = 0

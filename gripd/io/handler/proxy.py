@@ -481,6 +481,7 @@ class ProxySession:
             body,
             channel_prefix=self.route.prefix,
             connection_subscription_max=self.app.config.connection_subscription_max,
+            wildcard=self.app.config.wildcard_channels,
         )
 
     def _grip_too_large(self) -> None:

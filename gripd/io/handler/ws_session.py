@@ -298,7 +298,9 @@ class WsSession:
 
     def _control(self, payload: bytes) -> None:
         try:
-            msg: ControlMessage = parse_control_message(payload)
+            msg: ControlMessage = parse_control_message(
+                payload, wildcard=self.app.config.wildcard_channels
+            )
         except GripError as e:
             log.debug("ws %s: invalid control message: %s", self.req.url, e)
             return
