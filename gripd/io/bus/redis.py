@@ -23,9 +23,10 @@ A publish racing this instance's own subscribe (before Redis confirmed it) may n
 as for any remote publisher. Messages are data only (:mod:`gripd.core.itemwire`); one that does
 not decode, or whose items name another channel, is dropped and counted in ``decode_errors``.
 
-With history on (a default policy, or routes with history options), a message holding items
-with an id goes through a Lua script that stores them in a Redis Stream and publishes it, in
-one step (:mod:`gripd.io.bus.redis_history`); ``history`` reads those streams. With history
+With history on (a default policy, or routes with history options), the messages of a batch
+holding items with an id go through one Lua script call that stores the items in Redis Streams
+and publishes the messages, in one step (:mod:`gripd.io.bus.redis_history`); ``history`` reads
+those streams. With history
 off the bus sends exactly what it sends without it.
 
 ``node_id`` must be unique among the instances sharing the Redis server: it tells this
@@ -62,7 +63,7 @@ from gripd.core.itemwire import decode_message, encode_items
 from gripd.core.publish import PublishItem
 from gripd.core.wildcard import PrefixIndex, is_pattern, stem
 from gripd.io.bus.base import BusSink
-from gripd.io.bus.redis_history import RedisHistory
+from gripd.io.bus.redis_history import RedisHistory, pack_pipeline
 
 log = logging.getLogger("gripd.bus")
 
@@ -102,7 +103,7 @@ class _Out:
     seq: int
     data: bytes
     expect_back: bool = False
-    cmd: tuple[Any, ...] | None = None
+    cmd: tuple[Any, ...] | bytes | int | None = None
     reply: Callable[[object], None] | None = None
 
 
@@ -234,6 +235,7 @@ class RedisBus:
                 groups[item.channel] = [item]
             else:
                 group.append(item)
+        outs: list[_Out] = []
         for channel, group in groups.items():
             self._seq += 1
             try:
@@ -244,10 +246,10 @@ class RedisBus:
                 self.sink.publish(group, source=source)
                 continue
             key = self._prefix + channel.encode("utf-8", "surrogatepass")
-            out = _Out(channel, key, group, source, self._seq, data)
-            if self._hist_writes:
-                out.cmd = self.history.write_command(out)
-            self._queue.append(out)
+            outs.append(_Out(channel, key, group, source, self._seq, data))
+        if self._hist_writes:
+            self.history.write_commands(outs)  # one script call stores and publishes them
+        self._queue.extend(outs)
         self._wake_send.set()
 
     def subscribe(self, channel: str) -> None:
@@ -539,6 +541,8 @@ class RedisBus:
                 await self._wake_send.wait()
                 continue
             n = min(len(self._queue), PIPELINE_MAX)
+            while n < len(self._queue) and isinstance(self._queue[n].cmd, int):
+                n += 1  # the messages of one script call go together
             batch = [self._queue.popleft() for _ in range(n)]
             self._sending.extend(batch)
             command = b"SPUBLISH" if self.sharded else b"PUBLISH"
@@ -546,13 +550,25 @@ class RedisBus:
                 if m.reply is None:
                     m.expect_back = self._comes_back(m.channel)
                     self._inflight[m.seq] = m
-            packed = conn.pack_commands(
-                [(command, m.key, m.data) if m.cmd is None else m.cmd for m in batch]
+            packed = pack_pipeline(
+                conn, [(command, m.key, m.data) if m.cmd is None else m.cmd for m in batch]
             )
             await conn.send_packed_command(packed, check_health=False)
+            shared: object = None  # the reply of the last script call (or command)
             for m in batch:
                 try:
-                    reply = await conn.read_response()
+                    if not isinstance(m.cmd, int):  # else: in the script call before it
+                        try:
+                            shared = await conn.read_response()
+                        except ResponseError as e:
+                            shared = e
+                    reply = shared
+                    if isinstance(reply, ResponseError):
+                        raise reply
+                    if m.cmd is not None and m.reply is None:
+                        refused = self.history.stored(m, reply)
+                        if refused is not None:
+                            raise ResponseError(refused)
                 except NoScriptError:
                     # The server lost the scripts (SCRIPT FLUSH): reconnect, which loads them
                     # again. This message and the rest are delivered locally (as on a drop).
@@ -569,11 +585,9 @@ class RedisBus:
                         self._deliver(m.items, m.source)
                     continue
                 self._sending.popleft()
-                if m.cmd is not None:
-                    if m.reply is not None:
-                        _call(m.reply, reply)
-                        continue
-                    self.history.stored(m, reply)
+                if m.reply is not None:
+                    _call(m.reply, reply)
+                    continue
                 self.counters["published"] += len(m.items)
                 if not m.expect_back or not self._wants(m.channel):
                     self._inflight.pop(m.seq, None)

@@ -6,16 +6,22 @@ the channel's items, one entry per item with an id (fields ``i``, the item id, a
 message holding that one item, :mod:`gripd.core.itemwire`); ``<prefix>hp:<channel>``, the
 channel's policy when a route set one (``"<size> <ttl ms>"``; absent = the instance's default).
 
-**Writing.** With history possible on this instance, a published batch's message for a channel
-that holds items with an id goes through one Lua script instead of the plain (S)PUBLISH: it
-reads the policy, ``XADD``s each item with an id (``MAXLEN size``: exact below 1000 items,
-else ``~``, which Redis does in whole blocks of 100 and at less than half the cost) and sets
-the stream to expire ``ttl`` after its last item, then (S)PUBLISHes the same message the bus
-sends without history. Redis runs a script whole, so the stream's order is the order in which
-every subscriber gets the messages, whichever instance published. Entries older than the ttl
-are not trimmed on write (that would cost a third more per item): reads skip them, a channel's
-stream holds at most about ``size`` entries whatever their age, and a channel not published to
-for ``ttl`` seconds loses its stream.
+**Writing.** With history possible on this instance, the messages of a published batch (one
+per channel) go, when some item has an id, through one Lua script call instead of the plain
+(S)PUBLISHes (several calls for a batch of more than ``GROUP_MAX`` channels or
+``GROUP_ITEMS_MAX`` items). For each channel in turn it reads the policy (one ``MGET`` for the
+call), ``XADD``s each item with an id (``MAXLEN ~ size``), sets the stream to expire ``ttl``
+after its last item, then (S)PUBLISHes the same message the bus sends without history. Redis
+runs a script whole, so the stream's order is the order in which every subscriber gets the
+messages, whichever instance published. The call is packed here, not by redis-py (whose packer
+cost more than the rest of the publish path), and its one reply answers every message in it.
+
+Trimming is approximate (``~``, cheaper than exact): Redis drops whole blocks of entries (by
+default at most 100 entries or 4 kB each), so a stream holds ``size`` entries or up to about
+one block more; reads look at the newest ``size`` entries only, so what a client sees is the
+same as with exact trimming. Entries older than the ttl are not trimmed on write (that would
+cost a third more per item): reads skip them, and a channel not published to for ``ttl``
+seconds loses its stream.
 
 **Reading** is one script too: it scans the stream newest-first, at most ``size`` entries and
 none older than the ttl (auto stream ids are the server's clock in ms), for the item id the
@@ -35,7 +41,7 @@ import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from redis.asyncio.connection import Connection
 from redis.exceptions import ResponseError
@@ -57,39 +63,61 @@ POLICY_KEEP_MS: Final = 86_400_000
 POLICY_REFRESH: Final = 3600.0
 #: Channels whose policy this instance remembers having set (the oldest is forgotten first).
 POLICY_CACHE_MAX: Final = 10_000
+#: Channels, and items, per write script call (a publish batch with more is sent in several
+#: calls; Redis serves no other client while a script runs, about 5 µs per item).
+GROUP_MAX: Final = 200
+GROUP_ITEMS_MAX: Final = 1000
+#: Channels whose keys are kept packed (all are forgotten when it is full).
+KEY_CACHE_MAX: Final = 10_000
 
-# KEYS: stream, policy. ARGV: default size, default ttl (ms), publish command, pub/sub channel,
-# message, then (item id, entry data) pairs; empty data means the message itself (a one-item
-# message). Returns the number of entries added, or {added, error} when the stream refused one
-# (a key of another type): the message is published all the same.
+# KEYS: the n channels' streams, then their n policies. ARGV: default size, default ttl (ms),
+# publish command, then per channel: pub/sub channel, message, k, then k (item id, entry data)
+# pairs; empty data means the message itself (a one-item message). Returns one entry per
+# channel: the number of entries added, or {added, why} when the stream refused one (a key of
+# another type; the message is published all the same), or {added, why, publish error} when
+# the message could not be published. The policies come in one MGET; every redis.call is on
+# the keys of one channel, in channel order.
 WRITE_SCRIPT: Final = b"""
-local size, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
-local p = redis.pcall('GET', KEYS[2])
-if type(p) == 'string' then
-  local s, t = string.match(p, '^(%d+) (%d+)$')
-  if s then
-    size, ttl = tonumber(s), tonumber(t)
-    redis.call('PEXPIRE', KEYS[2], math.max(ttl, 86400000))
-  end
-end
-local n, err = 0, false
-if size > 0 then
-  local exact = size < 1000 and '=' or '~'
-  for j = 6, #ARGV - 1, 2 do
-    local d = ARGV[j + 1]
-    if d == '' then d = ARGV[5] end
-    local r = redis.pcall('XADD', KEYS[1], 'MAXLEN', exact, size, '*', 'i', ARGV[j], 'd', d)
-    if type(r) == 'table' and r.err then
-      err = r.err
-      break
+local size0, ttl0, cmd = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local nch = #KEYS / 2
+local pol = redis.call('MGET', unpack(KEYS, nch + 1, 2 * nch))
+local out, a = {}, 4
+for c = 1, nch do
+  local size, ttl = size0, ttl0
+  local p = pol[c]
+  if type(p) == 'string' then
+    local s, t = string.match(p, '^(%d+) (%d+)$')
+    if s then
+      size, ttl = tonumber(s), tonumber(t)
+      redis.call('PEXPIRE', KEYS[nch + c], math.max(ttl, 86400000))
     end
-    n = n + 1
   end
-  if ttl > 0 and n > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+  local data, k = ARGV[a + 1], tonumber(ARGV[a + 2])
+  local n, err = 0, false
+  if size > 0 and k > 0 then
+    for j = a + 3, a + 1 + 2 * k, 2 do
+      local d = ARGV[j + 1]
+      if d == '' then d = data end
+      local r = redis.pcall('XADD', KEYS[c], 'MAXLEN', '~', size, '*', 'i', ARGV[j], 'd', d)
+      if type(r) == 'table' and r.err then
+        err = r.err
+        break
+      end
+      n = n + 1
+    end
+    if ttl > 0 and n > 0 then redis.call('PEXPIRE', KEYS[c], ttl) end
+  end
+  local r = redis.pcall(cmd, ARGV[a], data)
+  if type(r) == 'table' and r.err then
+    out[c] = {n, err or '', r.err}
+  elseif err then
+    out[c] = {n, err}
+  else
+    out[c] = n
+  end
+  a = a + 3 + 2 * k
 end
-redis.call(ARGV[3], ARGV[4], ARGV[5])
-if err then return {n, err} end
-return n
+return out
 """
 
 # KEYS: stream, policy. ARGV: default size, default ttl (ms), has after (1/0), after, limit.
@@ -193,6 +221,12 @@ class RedisHistory:
         self._size = str(max(0, default.size)).encode()
         self._ttl = str(_ms(default.ttl)).encode()
         self._policies: OrderedDict[str, tuple[HistoryPolicy, float]] = OrderedDict()
+        # The write script call's constant parts, packed: the head up to the number of keys, and
+        # the arguments after the keys (default size and ttl, then the publish command).
+        self._head = _bulk(b"EVALSHA") + _bulk(WRITE_SHA.encode())
+        self._mid = _bulk(self._size) + _bulk(self._ttl) + _bulk(b"PUBLISH")
+        self._mid_sharded = _bulk(self._size) + _bulk(self._ttl) + _bulk(b"SPUBLISH")
+        self._keys: dict[str, tuple[bytes, bytes]] = {}  # channel -> its keys, packed
 
     # -- keys ------------------------------------------------------------------------------------
 
@@ -243,53 +277,92 @@ class RedisHistory:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def write_command(self, out: _Out) -> tuple[Any, ...] | None:
-        """The script call that stores ``out``'s items with an id and publishes it, or None
-        when none has an id (or the server cannot run it): then the plain publish is sent."""
-        if not self.usable:
-            return None
-        items = out.items
-        pairs: list[bytes] = []
-        if len(items) == 1:
-            iid = items[0].id
-            if iid is None:
-                return None
-            pairs = [iid.encode("utf-8", "surrogatepass"), b""]
-        else:
-            bus = self.bus
+    def write_commands(self, outs: list[_Out]) -> None:
+        """Set the ``cmd`` of one publish batch's messages ``outs`` (one per channel, queued
+        together): when some item has an id, the messages go in script calls of up to
+        ``GROUP_MAX`` channels and ``GROUP_ITEMS_MAX`` items each (a message with more items
+        alone), the first message of a call holding it pre-packed (bytes) and the others their
+        place in it (int, see :func:`pack_pipeline`). Else (or when the server cannot run the
+        script) nothing is set: the plain publishes are sent."""
+        if not self.usable or not any(i.id is not None for o in outs for i in o.items):
+            return
+        group: list[_Out] = []
+        items = 0
+        for out in outs:
+            if group and (len(group) >= GROUP_MAX or items + len(out.items) > GROUP_ITEMS_MAX):
+                group[0].cmd = self._script_call(group)
+                group, items = [], 0
+            out.cmd = len(group)
+            group.append(out)
+            items += len(out.items)
+        group[0].cmd = self._script_call(group)
+
+    def _script_call(self, outs: list[_Out]) -> bytes:
+        """The write script's call for ``outs``, packed in the Redis protocol here: redis-py's
+        packer costs about 1 µs per argument, more than the rest of the publish path."""
+        n = len(outs)
+        streams: list[bytes] = []
+        policies: list[bytes] = []
+        body: list[bytes] = [self._mid_sharded if self.bus.sharded else self._mid]
+        argc = 6 + 2 * n
+        keys = self._keys
+        for out in outs:
+            channel = out.channel
+            ck = keys.get(channel)
+            if ck is None:
+                if len(keys) >= KEY_CACHE_MAX:
+                    keys.clear()
+                ck = keys[channel] = (
+                    _bulk(self.stream_key(channel)),
+                    _bulk(self.policy_key(channel)),
+                )
+            streams.append(ck[0])
+            policies.append(ck[1])
+            items = out.items
+            data = out.data
+            body += (_bulk(out.key), _bulk(data))
+            if len(items) == 1:  # the message is the entry's data (sent once)
+                iid = items[0].id
+                if iid is None:
+                    body.append(b"$1\r\n0\r\n")
+                    argc += 3
+                else:
+                    body += (b"$1\r\n1\r\n", _bulk(iid.encode("utf-8", "surrogatepass")))
+                    body.append(b"$0\r\n\r\n")
+                    argc += 5
+                continue
+            pairs: list[bytes] = []
             for item in items:
                 if item.id is not None:
-                    data = encode_items([item], bus.node_id, source=out.source, seq=out.seq)
-                    pairs += [item.id.encode("utf-8", "surrogatepass"), data]
-            if not pairs:
-                return None
-        return (
-            b"EVALSHA",
-            WRITE_SHA,
-            2,
-            self.stream_key(out.channel),
-            self.policy_key(out.channel),
-            self._size,
-            self._ttl,
-            b"SPUBLISH" if self.bus.sharded else b"PUBLISH",
-            out.key,
-            out.data,
-            *pairs,
-        )
+                    one = encode_items([item], self.bus.node_id, source=out.source, seq=out.seq)
+                    pairs += (_bulk(item.id.encode("utf-8", "surrogatepass")), _bulk(one))
+            body.append(_bulk(str(len(pairs) // 2).encode()))
+            body += pairs
+            argc += 3 + len(pairs)
+        head = b"*%d\r\n%s%s" % (argc, self._head, _bulk(str(2 * n).encode()))
+        return b"".join((head, *streams, *policies, *body))
 
-    def stored(self, out: _Out, reply: object) -> None:
-        """The write script's reply for ``out``: count what was stored, warn of a failure."""
+    def stored(self, out: _Out, reply: object) -> str | None:
+        """The write script's reply for the call that held ``out``: count what was stored,
+        warn of a failure. Returns why ``out`` was not published (Redis refused it), else
+        None."""
         counters = self.bus.counters
-        if isinstance(reply, int):
-            counters["history_stored"] += reply
-            return
-        if isinstance(reply, list) and len(reply) == 2 and isinstance(reply[0], int):
-            counters["history_stored"] += reply[0]
-            why = _text(reply[1])
+        k = out.cmd if isinstance(out.cmd, int) else 0
+        entry = reply[k] if isinstance(reply, list) and k < len(reply) else None
+        if isinstance(entry, int):
+            counters["history_stored"] += entry
+            return None
+        if isinstance(entry, list) and len(entry) >= 2 and isinstance(entry[0], int):
+            counters["history_stored"] += entry[0]
+            why = _text(entry[1])
+            refused = _text(entry[2]) if len(entry) >= 3 else None
+            if not why:
+                return refused or "refused"
         else:
-            why = "unexpected reply"
+            why, refused = "unexpected reply", None
         counters["history_write_errors"] += 1
         self.bus._warn("history-write", "bus: history of %r not stored: %s", out.channel, why)
+        return refused
 
     # -- policies --------------------------------------------------------------------------------
 
@@ -474,6 +547,33 @@ class _Read:
             done(replay)
         except Exception:
             log.exception("bus: a history read's callback failed")
+
+
+def pack_pipeline(conn: Connection, commands: list[tuple[Any, ...] | bytes | int]) -> list[bytes]:
+    """The Redis protocol of a pipeline: tuples packed by redis-py, write script calls packed
+    already (bytes) as they are, and the messages that ride in an earlier script call (int)
+    as nothing."""
+    if all(type(c) is tuple for c in commands):
+        return conn.pack_commands(cast(list[tuple[Any, ...]], commands))
+    out: list[bytes] = []
+    run: list[tuple[Any, ...]] = []
+    for c in commands:
+        if isinstance(c, tuple):
+            run.append(c)
+            continue
+        if run:
+            out += conn.pack_commands(run)
+            run = []
+        if isinstance(c, bytes):
+            out.append(c)
+    if run:
+        out += conn.pack_commands(run)
+    return out
+
+
+def _bulk(b: bytes) -> bytes:
+    """``b`` as a Redis protocol bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(b), b)
 
 
 def _ignore(reply: object) -> None:
