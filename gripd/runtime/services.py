@@ -30,6 +30,7 @@ from gripd.io.observe.events import EventFanout
 from gripd.io.observe.metrics import Metrics
 from gripd.io.observe.stats import StatsPublisher
 from gripd.io.observe.status import StatusBoard
+from gripd.io.observe.ticklog import TickLog
 
 log = logging.getLogger("gripd")
 
@@ -80,6 +81,7 @@ class Services:
             auth=self.publish_auth,
         )
         self.control: asyncio.Server | None = None
+        self.control_lines = TickLog("gripd.control", loop)
         self.control_limits = ControlLimits(
             config.push_in_http_max_headers_size,
             config.push_in_http_max_body_size,
@@ -119,6 +121,7 @@ class Services:
                     history=self.history,
                     auth=self.publish_auth,
                     limits=self.control_limits,
+                    lines=self.control_lines,
                 )
             except OSError as e:
                 address = f"{cfg.push_in_http_addr}:{cfg.push_in_http_port}"
@@ -148,6 +151,7 @@ class Services:
 
     async def stop(self) -> None:
         """Close the observers and the ZeroMQ context (after :meth:`stop_inputs`)."""
+        self.control_lines.flush()
         self.status.stop()
         await self.metrics.stop()
         await self.stats.stop()

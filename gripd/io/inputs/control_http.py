@@ -35,6 +35,7 @@ from gripd.core.publish import (
     PublishItem,
     handle_control_request,
 )
+from gripd.io.observe.ticklog import TickLog
 
 if typing.TYPE_CHECKING:
     from gripd.io.handler.history import HistoryReader
@@ -110,6 +111,7 @@ class ControlProtocol(asyncio.Protocol):
         max_headers_size: int,
         max_body_size: int,
         logger: logging.Logger,
+        lines: TickLog | None = None,
         header_timeout: float = 0.0,
         history: HistoryReader | None = None,
         history_timeout: float = HISTORY_READ_TIMEOUT,
@@ -125,6 +127,7 @@ class ControlProtocol(asyncio.Protocol):
         self._max_headers = max_headers_size
         self._max_body = max_body_size
         self._log = logger
+        self._lines = lines  # the publish request lines (F53), written in batches
         self._transport: asyncio.Transport | None = None
         self._state = "head"  # head -> body -> done
         self._buf = bytearray()
@@ -298,7 +301,11 @@ class ControlProtocol(asyncio.Protocol):
             return
         reply: ControlReply = handle_control_request(self._method, self._uri, self._headers, body)
         self._write(reply.code, reply.reason, reply.headers, reply.body)
-        self._log.info("%s", reply.log)
+        lines = self._lines
+        if lines is not None and lines.enabled():
+            lines.info(reply.log)
+        else:
+            self._log.info("%s", reply.log)
         # Pushpin answers before it processes the items (F28).
         if reply.items is not None:
             try:
@@ -419,6 +426,7 @@ async def start_control_server(
     history_timeout: float = HISTORY_READ_TIMEOUT,
     auth: PublishGate | None = None,
     limits: ControlLimits | None = None,
+    lines: TickLog | None = None,
 ) -> asyncio.Server:
     """Listen for control API requests on ``host:port`` (``push_in_http_addr``/``_port``);
     ``header_timeout`` > 0 bounds the time to receive a whole request. ``history`` answers
@@ -426,7 +434,8 @@ async def start_control_server(
     ``done`` callback must run on this event loop, within ``history_timeout`` seconds (else
     503; 0 waits without limit). ``auth`` (``publish_key``) refuses requests without a valid
     ``Authorization: Bearer <JWT>`` with 401/403. ``limits``, when given, replaces the three
-    bounds and is read again for each connection."""
+    bounds and is read again for each connection. ``lines`` takes the request lines of
+    publishes (one write per batch rather than per request)."""
     log = logger or _LOG
     loop = asyncio.get_running_loop()
     lim = limits or ControlLimits(max_headers_size, max_body_size, header_timeout)
@@ -436,6 +445,7 @@ async def start_control_server(
             max_headers_size=lim.max_headers_size,
             max_body_size=lim.max_body_size,
             logger=log,
+            lines=lines,
             header_timeout=lim.header_timeout,
             history=history,
             history_timeout=history_timeout,
