@@ -42,11 +42,8 @@ from gripd.io.handler.history import HistoryReader
 from gripd.io.handler.pipeline import PublishPipeline
 from gripd.io.handler.proxy import ProxySession, own_response
 from gripd.io.handler.ws_session import WsSession
-from gripd.io.inputs.zmq import BindError, os_reason
 from gripd.io.listener.client import ClientConnection, Flusher, Request
 from gripd.io.listener.conn import ClientConn, Listened
-from gripd.io.listener.tls import CertStore, serve_tls, stop_watch
-from gripd.io.listener.unix import bind_unix, file_id, unlink_if_same
 from gripd.io.observe.events import Events
 from gripd.io.observe.status import StatusReporter
 from gripd.io.observe.ticklog import TickLog
@@ -55,6 +52,7 @@ from gripd.io.origin.woh import WohPeer
 from gripd.io.origin.ws_peer import WsOriginPeer
 from gripd.runtime.admission import Admission
 from gripd.runtime.buses import make_bus, make_history
+from gripd.runtime.listeners import ClientListeners
 from gripd.runtime.reload import (
     ConfigReloader,
     apply_history_settings,
@@ -261,10 +259,13 @@ class App:
         self.channels.add_listener(self.bus)
         if self.services is not None:
             self.channels.add_listener(self.services.zmq_inputs)
-        self.servers: list[asyncio.Server] = []
-        self.certs: CertStore | None = None  # https_ports certificates, once loaded
-        self._certs_task: asyncio.Task[None] | None = None
-        self._unix_files: list[tuple[str, int | None]] = []  # local_ports bound here, to remove
+        self.listeners = ClientListeners(
+            self.loop,
+            lambda: ClientConnection(self),
+            shared=worker is not None,
+            announce=worker is None or worker.index == 0,  # one worker speaks for all
+            worker_unix=worker.unix_socks if worker is not None else None,
+        )
         self._stopping = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
         self._log_level_fixed = log_level_fixed
@@ -683,8 +684,7 @@ class App:
         self._watch_task = self.loop.create_task(self._watch_routes())
         if self.reloader is not None:
             self._reload_task = self.loop.create_task(self.reloader.watch())
-        if self.certs is not None:
-            self._certs_task = self.loop.create_task(self.certs.watch())
+        self.listeners.watch()
         if self.status_reporter is not None:
             self.status_reporter.start()
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -697,85 +697,13 @@ class App:
         """One start phase: the TCP listeners (``ipc`` False) or the ``ipc://`` paths (True).
         A worker binds only its client listeners, sharing each port with the other workers
         (SO_REUSEPORT); the hub binds the rest."""
-        cfg = self.config
         if not ipc:
-            for listen in cfg.http_port:
-                try:
-                    server = await self.loop.create_server(
-                        lambda: ClientConnection(self),
-                        host=listen.addr or None,
-                        port=listen.port,
-                        reuse_address=True,
-                        reuse_port=self.worker is not None or None,
-                        backlog=4096,
-                    )
-                except OSError as e:
-                    address = f"{listen.addr or '*'}:{listen.port}"
-                    raise BindError(address, "http_port", os_reason(e)) from None
-                self.servers.append(server)
-                if self.worker is None or self.worker.index == 0:
-                    log.info("listening on %s:%d", listen.addr or "*", listen.port)
-            await self._bind_tls()
-            await self._bind_local()
+            await self.listeners.bind(self.config)
             if self.pipeline is not None:
                 await self.pipeline.start()
             await self.bus.start()
         if self.services is not None:
             await self.services.bind(ipc=ipc)
-
-    def _says(self) -> bool:
-        """Whether this process logs the listeners (one worker speaks for all)."""
-        return self.worker is None or self.worker.index == 0
-
-    async def _bind_tls(self) -> None:
-        """F3 ``https_ports``: TLS listeners with the certificates of ``runner/certs``
-        (loaded now: a missing or bad one is a :class:`ConfigError` naming the file)."""
-        cfg = self.config
-        if not cfg.https_ports:
-            return
-        certs = CertStore(
-            os.path.join(cfg.config_dir, "runner", "certs"),
-            [p.port for p in cfg.https_ports],
-            http2=cfg.http2,
-            reload_interval=cfg.tls_reload_interval,
-            quiet=not self._says(),
-        )
-        certs.load()
-        self.certs = certs
-        self.servers += await serve_tls(
-            self.loop,
-            lambda: ClientConnection(self),
-            cfg.https_ports,
-            certs,
-            reuse_port=self.worker is not None,
-            header_timeout=cfg.client_header_timeout,
-            announce=self._says(),
-        )
-
-    async def _bind_local(self) -> None:
-        """F3 ``local_ports``: Unix-socket listeners. A single process binds them; with
-        workers the hub binds each once and every worker accepts on the descriptor it was
-        handed (SO_REUSEPORT does not apply to Unix sockets; the kernel gives each new
-        connection to one of the accepting workers)."""
-        socks: list[tuple[str, socket.socket]] = []
-        if self.worker is not None:
-            socks = list(self.worker.unix_socks)
-        else:
-            for path in self.config.local_ports:
-                sock = bind_unix(path)
-                self._unix_files.append((path, file_id(path)))
-                socks.append((path, sock))
-        for path, sock in socks:
-            try:
-                server = await self.loop.create_unix_server(
-                    lambda: ClientConnection(self), sock=sock, backlog=4096
-                )
-            except OSError as e:
-                sock.close()
-                raise BindError(path, "local_ports", os_reason(e)) from None
-            self.servers.append(server)
-            if self.worker is None:  # the hub says it for the workers
-                log.info("listening on unix:%s", path)
 
     async def run(self) -> None:
         await self.start()
@@ -826,7 +754,7 @@ class App:
             self._watch_task.cancel()
         if self._reload_task is not None:
             self._reload_task.cancel()
-        await stop_watch(self._certs_task)
+        await self.listeners.stop_watch()
         if self.status_reporter is not None:
             self.status_reporter.stop()
         if self._waiting_timer is not None:
@@ -837,8 +765,7 @@ class App:
         if self.services is not None:
             await self.services.stop_inputs()
         await self.bus.stop()
-        for server in self.servers:
-            server.close()
+        self.listeners.close()
         for conn in list(self.connections):
             conn.close()
         await self.pool.close()
@@ -846,11 +773,7 @@ class App:
         self.engine.ticklog.flush()
         if self.services is not None:
             await self.services.stop()
-        for server in self.servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 2.0)
-        for path, ino in self._unix_files:
-            unlink_if_same(path, ino)
+        await self.listeners.wait_closed()
 
 
 @dataclass(frozen=True, slots=True)

@@ -251,6 +251,8 @@ async def test_stream_fan_out_across_workers(start: StartFn) -> None:
         want = b"".join(f"item {n}\n".encode() for n in range(1, 6))
         for r in streams:
             assert await r.read_body_until(b"item 5\n", WAIT) == want
+        # The workers report their deliveries to the hub's counters after writing them.
+        await wait_metric(s, 'pp_gripd_delivered_total{transport="http-stream"}', 100)
         m = await metrics(s)
         assert m['pp_gripd_publish_received_total{source="http"}'] == 5  # counted once, by the hub
         assert m['pp_gripd_delivered_total{transport="http-stream"}'] == 100
