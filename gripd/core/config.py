@@ -300,6 +300,8 @@ class Config:
     tls_reload_interval: float = 5.0  # seconds between looks at the https_ports certificates
     http2: bool = True  # offer HTTP/2 (ALPN h2) on the https_ports listeners
     http2_max_streams: int = 100  # concurrent requests on one HTTP/2 connection
+    http2_reset_budget: int = 200  # early stream resets before GOAWAY; a quarter refills per s
+    http2_control_budget: int = 1000  # PING/SETTINGS/... frames; a fifth refills per second
     extra: dict[str, dict[str, str]] = field(default_factory=dict)
     # ``file:line: ...`` for each line of the files that was dropped or read in a lenient way
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -734,6 +736,8 @@ def load_config(
         tls_reload_interval=_tls_reload_interval(r),
         http2=r.bool_("gripd", "http2", True),
         http2_max_streams=r.int_("gripd", "http2_max_streams", 100, minimum=1),
+        http2_reset_budget=r.int_("gripd", "http2_reset_budget", 200, minimum=4),
+        http2_control_budget=r.int_("gripd", "http2_control_budget", 1000, minimum=5),
         extra=extra,
         warnings=tuple(warnings),
     )

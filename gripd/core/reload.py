@@ -65,6 +65,8 @@ LIVE: frozenset[str] = frozenset(
         "publish_key",
         "publish_iss",
         "http2_max_streams",
+        "http2_reset_budget",
+        "http2_control_budget",
     }
 )
 

@@ -461,3 +461,30 @@ async def test_stream_past_the_limit_is_refused_alone(tls_start: Any, origin: Or
         assert await raw.until(lambda: all(b"still here" in raw.data.get(s, b"") for s in held))
     finally:
         await raw.close()
+
+
+@pytest.mark.parametrize("budget", ["8", "200"])
+async def test_reset_budget_is_a_setting(tls_start: Any, origin: Origin, budget: str) -> None:
+    """``[gripd] http2_reset_budget``: 20 streams opened and reset at once exhaust a budget of
+    8 (GOAWAY ENHANCE_YOUR_CALM) and not the default 200 (the connection goes on)."""
+    origin.route("GET", "/slow", Reply(200, [], "slow\n", delay=5.0))
+    origin.route("GET", "/hello", Reply(200, [], "hi\n"))
+    t = await tls_start(origin, {"gripd": {"http2_reset_budget": budget}})
+    raw = await RawH2.open(t.https_port, client_context(t.ca, ["h2"]))
+    try:
+        for _ in range(20):
+            sid = raw.request("/slow")
+            raw.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        await raw.send()
+        if budget == "8":
+            await raw.until(lambda: raw.terminated is not None or raw.closed, WAIT)
+            assert raw.terminated is not None
+            assert raw.terminated.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        else:
+            sid = raw.request("/hello")
+            await raw.send()
+            assert await raw.until(lambda: sid in raw.ended, WAIT)
+            assert bytes(raw.data[sid]) == b"hi\n"
+            assert raw.terminated is None
+    finally:
+        await raw.close()

@@ -26,10 +26,11 @@ Bounds (RFC 9113 10.5, CVE-2023-44487):
 - the request head: SETTINGS_MAX_HEADER_LIST_SIZE is ``client_buffer_size`` (F3), past which
   the stream is answered ``431``;
 - rapid reset: streams reset by the client before their response was complete draw on a budget
-  of ``RESET_BURST`` refilled at ``RESET_RATE`` per second; past it the connection gets GOAWAY
+  of ``[gripd] http2_reset_budget`` (default 200) refilled at a quarter of it per second; past it
+  the connection gets GOAWAY
   ``ENHANCE_YOUR_CALM`` and is closed, and the requests it started are cancelled;
 - control-frame floods (PING, SETTINGS, PRIORITY, empty DATA, unknown frames): the same with
-  ``CONTROL_BURST`` / ``CONTROL_RATE``;
+  ``[gripd] http2_control_budget`` (default 1000), refilled at a fifth of it per second;
 - ``client_header_timeout`` for the first request after the TLS handshake, and
   ``client_idle_timeout`` for a connection with no stream open (GOAWAY, then close).
 
@@ -65,13 +66,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gripd.client")
 
-# Rapid reset (CVE-2023-44487): streams the client may reset before their response is complete,
-# as a burst and then per second.
-RESET_BURST = 200
-RESET_RATE = 50.0
-# PING, SETTINGS, PRIORITY, empty DATA and unknown frames a client may send, likewise.
-CONTROL_BURST = 1000
-CONTROL_RATE = 200.0
+# The budgets (``http2_reset_budget``, ``http2_control_budget``) refill at these fractions of
+# themselves per second: a burst of the whole budget, then a quarter (a fifth) of it per second.
+RESET_REFILL = 0.25
+CONTROL_REFILL = 0.2
 
 # Response header fields HTTP/2 forbids (RFC 9113 8.2.2); the handlers write HTTP/1.1 heads.
 _CONNECTION_SPECIFIC = frozenset(
@@ -168,8 +166,9 @@ class H2Connection(asyncio.Protocol):
         self._failed = False  # a connection error was sent; closing after FAIL_LINGER
         self._idle_handle: asyncio.TimerHandle | None = None
         now = app.loop.time()
-        self._budget_reset = _Budget(RESET_BURST, RESET_RATE, now)
-        self._budget_control = _Budget(CONTROL_BURST, CONTROL_RATE, now)
+        rb, cb = cfg.http2_reset_budget, cfg.http2_control_budget
+        self._budget_reset = _Budget(rb, rb * RESET_REFILL, now)
+        self._budget_control = _Budget(cb, cb * CONTROL_REFILL, now)
 
     # -- start and end -------------------------------------------------------------------------
 
