@@ -314,10 +314,10 @@ def _dec_http_response(v: object) -> HttpResponseFormat:
     if body is not None:
         out.body = _bytes(body, "http-response body")
     if patch is not None:
-        value = _untag(patch)
-        if type(value) is not list:
+        patch_value = _untag(patch)  # not ``value``: that name holds the headers' str values
+        if type(patch_value) is not list:
             raise _Bad("http-response body_patch is not a list")
-        out.body_patch = value
+        out.body_patch = patch_value
     out.content_filters = _filters(filters, "http-response")
     return out
 
