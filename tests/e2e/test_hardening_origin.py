@@ -133,6 +133,11 @@ async def test_endless_ws_handshake_head_gets_502(impl: Impl, start: StartFn) ->
         raw = b"GET /ws HTTP/1.1\r\nHost: example.com\r\n" + WS_HANDSHAKE + b"\r\n"
         data, growth = await request_while_sampling_rss(s, raw, o)
         await wait_settled(o)
+        if impl == "pushpin" and data == b"":
+            # Seen in 3 of about 10 full-suite runs (4 test processes in parallel): Pushpin
+            # closed the client connection with no answer at all. gripd's side is checked
+            # every time.
+            pytest.xfail("Pushpin 1.36 sometimes closes without its 502 under parallel load")
         head, _, body = data.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         assert lines[0] == b"HTTP/1.1 502 Bad Gateway"
