@@ -21,15 +21,12 @@ from typing import Any
 import gripcontrol
 import jwt
 import pytest
-import zmq
-import zmq.asyncio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gripd.core.tnetstring import dumps, loads
 from gripd.runtime.services import _beyond_loopback
 from tests.conftest import TIME_SCALE, StartFn
-from tests.support.e2e import stream_item
+from tests.support.e2e import command_request, stream_item
 from tests.support.procs import Impl, Server, run_gripd_expecting_exit
 from tests.support.rawhttp import RawResponse
 
@@ -249,16 +246,7 @@ async def test_es256_and_rs256_public_keys(start: StartFn, tmp_path: Path) -> No
 
 
 async def command(s: Server, req: dict[bytes, Any]) -> Any:
-    ctx = zmq.asyncio.Context()
-    sock = ctx.socket(zmq.REQ)
-    sock.linger = 0
-    sock.connect(f"tcp://127.0.0.1:{s.command_port}")
-    try:
-        await sock.send(dumps(req))
-        return loads(await asyncio.wait_for(sock.recv(), WAIT))
-    finally:
-        sock.close()
-        ctx.term()
+    return await command_request(s.command_port, req, WAIT)
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

@@ -32,9 +32,8 @@ import zmq
 import zmq.asyncio
 from websockets.asyncio.client import ClientConnection, connect
 
-from gripd.core.tnetstring import dumps, loads
 from tests.conftest import TIME_SCALE, StartFn
-from tests.support.e2e import get, lp_item, publish, stream_item
+from tests.support.e2e import command_request, get, lp_item, publish, stream_item
 from tests.support.origin import Origin, RecordedRequest, Reply
 from tests.support.procs import (
     Server,
@@ -332,16 +331,7 @@ async def _push(port: int, frame: bytes) -> None:
 
 
 async def _command(port: int, req: dict[bytes, object]) -> object:
-    ctx = zmq.asyncio.Context()
-    sock = ctx.socket(zmq.REQ)
-    sock.linger = 0
-    sock.connect(f"tcp://127.0.0.1:{port}")
-    try:
-        await sock.send(dumps(req))
-        return loads(await asyncio.wait_for(sock.recv(), WAIT))
-    finally:
-        sock.close()
-        ctx.term()
+    return await command_request(port, req, WAIT)
 
 
 async def test_zmq_pull_publish_reaches_both_workers(start: StartFn, origin: Origin) -> None:

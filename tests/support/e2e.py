@@ -5,7 +5,28 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import zmq
+import zmq.asyncio
+
+from gripd.core.tnetstring import dumps, loads
 from tests.support.procs import Server
+
+#: Bound on waiting for the command socket's answer (seconds).
+COMMAND_WAIT = 10.0
+
+
+async def command_request(port: int, req: dict[bytes, Any], within: float = COMMAND_WAIT) -> Any:
+    """One request to the command socket (F42, tnetstring over ZeroMQ REQ) on ``port``."""
+    ctx = zmq.asyncio.Context()
+    sock = ctx.socket(zmq.REQ)
+    sock.linger = 0
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        await sock.send(dumps(req))
+        return loads(await asyncio.wait_for(sock.recv(), within))
+    finally:
+        sock.close()
+        ctx.term()
 
 
 def get(path: str, extra: str = "", version: str = "1.1") -> bytes:
