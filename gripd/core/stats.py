@@ -280,6 +280,7 @@ class StatsState:
         self.subscription_linger = subscription_linger
         self.report_interval = report_interval
         self.conns: dict[str, _Conn] = {}
+        self._per_route: dict[str, int] = {}  # open connections by route (kept with conns)
         self.subs: dict[tuple[str, str], _Sub] = {}
         self.reports: dict[str, Report] = {}  # route -> its report
         self.totals = Totals()
@@ -311,15 +312,28 @@ class StatsState:
             r = self.reports[route] = Report(start=now)
         return r
 
+    def _pop_conn(self, conn_id: str) -> _Conn | None:
+        c = self.conns.pop(conn_id, None)
+        if c is not None:
+            left = self._per_route[c.route] - 1
+            if left:
+                self._per_route[c.route] = left
+            else:
+                del self._per_route[c.route]
+        return c
+
     def _update_connections_max(self, now: float, route: str = "") -> None:
+        """Per open and close: constant time (a count per route, and the total adjusted by
+        the change), not a walk over every open connection."""
         r = self._get_report(now, route)
-        n = sum(1 for c in self.conns.values() if c.route == route)
+        n = self._per_route.get(route, 0)
+        before = r.connections_max
         if r.connections_max_stale:
             r.connections_max = n
             r.connections_max_stale = False
         else:
             r.connections_max = max(r.connections_max, n)
-        self.totals.connection_connected = sum(x.connections_max for x in self.reports.values())
+        self.totals.connection_connected += r.connections_max - before
 
     def _add_minutes(self, mins: int, now: float, route: str = "") -> None:
         self._get_report(now, route).minutes += mins
@@ -345,11 +359,12 @@ class StatsState:
     ) -> list[Packet]:
         """A connection opened: its ``conn`` packet; counts its first minute at once. An open
         ``conn_id`` is replaced (Pushpin: a request handed back for a retry)."""
-        old = self.conns.pop(conn_id, None)
+        old = self._pop_conn(conn_id)
         c = _Conn(conn_id, type, peer, ssl, old.last_report if old else now, route=route)
         if old is not None:
             c.gen = old.gen
         self.conns[conn_id] = c
+        self._per_route[route] = self._per_route.get(route, 0) + 1
         self._schedule(("c", conn_id, ""), c, now + self._conn_interval)
         if self._reporting:
             if old is not None and old.route != route:
@@ -361,7 +376,7 @@ class StatsState:
 
     def connection_closed(self, conn_id: str, now: float) -> list[Packet]:
         """A connection closed: ``conn`` with ``unavailable`` (nothing for an unknown id)."""
-        c = self.conns.pop(conn_id, None)
+        c = self._pop_conn(conn_id)
         if c is None:
             return []
         c.gen += 1  # invalidate its scheduled refresh
