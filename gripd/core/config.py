@@ -174,6 +174,10 @@ class Listen:
     port: int
 
 
+# [runner] client_buffer_size: a request head bound, also sent as HTTP/2's SETTINGS value.
+CLIENT_BUFFER_MAX = 16 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Everything gripd reads from pushpin.conf, flat, keyed by pushpin.conf names (F2-F5).
@@ -423,7 +427,14 @@ class _Reader:
         e = self.entry(section, key)
         return [] if e is None else [self.resolve(s) for s in _split_list(e[0])]
 
-    def int_(self, section: str, key: str, default: int, minimum: int | None = None) -> int:
+    def int_(
+        self,
+        section: str,
+        key: str,
+        default: int,
+        minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> int:
         e = self.entry(section, key)
         if e is None or e[0] == "":  # empty counts as unset (Pushpin would read 0)
             return default
@@ -433,6 +444,8 @@ class _Reader:
             raise self.error(section, key, "must be an integer")
         if minimum is not None and n < minimum:
             raise self.error(section, key, f"must be at least {minimum}")
+        if maximum is not None and n > maximum:
+            raise self.error(section, key, f"must be at most {maximum}")
         return n
 
     def float_(self, section: str, key: str, default: float, *, allow_zero: bool = False) -> float:
@@ -658,7 +671,9 @@ def load_config(
         local_ports=r.list_("runner", "local_ports"),
         logdir=r.str_("runner", "logdir"),
         log_level=log_level,
-        client_buffer_size=r.int_("runner", "client_buffer_size", 8192, minimum=1),
+        client_buffer_size=r.int_(
+            "runner", "client_buffer_size", 8192, minimum=1, maximum=CLIENT_BUFFER_MAX
+        ),
         client_maxconn=r.int_("runner", "client_maxconn", 50000, minimum=1),
         routesfile=_resolve_path(config_dir, routes) if routes else None,
         debug=r.bool_("proxy", "debug"),
@@ -735,9 +750,12 @@ def load_config(
         wildcard_channels=_wildcard_channels(r),
         tls_reload_interval=_tls_reload_interval(r),
         http2=r.bool_("gripd", "http2", True),
-        http2_max_streams=r.int_("gripd", "http2_max_streams", 100, minimum=1),
-        http2_reset_budget=r.int_("gripd", "http2_reset_budget", 200, minimum=4),
-        http2_control_budget=r.int_("gripd", "http2_control_budget", 1000, minimum=5),
+        # SETTINGS values are 32-bit; beyond these bounds the budgets would protect nothing.
+        http2_max_streams=r.int_("gripd", "http2_max_streams", 100, minimum=1, maximum=10_000),
+        http2_reset_budget=r.int_("gripd", "http2_reset_budget", 200, minimum=4, maximum=1_000_000),
+        http2_control_budget=r.int_(
+            "gripd", "http2_control_budget", 1000, minimum=5, maximum=1_000_000
+        ),
         extra=extra,
         warnings=tuple(warnings),
     )

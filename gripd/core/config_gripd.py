@@ -125,6 +125,7 @@ def _publish_iss(r: _Reader) -> str:
     return value
 
 
+TLS_RELOAD_MIN = 0.1
 TLS_RELOAD_MAX = 86_400.0
 
 
@@ -132,6 +133,8 @@ def _tls_reload_interval(r: _Reader) -> float:
     """``[gripd] tls_reload_interval``: seconds between looks at the ``https_ports``
     certificate files (changed files are loaded without a restart); default 5."""
     value = r.float_("gripd", "tls_reload_interval", 5.0)
+    if value < TLS_RELOAD_MIN:  # polling the files must not become a busy loop
+        raise r.error("gripd", "tls_reload_interval", f"must be at least {TLS_RELOAD_MIN:g}")
     if value > TLS_RELOAD_MAX:
         raise r.error("gripd", "tls_reload_interval", f"must be at most {TLS_RELOAD_MAX:g}")
     return value

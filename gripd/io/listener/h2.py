@@ -24,7 +24,9 @@ Bounds (RFC 9113 10.5, CVE-2023-44487):
 - ``[gripd] http2_max_streams`` concurrent streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS;
   a stream past it is refused with REFUSED_STREAM, the others go on);
 - the request head: SETTINGS_MAX_HEADER_LIST_SIZE is ``client_buffer_size`` (F3), past which
-  the stream is answered ``431``;
+  the stream is answered ``431`` (a stream error; the connection goes on). The HPACK decoder's
+  own, looser bound (``header_decode_max``: 64 KiB, or twice ``client_buffer_size``) fails the
+  connection;
 - rapid reset: streams reset by the client before their response was complete draw on a budget
   of ``[gripd] http2_reset_budget`` (default 200) refilled at a quarter of it per second; past it
   the connection gets GOAWAY
@@ -75,6 +77,15 @@ CONTROL_REFILL = 0.2
 _CONNECTION_SPECIFIC = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
+
+# The HPACK decoder's own bound on one header list (bytes, counted as RFC 7541 does): beyond it
+# the connection fails. Requests over client_buffer_size but under this get their 431.
+HEADER_DECODE_MIN = 65_536
+
+
+def header_decode_max(client_buffer_size: int) -> int:
+    return max(HEADER_DECODE_MIN, 2 * client_buffer_size)
+
 
 # Seconds a connection that got a connection error (GOAWAY) is kept, reading and dropping, so
 # that the GOAWAY reaches the client before the close.
@@ -157,6 +168,7 @@ class H2Connection(asyncio.Protocol):
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,
             },
         )
+        self.h2.decoder.max_header_list_size = header_decode_max(cfg.client_buffer_size)
         self.streams: dict[int, H2Stream] = {}
         self.blocked: dict[int, H2Stream] = {}  # streams with data waiting for window
         self.wbuf: list[bytes] = []  # frames for the next flush, in order
