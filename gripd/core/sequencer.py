@@ -108,6 +108,12 @@ class Sequencer:
         "pending_max",
     )
 
+    def configure(self, message_wait_ms: int, id_cache_ttl: int) -> None:
+        """F35 ``message_wait`` and ``id_cache_ttl`` (at start, and on a config reload; what
+        waits keeps its place)."""
+        self.message_wait = message_wait_ms / 1000.0
+        self.id_cache_ttl = id_cache_ttl
+
     def __init__(
         self,
         *,
@@ -117,8 +123,7 @@ class Sequencer:
         last_ids_max: int = LAST_IDS_MAX,
         pending_max: int = CHANNEL_PENDING_MAX,
     ) -> None:
-        self.message_wait = message_wait_ms / 1000.0
-        self.id_cache_ttl = id_cache_ttl
+        self.configure(message_wait_ms, id_cache_ttl)
         self.id_cache_max = id_cache_max
         self.pending_max = pending_max
         self.last_ids = LastIds(last_ids_max)

@@ -28,7 +28,7 @@ from gripd.core import headers as hdr
 from gripd.core.config import Config
 from gripd.core.dispatch import DispatchSettings, Respond, Wait, dispatch
 from gripd.core.errors import ConfigError
-from gripd.core.forward import ForwardSettings, client_is_tls
+from gripd.core.forward import client_is_tls
 from gripd.core.publish import PublishItem
 from gripd.core.routes import Route, RouteTable
 from gripd.core.sequencer import Sequencer
@@ -55,8 +55,9 @@ from gripd.runtime.buses import make_bus, make_history
 from gripd.runtime.listeners import ClientListeners
 from gripd.runtime.reload import (
     ConfigReloader,
-    apply_history_settings,
-    apply_publish_settings,
+    apply_instance_settings,
+    forward_settings,
+    read_bytes,
     set_log_level,
 )
 
@@ -73,10 +74,6 @@ FD_LOG_INTERVAL = 10.0  # at most one descriptor-shortage line per this many sec
 MAXCONN_LOG_INTERVAL = 5.0  # at most one client_maxconn line per this many seconds
 
 ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
-
-
-def _read_bytes(path: str) -> bytes:
-    return Path(path).read_bytes()
 
 
 def _nofile_limit() -> int | None:
@@ -109,23 +106,6 @@ class RateLog:
         self._last = now
         n, self.pending = self.pending, 0
         return n
-
-
-def forward_settings(config: Config) -> ForwardSettings:
-    """What requests to origins carry (F9, F14-F16); raises ConfigError for a key file that
-    cannot be read."""
-    base = config.config_dir
-    return ForwardSettings(
-        sig_iss=config.sig_iss,
-        sig_key=parse_key(config.sig_key, base_dir=base, read_file=_read_bytes),
-        upstream_key=parse_key(config.upstream_key, base_dir=base, read_file=_read_bytes),
-        accept_x_forwarded_protocol=config.accept_x_forwarded_protocol,
-        set_x_forwarded_protocol=config.set_x_forwarded_protocol,
-        x_forwarded_for=tuple(config.x_forwarded_for),
-        x_forwarded_for_trusted=tuple(config.x_forwarded_for_trusted),
-        orig_headers_need_mark=tuple(config.orig_headers_need_mark),
-        accept_pushpin_route=config.accept_pushpin_route,
-    )
 
 
 class App:
@@ -351,13 +331,14 @@ class App:
         pool.response_timeout = config.origin_response_timeout
         pool.response_head_max = config.origin_response_head_max
         self.engine.write_buffer_max = config.client_write_buffer_max
-        self.channels.interest.linger = float(config.subscription_linger)
-        if self.pipeline is not None:
-            apply_publish_settings(self.pipeline, config)
-        if self.history is not None:
-            apply_history_settings(self.history, config)
-        if services is not None:
-            services.reconfigure(config, auth)
+        apply_instance_settings(
+            config,
+            services=services,
+            auth=auth,
+            pipeline=self.pipeline,
+            history=self.history,
+            interest=self.channels.interest,
+        )
 
     def _apply_reloaded(self, config: Config) -> None:
         self.apply_config(config)
@@ -384,7 +365,7 @@ class App:
                 base = os.path.dirname(route.filename) or self.config.config_dir
                 try:
                     self._route_keys[cache_key] = parse_key(
-                        route.sig_key, base_dir=base, read_file=_read_bytes
+                        route.sig_key, base_dir=base, read_file=read_bytes
                     )
                 except ConfigError as e:
                     log.error("route %s: %s", route.id, e)

@@ -50,8 +50,8 @@ from gripd.runtime.admission import Admission
 from gripd.runtime.buses import make_bus, make_history
 from gripd.runtime.reload import (
     ConfigReloader,
-    apply_history_settings,
-    apply_publish_settings,
+    apply_instance_settings,
+    forward_settings,
     set_log_level,
 )
 from gripd.runtime.services import Services
@@ -389,12 +389,17 @@ class Hub:
         """A reloaded configuration (:mod:`gripd.runtime.reload`): the hub's publish inputs,
         pipeline and history take it, then every worker (a worker started later gets it in its
         init). A key file that cannot be read raises ConfigError before anything changed."""
+        forward_settings(config)  # the workers' key files: refused here, once, if unreadable
         auth = self.services.publish_auth_for(config)
         self.config = config
-        self.services.reconfigure(config, auth)
-        apply_publish_settings(self.pipeline, config)
-        apply_history_settings(self.history, config)
-        self.tracker.interest.linger = float(config.subscription_linger)
+        apply_instance_settings(
+            config,
+            services=self.services,
+            auth=auth,
+            pipeline=self.pipeline,
+            history=self.history,
+            interest=self.tracker.interest,
+        )
         level = None
         if not self.log_level_fixed:
             level = config.log_level

@@ -16,15 +16,22 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gripd.core.config import Config
 from gripd.core.errors import ConfigError
-from gripd.core.history import HistoryPolicy, MemoryHistory
+from gripd.core.forward import ForwardSettings
+from gripd.core.history import HistoryPolicy
 from gripd.core.reload import plan_reload
+from gripd.core.sig import parse_key
+from gripd.io.handler.history import LocalHistory
 
 if TYPE_CHECKING:
+    from gripd.core.interest import ChannelInterest
+    from gripd.core.pubauth import PublishAuth
     from gripd.io.handler.pipeline import PublishPipeline
+    from gripd.runtime.services import Services
 
 log = logging.getLogger("gripd")
 
@@ -104,25 +111,47 @@ class ConfigReloader:
                 self.reload()
 
 
-def apply_publish_settings(pipeline: PublishPipeline, config: Config) -> None:
-    """F34/F35 on a reload: the publish rate, high-water mark, block size, and the sequencer's
-    ``message_wait`` and ``id_cache_ttl``. Items already queued keep their place."""
-    pipeline.hwm = config.message_hwm
-    pipeline.block_size = config.message_block_size
-    pipeline.limiter.set_rate(config.message_rate)
-    pipeline.limited = config.message_rate > 0 or config.message_hwm > 0
-    seq = pipeline.sequencer
-    seq.message_wait = config.message_wait / 1000.0
-    seq.id_cache_ttl = config.id_cache_ttl
+def forward_settings(config: Config) -> ForwardSettings:
+    """What requests to origins carry (F9, F14-F16); raises ConfigError for a key file that
+    cannot be read (so a reload can be refused before anything changed)."""
+    base = config.config_dir
+    return ForwardSettings(
+        sig_iss=config.sig_iss,
+        sig_key=parse_key(config.sig_key, base_dir=base, read_file=read_bytes),
+        upstream_key=parse_key(config.upstream_key, base_dir=base, read_file=read_bytes),
+        accept_x_forwarded_protocol=config.accept_x_forwarded_protocol,
+        set_x_forwarded_protocol=config.set_x_forwarded_protocol,
+        x_forwarded_for=tuple(config.x_forwarded_for),
+        x_forwarded_for_trusted=tuple(config.x_forwarded_for_trusted),
+        orig_headers_need_mark=tuple(config.orig_headers_need_mark),
+        accept_pushpin_route=config.accept_pushpin_route,
+    )
 
 
-def apply_history_settings(history: object, config: Config) -> None:
-    """``history_size`` / ``history_ttl`` on a reload, for the in-memory store (channels of
-    routes with their own history options keep those). The Redis store takes them at start
-    only: :func:`gripd.core.reload.plan_reload` callers are told so by the docs."""
-    store = getattr(history, "store", None)
-    if isinstance(store, MemoryHistory):
-        store.set_default(HistoryPolicy(config.history_size, config.history_ttl))
+def read_bytes(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+def apply_instance_settings(
+    config: Config,
+    *,
+    services: Services | None,
+    auth: PublishAuth | None,
+    pipeline: PublishPipeline | None,
+    history: object,
+    interest: ChannelInterest,
+) -> None:
+    """A reload's part for what exists once per instance (the hub, or a single process): the
+    publish inputs (``auth`` from ``services.publish_auth_for``, read before anything
+    changed), the pipeline's rate and sequencing, the in-memory history's default policy
+    (the Redis store takes it at start only) and the subscription linger."""
+    if services is not None:
+        services.reconfigure(config, auth)
+    if pipeline is not None:
+        pipeline.reconfigure(config)
+    if isinstance(history, LocalHistory):
+        history.set_default(HistoryPolicy(config.history_size, config.history_ttl))
+    interest.linger = float(config.subscription_linger)
 
 
 def set_log_level(level: int) -> None:

@@ -179,3 +179,19 @@ async def test_reload_publish_key_and_debug(start: StartFn, origin: Origin) -> N
         verbose = await c.get(s.base_url() + "/x", headers={"Host": "dead.test"})
         assert verbose.status_code == 502
         assert verbose.text != plain.text  # debug adds the reason
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_unreadable_key_file_refuses_the_whole_reload(
+    start: StartFn, origin: Origin, workers: str
+) -> None:
+    """A ``sig_key`` naming a file that cannot be read (F9) refuses the reload before anything
+    changed, in the hub and in every worker: the CORS change in the same edit is not applied."""
+    origin.route("GET", "/plain", Reply(200, [], "plain\n"))
+    s = await start("gripd", [f"* 127.0.0.1:{origin.port}"], conf={"gripd": {"workers": workers}})
+    set_conf(s.conf_path, "proxy", "auto_cross_origin", "true")
+    set_conf(s.conf_path, "proxy", "sig_key", "file:missing.key")
+    await wait_log(s, r"config not reloaded: .*missing\.key")
+    await asyncio.sleep(0.5)
+    assert await cors_of(s) is None
+    assert "config reloaded:" not in s.log_text()

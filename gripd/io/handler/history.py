@@ -78,6 +78,10 @@ class LocalHistory:
         self.loop = loop
         self._timer: asyncio.TimerHandle | None = None
 
+    def set_default(self, policy: HistoryPolicy) -> None:
+        """A config reload changed ``history_size``/``history_ttl``."""
+        self.store.set_default(policy)
+
     def start(self) -> None:
         if self._timer is None:
             self._timer = self.loop.call_later(EXPIRE_INTERVAL, self._sweep)

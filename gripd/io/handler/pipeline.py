@@ -90,11 +90,9 @@ class PublishPipeline:
         self.channels = channels
         self.interest = channels.interest
         channels.add_listener(self)
-        self.hwm = config.message_hwm
-        self.block_size = config.message_block_size
         # The HWM is checked here (item granularity, see the module doc), not by the limiter.
         self.limiter: RateLimiter[_Action] = RateLimiter(config.message_rate, -1)
-        self.limited = config.message_rate > 0 or config.message_hwm > 0
+        self.reconfigure(config, sequencer=False)
         self.counters: dict[str, int] = {}  # drops by reason
         self._sources: dict[int, str] = {}  # id(waiting item) -> its input, while it waits
         self._seq_timer: asyncio.TimerHandle | None = None
@@ -119,6 +117,17 @@ class PublishPipeline:
                 h.cancel()
         self._seq_timer = self._rate_timer = None
         self._rate_when = None
+
+    def reconfigure(self, config: Config, *, sequencer: bool = True) -> None:
+        """F34/F35 settings, at start and on a config reload: the rate, the HWM, the block
+        size and (``sequencer``) ``message_wait``/``id_cache_ttl``. Queued items keep their
+        place."""
+        self.hwm = config.message_hwm
+        self.block_size = config.message_block_size
+        self.limiter.set_rate(config.message_rate)
+        self.limited = config.message_rate > 0 or config.message_hwm > 0
+        if sequencer:
+            self.sequencer.configure(config.message_wait, config.id_cache_ttl)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
