@@ -134,11 +134,12 @@ class ReloadPlan:
                 lines.append(f"{name} changed")
             else:
                 before, after = getattr(old, name), getattr(self.config, name)
-                lines.append(f"{name}: {_show(before)} -> {_show(after)}")
+                lines.append(f"{name}: {show(before)} -> {show(after)}")
         return lines
 
 
-def _show(value: object) -> str:
+def show(value: object) -> str:
+    """A setting's value for a log line, cut at 200 characters."""
     text = repr(value)
     return text if len(text) <= 200 else text[:197] + "..."
 

@@ -13,7 +13,7 @@ channel's length, not by the number of patterns held.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 WILDCARD = "*"
@@ -41,6 +41,15 @@ def pattern_error(name: str) -> str | None:
 def stem(pattern: str) -> str:
     """The prefix a pattern matches (``news.*`` -> ``news.``)."""
     return pattern[:-1]
+
+
+def first_match(names: Iterable[str], channel: str) -> str | None:
+    """The first pattern of ``names`` that covers ``channel`` (a hold's filters for an item
+    that reached it through a pattern are those of the pattern named first)."""
+    for name in names:
+        if is_pattern(name) and channel.startswith(stem(name)):
+            return name
+    return None
 
 
 class PrefixIndex(Generic[T]):

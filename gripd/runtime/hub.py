@@ -45,7 +45,7 @@ from gripd.io.handler.engine import FIRST_SUBSCRIPTION_DELAY
 from gripd.io.handler.pipeline import PublishPipeline
 from gripd.io.inputs.zmq import BindError, os_reason
 from gripd.io.listener.tls import CertStore
-from gripd.io.listener.unix import bind_unix, file_id, unlink_if_same
+from gripd.io.listener.unix import LOCAL_FDS_MAX, bind_unix, file_id, unlink_if_same
 from gripd.runtime.admission import Admission
 from gripd.runtime.buses import make_bus, make_history
 from gripd.runtime.reload import (
@@ -62,7 +62,6 @@ log = logging.getLogger("gripd")
 READY_TIMEOUT = 30.0  # seconds a new worker has to bind its listeners
 STOP_TIMEOUT = 10.0  # seconds workers have to stop before they are killed
 RESTART_MIN_INTERVAL = 1.0  # a worker that keeps dying is restarted at most this often
-LOCAL_FDS_MAX = 253  # local_ports sockets handed to a worker in one message (SCM_MAX_FD)
 
 
 @dataclass

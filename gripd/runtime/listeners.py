@@ -19,7 +19,7 @@ from collections.abc import Callable
 from gripd.core.config import Config
 from gripd.io.inputs.zmq import BindError, os_reason
 from gripd.io.listener.tls import CertStore, serve_tls, stop_watch
-from gripd.io.listener.unix import bind_unix, file_id, unlink_if_same
+from gripd.io.listener.unix import BACKLOG, bind_unix, file_id, unlink_if_same
 
 log = logging.getLogger("gripd")
 
@@ -61,7 +61,7 @@ class ClientListeners:
                     port=listen.port,
                     reuse_address=True,
                     reuse_port=self.shared or None,
-                    backlog=4096,
+                    backlog=BACKLOG,
                 )
             except OSError as e:
                 address = f"{listen.addr or '*'}:{listen.port}"
@@ -108,7 +108,9 @@ class ClientListeners:
                 socks.append((path, sock))
         for path, sock in socks:
             try:
-                server = await self.loop.create_unix_server(self.factory, sock=sock, backlog=4096)
+                server = await self.loop.create_unix_server(
+                    self.factory, sock=sock, backlog=BACKLOG
+                )
             except OSError as e:
                 sock.close()
                 raise BindError(path, "local_ports", os_reason(e)) from None

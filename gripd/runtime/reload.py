@@ -23,7 +23,7 @@ from gripd.core.config import Config
 from gripd.core.errors import ConfigError
 from gripd.core.forward import ForwardSettings
 from gripd.core.history import HistoryPolicy
-from gripd.core.reload import plan_reload
+from gripd.core.reload import plan_reload, show
 from gripd.core.sig import parse_key
 from gripd.io.handler.history import LocalHistory
 
@@ -69,7 +69,6 @@ class ConfigReloader:
         path = current().config_path
         self.path = path
         self._stamp = _stamp(path) if path else None
-        self.reloads = 0  # reloads that changed something
 
     def reload(self) -> bool:
         """Read the file and apply what changed; True when a live setting changed."""
@@ -84,7 +83,9 @@ class ConfigReloader:
         plan = plan_reload(old, new)
         for name in plan.needs_restart:
             log.warning(
-                "config reload: %s changed, needs restart; keeping %r", name, getattr(old, name)
+                "config reload: %s changed, needs restart; keeping %s",
+                name,
+                show(getattr(old, name)),
             )
         if not plan.changed:
             if not plan.needs_restart:
@@ -95,7 +96,6 @@ class ConfigReloader:
         except ConfigError as e:
             log.error("config not reloaded: %s; keeping the previous configuration", e)
             return False
-        self.reloads += 1
         log.info("config reloaded: %s", "; ".join(plan.describe(old)))
         return True
 

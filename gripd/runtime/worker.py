@@ -22,12 +22,11 @@ from typing import Any
 from gripd.cli import run_loop, setup_logging
 from gripd.core.errors import ConfigError
 from gripd.io.bus.hub import Message, open_link
+from gripd.io.listener.unix import LOCAL_FDS_MAX
 from gripd.runtime.admission import Admission
 from gripd.runtime.app import App, WorkerSetup
 
 log = logging.getLogger("gripd")
-
-LOCAL_FDS_MAX = 253  # descriptors one SCM_RIGHTS message may carry (Linux's SCM_MAX_FD)
 
 
 async def serve(sock: socket.socket, admission_fd: int) -> int:

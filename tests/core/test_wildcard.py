@@ -227,3 +227,11 @@ def test_config_reader() -> None:
         _load("[gripd]\n\nwildcard_channels=maybe\n")
     assert ei.value.filename == "/etc/gripd/pushpin.conf" and ei.value.line == 3
     assert "wildcard_channels" in str(ei.value) and "true or false" in str(ei.value)
+
+
+def test_first_match() -> None:
+    from gripd.core.wildcard import first_match
+
+    assert first_match(["news.*"], "news") is None
+    assert first_match(["x", "sport.*", "news.*", "news.a.*"], "news.a.b") == "news.*"
+    assert first_match(["news.a"], "news.a") is None  # exact names are not patterns

@@ -217,8 +217,12 @@ class HubRouter:
         for item in items:
             holders = interest.get(item.channel)
             if patterns:
-                for p in patterns.match(item.channel):
-                    holders = interest[p] if not holders else holders | interest[p]
+                matched = patterns.match(item.channel)
+                if matched:  # one new set, only when some pattern covers the channel
+                    union = set(holders) if holders else set()
+                    for p in matched:
+                        union.update(interest[p])
+                    holders = union
             if not holders:
                 continue
             for w in holders:

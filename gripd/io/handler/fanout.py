@@ -28,7 +28,7 @@ from gripd.core.filters import (
 from gripd.core.http import encode_chunk, encode_full
 from gripd.core.jsonp import wrap_held_response
 from gripd.core.publish import PublishItem, apply_body_patch, apply_http_response
-from gripd.core.wildcard import is_pattern, stem
+from gripd.core.wildcard import first_match
 from gripd.io.handler.holds import ResponseHold, StreamHold
 from gripd.io.handler.ws_session import WsSession
 from gripd.io.ws_endpoint import OPCODES, encode_message
@@ -67,9 +67,8 @@ def filters_for(s: Sub, channel: str) -> list[str] | None:
         return None
     fl = f.get(channel)
     if fl is None and _wildcard(s):
-        for key, value in f.items():
-            if is_pattern(key) and channel.startswith(stem(key)):
-                return value
+        key = first_match(f, channel)
+        return f[key] if key is not None else None
     return fl
 
 
@@ -78,7 +77,7 @@ def holds_channel(s: Sub, channel: str) -> bool:
     through one of its patterns."""
     if channel in s.channels:
         return True
-    return _wildcard(s) and any(is_pattern(c) and channel.startswith(stem(c)) for c in s.channels)
+    return _wildcard(s) and first_match(s.channels, channel) is not None
 
 
 def allowed(s: Sub, item: PublishItem) -> bool:

@@ -234,7 +234,8 @@ class ClientConnection(asyncio.Protocol):
         # A tuple for TCP; for a Unix socket (local_ports) a path or "" and no address, as
         # Pushpin reports none for such a client.
         self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-        self.tls = transport.get_extra_info("ssl_object") is not None
+        ssl_obj = transport.get_extra_info("ssl_object")
+        self.tls = ssl_obj is not None
         transport.set_write_buffer_limits(high=self.app.write_high_water)
         if not self.app.admit_connection(self):
             # F3 client_maxconn: over the limit a new connection is closed at once.
@@ -248,11 +249,9 @@ class ClientConnection(asyncio.Protocol):
             self.app.drop_connection(self)
             transport.abort()
             return
-        if self.tls:
-            ssl_obj = transport.get_extra_info("ssl_object")
-            if ssl_obj is not None and ssl_obj.selected_alpn_protocol() == "h2":
-                self._to_h2(transport)
-                return
+        if ssl_obj is not None and ssl_obj.selected_alpn_protocol() == "h2":
+            self._to_h2(transport)
+            return
         self.app.events.connection_opened(self.id, self.peer, "http")
         self._arm(_T_HEAD, self.app.config.client_header_timeout)  # counted from accept
 
@@ -260,7 +259,7 @@ class ClientConnection(asyncio.Protocol):
         """ALPN chose HTTP/2: an :class:`~gripd.io.listener.h2.H2Connection` takes the
         transport (and this connection's place in the admission count)."""
         conn = _h2.H2Connection(self.app, transport, self.id, self.peer)
-        self.closed = True
+        self.closed = True  # this object gets no more events: the transport is conn's
         conns = self.app.connections
         conns.discard(self)
         conns.add(conn)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from gripd.core.config import Listen
 from gripd.core.errors import ConfigError
 from gripd.io.inputs.zmq import BindError, os_reason
+from gripd.io.listener.unix import BACKLOG
 
 log = logging.getLogger("gripd.tls")
 
@@ -405,7 +406,7 @@ async def serve_tls(
                     port=listen.port,
                     reuse_address=True,
                     reuse_port=reuse_port or None,
-                    backlog=4096,
+                    backlog=BACKLOG,
                     ssl=certs.context(listen.port),
                     ssl_handshake_timeout=timeout,
                 )

@@ -21,6 +21,9 @@ from gripd.io.inputs.zmq import BindError, os_reason
 
 BACKLOG = 4096
 
+# local_ports sockets one SCM_RIGHTS message may carry to a worker (Linux's SCM_MAX_FD)
+LOCAL_FDS_MAX = 253
+
 
 def bind_unix(path: str) -> socket.socket:
     """A listening, non-blocking Unix stream socket at ``path`` (a stale socket file there is
