@@ -105,15 +105,3 @@ def apply_cors(request_headers: Headers, response_headers: Headers) -> Headers:
         out.append(("Access-Control-Max-Age", MAX_AGE))
 
     return out
-
-
-def strip_cors(request_headers: Headers, decorated: Headers) -> Headers:
-    """The headers ``decorated`` had before :func:`apply_cors` appended to them: the longest
-    prefix that ``apply_cors`` turns back into ``decorated`` (``decorated`` itself when it was
-    never decorated). Only appended headers go; an origin's own ``Access-Control-*`` stay."""
-    n = len(decorated)
-    for cut in range(min(6, n), 0, -1):
-        head = list(decorated[: n - cut])
-        if apply_cors(request_headers, head) == list(decorated):
-            return head
-    return list(decorated)

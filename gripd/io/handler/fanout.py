@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from websockets.frames import Opcode
 
-from gripd.core.cors import apply_cors, strip_cors
+from gripd.core.cors import apply_cors
 from gripd.core.errors import PublishError
 from gripd.core.filters import (
     FilterContext,
@@ -244,13 +244,8 @@ def publish_response(engine: Engine, item: PublishItem, subs: list[object]) -> i
             key = _DROP  # CORS/JSON-P answers depend on each client's request headers
         data = cache.get(key) if key is not _DROP else None
         if data is None:
-            held = s.response
-            if aco and s.req.jsonp is None:
-                # The held response was decorated for its timeout answer; Pushpin decorates the
-                # merged head instead, so the published headers are listed in Expose-Headers.
-                held = dataclasses.replace(held, headers=strip_cors(s.req.headers, held.headers))
-            try:
-                out = apply_http_response(held, mine)
+            try:  # the held head is undecorated: CORS goes on the merged head (F45)
+                out = apply_http_response(s.response, mine)
             except PublishError as e:
                 s.fail(str(e))
                 continue

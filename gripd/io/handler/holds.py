@@ -7,11 +7,13 @@ encoded once for every subscriber.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from asyncio import TimerHandle
 from typing import TYPE_CHECKING, Final
 
+from gripd.core.cors import apply_cors
 from gripd.core.headers import Headers
 from gripd.core.http import LAST_CHUNK, HttpResponse, encode_chunk, encode_head, text_response
 from gripd.core.instruct import Instruct
@@ -165,6 +167,8 @@ class ResponseHold(_Hold):
         resp = self.response
         if self.req.jsonp is not None:
             resp = wrap_held_response(resp, self.req.jsonp)  # F46
+        elif self.engine.app.aco(self.route):
+            resp = dataclasses.replace(resp, headers=apply_cors(self.req.headers, resp.headers))
         self.conn.send_response(resp, self.req.method)
 
     def retry(self) -> None:

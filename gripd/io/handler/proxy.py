@@ -548,8 +548,10 @@ class ProxySession:
                     return
                 stream_error = stream_error or str(e)
                 ins.response.body = b""
-        if self.app.aco(self.route) and not (ins.hold_mode == "response" and self.req.jsonp):
-            ins.response.headers = apply_cors(self.req.headers, ins.response.headers)  # F45
+        if self.app.aco(self.route) and ins.hold_mode != "response":
+            # F45. A held response is decorated when it is answered (its timeout, or a publish
+            # merged into it), so the published headers are listed in Expose-Headers.
+            ins.response.headers = apply_cors(self.req.headers, ins.response.headers)
         self._log("accept")
         holds = self.app.engine
         chunked = self.req.http_version == "1.1"
