@@ -470,8 +470,15 @@ def start_server(impl: Impl, workdir: Path, routes: list[str], **kw: Any) -> Ser
             if "Address already in use" not in str(e) or attempt == START_ATTEMPTS:
                 raise
         workdir = Path(f"{first}-retry{attempt}")
-        if (first / "runner").is_dir():  # certificates a test put there (https_ports, F3)
-            shutil.copytree(first / "runner", workdir / "runner", dirs_exist_ok=True)
+        # What a test put next to the config (certificates in runner/certs, key files) goes
+        # along; what the start writes itself does not.
+        if first.is_dir():
+            shutil.copytree(
+                first,
+                workdir,
+                dirs_exist_ok=True,
+                ignore=shutil.ignore_patterns("run", "log", "*.log", "pushpin.conf", "routes"),
+            )
     raise AssertionError("unreachable")
 
 
