@@ -241,8 +241,8 @@ class _Conn:
     peer: str
     ssl: bool
     last_report: float
-    gen: int = 0
     route: str = ""
+    due: int = 0  # the second of its next refresh (its key in StatsState._conn_due)
 
 
 @dataclass(slots=True)
@@ -286,16 +286,35 @@ class StatsState:
         self.totals = Totals()
         self.activity = 0
         self.requests = 0
-        self._due: list[tuple[float, int, _Key, int]] = []  # (due, seq, key, gen) heap
+        self._due: list[tuple[float, int, _Key, int]] = []  # subscriptions: (due, seq, key, gen)
+        # Connections by the second of their next refresh. A connection is a request (as in
+        # Pushpin), so most close long before their refresh: a close removes its entry in
+        # O(1) instead of leaving a stale heap entry behind.
+        self._conn_due: dict[int, dict[str, _Conn]] = {}
         self._seq = 0
         self._start = now
 
     # -- scheduling --------------------------------------------------------------------------
 
-    def _schedule(self, key: _Key, obj: _Conn | _Sub, due: float) -> None:
+    def _schedule(self, key: _Key, obj: _Sub, due: float) -> None:
         obj.gen += 1
         self._seq += 1
         heapq.heappush(self._due, (due, self._seq, key, obj.gen))
+
+    def _schedule_conn(self, c: _Conn, due: float) -> None:
+        # rounded up: a refresh is never early, and at most one refresh tick late
+        k = c.due = -int(-due // 1)
+        bucket = self._conn_due.get(k)
+        if bucket is None:
+            bucket = self._conn_due[k] = {}
+        bucket[c.id] = c
+
+    def _unschedule_conn(self, c: _Conn) -> None:
+        bucket = self._conn_due.get(c.due)
+        if bucket is not None:
+            bucket.pop(c.id, None)
+            if not bucket:
+                del self._conn_due[c.due]
 
     @property
     def _reporting(self) -> bool:
@@ -356,34 +375,39 @@ class StatsState:
         peer: str = "",
         ssl: bool = False,
         route: str = "",
+        packet: bool = True,
     ) -> list[Packet]:
-        """A connection opened: its ``conn`` packet; counts its first minute at once. An open
-        ``conn_id`` is replaced (Pushpin: a request handed back for a retry)."""
+        """A connection opened: its ``conn`` packet (none with ``packet`` False: nobody reads
+        it); counts its first minute at once. An open ``conn_id`` is replaced (Pushpin: a
+        request handed back for a retry)."""
         old = self._pop_conn(conn_id)
         c = _Conn(conn_id, type, peer, ssl, old.last_report if old else now, route=route)
         if old is not None:
-            c.gen = old.gen
+            self._unschedule_conn(old)
         self.conns[conn_id] = c
         self._per_route[route] = self._per_route.get(route, 0) + 1
-        self._schedule(("c", conn_id, ""), c, now + self._conn_interval)
+        self._schedule_conn(c, now + self._conn_interval)
         if self._reporting:
             if old is not None and old.route != route:
                 self._update_connections_max(now, old.route)
             self._update_connections_max(now, route)
             if old is None:  # minutes are rounded up: count one now (not when replacing)
                 self._add_minutes(1, now, route)
-        return [self._conn_packet(c)]
+        return [self._conn_packet(c)] if packet else []
 
-    def connection_closed(self, conn_id: str, now: float) -> list[Packet]:
-        """A connection closed: ``conn`` with ``unavailable`` (nothing for an unknown id)."""
+    def connection_closed(self, conn_id: str, now: float, packet: bool = True) -> list[Packet]:
+        """A connection closed: ``conn`` with ``unavailable`` (nothing for an unknown id, or
+        with ``packet`` False)."""
         c = self._pop_conn(conn_id)
         if c is None:
             return []
-        c.gen += 1  # invalidate its scheduled refresh
+        self._unschedule_conn(c)
         if self._reporting:
             self._update_minutes(c, now)
-            self._update_connections_max(now, c.route)
-        return [conn_gone_packet(self.instance_id, conn_id, route=c.route)]
+            r = self.reports.get(c.route)
+            if r is None or r.connections_max_stale:  # else a close cannot raise the max
+                self._update_connections_max(now, c.route)
+        return [conn_gone_packet(self.instance_id, conn_id, route=c.route)] if packet else []
 
     def has_connection(self, conn_id: str) -> bool:
         """Whether ``conn_id`` is open (Pushpin answers ``conncheck`` from this, F42)."""
@@ -525,26 +549,24 @@ class StatsState:
     def tick(self, now: float) -> list[Packet]:
         """Refreshes and linger expiries due at ``now`` (call every ``REFRESH_INTERVAL``)."""
         out: list[Packet] = []
-        due = self._due
-        while due and due[0][0] <= now:
-            _, _, key, gen = heapq.heappop(due)
-            if key[0] == "c":
-                c = self.conns.get(key[1])
-                if c is None or c.gen != gen:
-                    continue
-                self._schedule(key, c, now + self._conn_interval)
+        buckets = self._conn_due
+        for k in sorted(k for k in buckets if k <= now):  # at most one key per second of ttl
+            for c in buckets.pop(k).values():
+                self._schedule_conn(c, now + self._conn_interval)
                 if self._reporting:
                     self._update_minutes(c, now)
                 out.append(self._conn_packet(c))
+        due = self._due
+        while due and due[0][0] <= now:
+            _, _, key, gen = heapq.heappop(due)
+            s = self.subs.get((key[1], key[2]))
+            if s is None or s.gen != gen:
+                continue
+            if s.lingering:
+                out.extend(self._remove_sub(s))
             else:
-                s = self.subs.get((key[1], key[2]))
-                if s is None or s.gen != gen:
-                    continue
-                if s.lingering:
-                    out.extend(self._remove_sub(s))
-                else:
-                    self._schedule(key, s, now + self._sub_interval)
-                    out.append(self._sub_packet(s))
+                self._schedule(key, s, now + self._sub_interval)
+                out.append(self._sub_packet(s))
         return out
 
     def make_report(self, now: float) -> list[Packet]:
@@ -616,3 +638,19 @@ def parse_prometheus_port(value: str) -> PrometheusListen:
     if not 0 < port < 65536:
         raise ConfigError(f"prometheus_port: bad port: {value!r}")
     return PrometheusListen(host=host, port=port)
+
+
+def header_bytes_estimate(code: int, reason: str, headers: list[tuple[str, str]]) -> int:
+    """Pushpin's ``estimateResponseHeaderBytes`` (``client-header-bytes-sent``): the status
+    code's digits, the reason and every header name and value, without separators."""
+    return len(str(code)) + len(reason) + sum(len(k) + len(v) for k, v in headers)
+
+
+def encoded_head_bytes_estimate(head: bytes) -> int:
+    """:func:`header_bytes_estimate` of an encoded ``HTTP/1.x`` response head (status line and
+    header lines, each ending in CRLF, then the empty line)."""
+    lines = head.count(b"\r\n") - 1  # status line and header lines
+    if lines < 1:
+        return 0
+    # "HTTP/1.1 " and the space after the code, then ": " on each header line, and every CRLF
+    return len(head) - 10 - 2 * (lines - 1) - 2 * (lines + 1)

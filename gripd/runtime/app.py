@@ -40,7 +40,7 @@ from gripd.io.handler.channels import ChannelTracker
 from gripd.io.handler.engine import Engine
 from gripd.io.handler.history import HistoryReader
 from gripd.io.handler.pipeline import PublishPipeline
-from gripd.io.handler.proxy import ProxySession, own_response
+from gripd.io.handler.proxy import ProxySession, own_response, request_stats_started
 from gripd.io.handler.ws_session import WsSession
 from gripd.io.listener.client import ClientConnection, Flusher, Request
 from gripd.io.listener.conn import ClientConn, Listened
@@ -495,6 +495,8 @@ class App:
     def _begin(self, conn: ClientConn, req: Request, route: Route, trusted: bool) -> None:
         """Start the session; its place is already taken (:meth:`_try_open`)."""
         if req.upgrade and "websocket" in (hdr.get(req.headers, "upgrade") or "").lower():
+            # Stats: a WebSocket is one "connection" until its TCP connection closes (Pushpin)
+            request_stats_started(self, self.events, conn, req, route, trusted, "ws")
             WsSession(self, conn, req, route, trusted=trusted).start()
         else:
             ProxySession(self, conn, req, route, trusted=trusted).start()

@@ -247,8 +247,8 @@ async def test_stats_and_metrics(proxy: Callable[[str], Awaitable[Proxy]], fmt: 
         assert conn[1]["peer-address"] == "127.0.0.1" and conn[1]["ttl"] == 120
         await asyncio.sleep(0.2 * TIME_SCALE)
         _, _, mid_body = await asyncio.to_thread(_scrape, p.prom_port)
-        # the peak since the last stats report, with both requests held (Pushpin counts
-        # requests in flight, gripd TCP connections: the same here)
+        # the peak since the last stats report, with both requests held (both count requests
+        # in flight)
         assert _pushpin_values(mid_body)["pp_connection_connected"] >= 2
 
         stream_item = {"channel": "a", "id": "i1", "formats": {"http-stream": {"content": "hi\n"}}}
@@ -318,3 +318,104 @@ async def test_stats_and_metrics(proxy: Callable[[str], Awaitable[Proxy]], fmt: 
         if stream is not None:
             stream.close()
         await reader.close()
+
+
+def _header_estimate(head: bytes) -> int:
+    """Pushpin's ``estimateResponseHeaderBytes`` of a received stream head: code, reason and
+    every header name and value, less the Connection/Transfer-Encoding the server adds."""
+    lines = head.decode("latin-1").split("\r\n")
+    _, code, reason = lines[0].split(" ", 2)
+    n = len(code) + len(reason)
+    for ln in lines[1:]:
+        if ln:
+            k, v = ln.split(": ", 1)
+            if k.lower() not in ("connection", "transfer-encoding"):
+                n += len(k) + len(v)
+    return n
+
+
+def _sum(reports: list[dict[str, Any]], key: str) -> int:
+    return sum(int(r.get(key, 0)) for r in reports)
+
+
+async def test_stats_per_request(impl: Impl, start: StartFn) -> None:
+    """As Pushpin: one ``conn`` per request (route id, X-Forwarded-For peer, ssl), closed when its
+    response ends; reports per route; a held request counts on the empty route, and only the
+    held response's bytes are counted (head by Pushpin's estimate, content as sent)."""
+    from tests.support.origin import Origin, Reply
+
+    async with Origin() as o:
+        o.route("GET", "/s", Reply(200, [("Grip-Hold", "stream"), ("Grip-Channel", "a")], "open\n"))
+        o.route("GET", "/p", Reply(200, [("X-Y", "y")], "plain body here\n"))
+        (prom,) = free_ports(1)
+        conf = {**_conf(prom, "json"), "proxy": {"accept_x_forwarded_protocol": "true"}}
+        s = await start(impl, [f"*,id=r1 127.0.0.1:{o.port}"], conf=conf)
+        rundir = s.tmp_rundir or (s.workdir / "run")
+        reader = StatsReader(f"ipc://{rundir}/gp-stats")
+        stream: RawResponse | None = None
+        try:
+            await asyncio.sleep(0.3 * TIME_SCALE)
+            # two pass-through requests on one keep-alive connection
+            r, w = await asyncio.open_connection("127.0.0.1", s.http_port)
+            got = b""
+            for n, extra in ((1, b""), (2, b"X-Forwarded-Proto: https\r\n")):
+                w.write(
+                    b"GET /p HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 1.2.3.4\r\n" + extra + b"\r\n"
+                )
+                while got.count(b"plain body here\n") < n:
+                    got += await asyncio.wait_for(r.read(4096), 10 * TIME_SCALE)
+            await reader.wait(_is("conn", unavailable=True, route="r1"))
+            opened = await reader.wait(_is("conn", **{"peer-address": "1.2.3.4"}))
+            assert opened[1]["route"] == "r1" and opened[1]["type"] == "http"
+            assert "ssl" not in opened[1]
+
+            stream = await open_request(
+                s.http_port, b"GET /s HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 5.6.7.8\r\n\r\n"
+            )
+            await stream.read_body_until(b"open\n")
+            head = bytes(stream.raw[: stream.raw.index(b"\r\n\r\n") + 4])
+            held = await reader.wait(_is("conn", **{"peer-address": "5.6.7.8"}))
+            assert held[1]["route"] == "r1"
+            await reader.wait(_is("sub", mode="stream", channel="a", subscribers=1))
+            await asyncio.to_thread(
+                s.publish,
+                [{"channel": "a", "formats": {"http-stream": {"content": "hello world\n"}}}],
+            )
+            await stream.read_body_until(b"hello world\n")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10 * TIME_SCALE
+            while loop.time() < deadline:  # the held stream's bytes reach a report
+                empty = [f for t, f in reader.packets if t == "report" and "route" not in f]
+                if _sum(empty, "client-content-bytes-sent") >= len(b"open\n") + 12:
+                    break
+                await asyncio.sleep(0.05)
+            stream.close()
+            stream = None
+            gone = await reader.wait(_is("conn", id=held[1]["id"], unavailable=True))
+            assert "route" not in gone[1]  # the handler (no route) owned the held request
+            w.close()
+
+            # one conn id per request: the two requests on one connection had two
+            passed = [
+                f for t, f in reader.packets if t == "conn" and f.get("peer-address") == "1.2.3.4"
+            ]
+            assert len({f["id"] for f in passed}) == 2
+            # ssl from X-Forwarded-Proto (accept_x_forwarded_protocol), only on the second
+            assert [f.get("ssl", False) for f in passed] == [False, True]
+            for f in passed:  # each closed (with its route) before the next opened
+                assert any(
+                    t == "conn" and g["id"] == f["id"] and g.get("unavailable")
+                    for t, g in reader.packets
+                )
+
+            reports = [f for t, f in reader.packets if t == "report"]
+            assert any(f.get("route") == "r1" and f["connections"] >= 1 for f in reports)
+            empty = [f for f in reports if "route" not in f]
+            # proxied bytes are not counted: only the held stream's
+            assert _sum(empty, "client-content-bytes-sent") == len(b"open\n") + 12
+            assert _sum([f for f in reports if "route" in f], "client-content-bytes-sent") == 0
+            assert _sum(reports, "client-header-bytes-sent") == _header_estimate(head)
+        finally:
+            if stream is not None:
+                stream.close()
+            await reader.close()

@@ -64,7 +64,7 @@ async def test_stats_refuses_a_live_path_and_leaves_it_working(tmp_path: Path) -
         try:
             got = None
             for n in range(40):
-                first.connection_opened(str(n), "1.2.3.4", "http")
+                first.request_started(str(n), "1.2.3.4", "http", "", False)
                 first._topics_checked = -1.0  # re-read subscriptions at once
                 if sub.poll(50):
                     got = sub.recv()

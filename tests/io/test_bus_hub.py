@@ -174,11 +174,17 @@ class Rig:
         )
 
     async def events_settled(self, w: FakeWorker, count: int) -> None:
-        """Wait until the hub has seen ``count`` ``ev`` messages from ``w``."""
-        await until(
-            lambda: sum(1 for i, m in self.hub_msgs if i == w.index and m[0] == "ev") >= count,
-            f"{count} events from worker {w.index}",
-        )
+        """Wait until the hub has seen ``count`` events from ``w`` (a ``batch`` message of
+        connection events counts as its events)."""
+
+        def seen() -> int:
+            return sum(
+                len(m[2]) if m[1] == "batch" else 1
+                for i, m in self.hub_msgs
+                if i == w.index and m[0] == "ev"
+            )
+
+        await until(lambda: seen() >= count, f"{count} events from worker {w.index}")
 
     def close(self) -> None:
         for w in self.workers:
@@ -708,3 +714,28 @@ async def test_relay_tracks_woh_connection_ids(rig: Rig) -> None:
     assert rig.relay.woh == {"z": 1}
     # WoH ids are bookkeeping only: no stats event
     assert rig.events.calls == []
+
+
+async def test_connection_events_are_batched_and_keep_their_order(rig: Rig) -> None:
+    """Connection and request events (stats, F43) reach the hub as one message per
+    COUNTS_INTERVAL; any other message first sends what is pending, so the hub replays every
+    event in the order the worker made it."""
+    w0 = await rig.add_worker()
+    w0.link.connection_opened("1", "127.0.0.1", "http")
+    w0.link.connection_opened("2", "127.0.0.1", "http")
+    w0.link.connection_closed("1")
+    await rig.events_settled(w0, 3)
+    evs = [m for i, m in rig.hub_msgs if i == 0 and m[0] == "ev"]
+    assert [m[1] for m in evs] == ["batch"]
+    w0.link.connection_opened("3", "127.0.0.1", "http")
+    w0.link.subscribed("a", "stream", True)  # sends the pending open first
+    w0.link.connection_closed("3")
+    await rig.events_settled(w0, 6)
+    assert rig.events.calls == [
+        ("open", "1", "127.0.0.1", "http"),
+        ("open", "2", "127.0.0.1", "http"),
+        ("close", "1"),
+        ("open", "3", "127.0.0.1", "http"),
+        ("sub", "a", "stream", True),
+        ("close", "3"),
+    ]

@@ -98,7 +98,7 @@ async def make(tmp_path: Path) -> AsyncIterator[Factory]:
         subs.append(sub)
         # PUB drops until the subscription has arrived: announce a connection until seen.
         for _ in range(200):
-            pub.connection_opened("warmup", "", "http")
+            pub.request_started("warmup", "", "http", "", False)
             if await sub.sock.poll(20):
                 break
         else:
@@ -117,20 +117,21 @@ async def make(tmp_path: Path) -> AsyncIterator[Factory]:
 
 async def test_conn_packets(make: Factory) -> None:
     pub, sub = await make()
-    pub.connection_opened("7", "10.1.2.3", "http")
+    pub.request_started("7", "10.1.2.3", "http", "", False)
     _, f = await sub.until("conn")
     assert f == {
         "from": f"gripd_{os.getpid()}",
-        "id": f"gripd_{os.getpid()}:7",
+        "id": f"gripd_{os.getpid()}:7-{pub._seq}",
         "type": "http",
         "peer-address": "10.1.2.3",
         "ttl": 120,
     }
-    assert pub.check_connection(f"gripd_{os.getpid()}:7")
-    pub.connection_closed("7")
+    cid = pub.current_stats_id("7")
+    assert cid is not None and cid == f["id"] and pub.check_connection(cid)
+    pub.request_ended("7")
     _, f = await sub.until("conn")
-    assert f["unavailable"] is True and f["id"] == pub.stats_conn_id("7")
-    assert not pub.check_connection(pub.stats_conn_id("7"))
+    assert f["unavailable"] is True and f["id"] == cid
+    assert not pub.check_connection(cid) and pub.current_stats_id("7") is None
 
 
 async def test_json_format(make: Factory) -> None:
@@ -170,11 +171,11 @@ async def test_response_unsubscribe_lingers(make: Factory) -> None:
 
 async def test_ttl_refresh(make: Factory) -> None:
     pub, sub = await make(refresh_interval=0.05, stats_connection_ttl=1, stats_subscription_ttl=1)
-    pub.connection_opened("r", "", "http")
+    pub.request_started("r", "", "http", "", False)
     pub.subscribed("c", "ws", True)
     await sub.drain()
     # both are re-announced every 3/4 of their (1 s) ttl
-    got = await sub.until("conn", id=pub.stats_conn_id("r"))
+    got = await sub.until("conn", id=pub.current_stats_id("r"))
     assert got[1]["ttl"] == 1
     got = await sub.until("sub", channel="c")
     assert got[1]["ttl"] == 1 and got[1]["subscribers"] == 1
@@ -209,7 +210,7 @@ async def test_stop_releases_the_spec(tmp_path: Path) -> None:
     again = StatsPublisher(cfg)
     await again.start()  # the endpoint is free again
     await again.stop()
-    pub.connection_opened("x", "", "http")  # after stop: no socket, no error
+    pub.request_started("x", "", "http", "", False)  # after stop: no socket, no error
 
 
 async def test_bind_failure_is_reported(tmp_path: Path) -> None:
@@ -223,10 +224,11 @@ async def test_no_spec_keeps_state_without_socket(tmp_path: Path) -> None:
     pub = StatsPublisher(_config(tmp_path, stats_spec=""))
     await pub.start()
     try:
-        pub.connection_opened("1", "", "ws")
+        pub.request_started("1", "", "ws", "", False)
         pub.request_received()
         assert pub.sent == 0
         assert pub.state.totals.request_received == 1
-        assert pub.check_connection(pub.stats_conn_id("1"))
+        cid = pub.current_stats_id("1")
+        assert cid is not None and pub.check_connection(cid)
     finally:
         await pub.stop()

@@ -305,6 +305,9 @@ class WorkerLink(Events):
         self.last_ids = LastIdReplica(self)
         self._reqs = 0  # requests received since the last tick
         self._latencies: list[float] = []  # origin latencies since the last tick
+        # Connection and request events (stats, F43), sent together every COUNTS_INTERVAL,
+        # or before any other message so that the hub sees every event in order.
+        self._conn_events: list[Message] = []
         self._counts_armed = False
         self._reads: dict[int, Callable[[Replay], None]] = {}  # history reads awaiting the hub
         self._read_n = 0
@@ -333,7 +336,18 @@ class WorkerLink(Events):
 
     def _send(self, msg: Message) -> None:
         if self.link is not None:
+            if self._conn_events:
+                self._flush_conn_events()
             self.link.send(msg)
+
+    def _conn_event(self, ev: Message) -> None:
+        self._conn_events.append(ev)
+        self._arm_counts()
+
+    def _flush_conn_events(self) -> None:
+        evs, self._conn_events = self._conn_events, []
+        if self.link is not None and evs:
+            self.link.send(("ev", "batch", evs))
 
     # Bus
     def publish(self, items: list[PublishItem], *, source: str) -> None:
@@ -385,14 +399,29 @@ class WorkerLink(Events):
 
     async def stop(self) -> None:
         if self.link is not None:
+            self._flush_conn_events()
             self.link.flush()
 
     # Events, forwarded (``message_received`` is counted once, by the hub)
     def connection_opened(self, conn_id: str, peer: str, transport: Transport) -> None:
-        self._send(("ev", "open", conn_id, peer, transport))
+        self._conn_event(("ev", "open", conn_id, peer, transport))
 
     def connection_closed(self, conn_id: str) -> None:
-        self._send(("ev", "close", conn_id))
+        self._conn_event(("ev", "close", conn_id))
+
+    def request_started(
+        self, conn_id: str, peer: str, transport: Transport, route: str, ssl: bool
+    ) -> None:
+        self._conn_event(("ev", "rq+", conn_id, peer, transport, route, ssl))
+
+    def request_held(self, conn_id: str) -> None:
+        self._conn_event(("ev", "rqh", conn_id))
+
+    def request_ended(self, conn_id: str) -> None:
+        self._conn_event(("ev", "rq-", conn_id))
+
+    def counter(self, name: str, count: int, route: str = "") -> None:
+        self._conn_event(("ev", "ctr", name, count, route))
 
     def request_received(self) -> None:
         # Per request, so counted here and sent every COUNTS_INTERVAL (pass-through's hot path).
@@ -428,6 +457,7 @@ class WorkerLink(Events):
 
     def _send_counts(self) -> None:
         self._counts_armed = False
+        self._flush_conn_events()
         if self._reqs:
             self._send(("ev", "req", self._reqs))
             self._reqs = 0
@@ -517,6 +547,17 @@ class EventRelay:
         elif kind == "req":
             for _ in range(ev[2]):
                 events.request_received()
+        elif kind == "batch":
+            for e in ev[2]:
+                self.handle(worker, e)
+        elif kind == "rq+":
+            events.request_started(ev[2], ev[3], ev[4], ev[5], ev[6])
+        elif kind == "rqh":
+            events.request_held(ev[2])
+        elif kind == "rq-":
+            events.request_ended(ev[2])
+        elif kind == "ctr":
+            events.counter(ev[2], ev[3], ev[4])
         elif kind == "drop":
             events.dropped(ev[2], ev[3])
         elif kind == "slow":

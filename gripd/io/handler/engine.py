@@ -37,7 +37,7 @@ from gripd.io.handler.history import (
 )
 from gripd.io.handler.holds import ResponseHold, StreamHold, stream_head
 from gripd.io.handler.ws_session import WsSession
-from gripd.io.observe.events import Events, Mode
+from gripd.io.observe.events import Events, Mode, requests_observed
 from gripd.io.observe.ticklog import TickLog
 from gripd.io.origin.nextlink import post_gone
 
@@ -528,6 +528,11 @@ class Engine:
             n = publish_stream(self, item, subs)
             if n:
                 self.events.delivered(item.channel, item.id, "http-stream", n)
+                size = len(item.http_stream.content)
+                if size and requests_observed(self.app.config):
+                    # held-stream bytes (stats, F43); content filters may change a hold's
+                    # bytes, the published content's length is what is counted
+                    self.events.counter("client-content-bytes-sent", size * n)
             sent += n
         if item.http_response is not None:
             n = publish_response(self, item, subs)

@@ -18,6 +18,8 @@ from gripd.core.headers import Headers
 from gripd.core.http import LAST_CHUNK, HttpResponse, encode_chunk, encode_head, text_response
 from gripd.core.instruct import Instruct
 from gripd.core.jsonp import wrap_held_response
+from gripd.core.stats import encoded_head_bytes_estimate, header_bytes_estimate
+from gripd.io.observe.events import requests_observed
 from gripd.io.origin.nextlink import LinkState, resolve
 
 if TYPE_CHECKING:
@@ -48,6 +50,19 @@ class _Hold:
 
     def _stop(self) -> None:
         raise NotImplementedError
+
+    def _stats_end(self, header: int = 0, content: int = 0) -> None:
+        """The held request's response is complete (stats, F43): its connection ends, and
+        the bytes of the response sent now count, on the empty route as Pushpin's handler
+        counts them."""
+        engine = self.engine
+        if requests_observed(engine.app.config):
+            events = engine.events
+            if header:
+                events.counter("client-header-bytes-sent", header)
+            if content:
+                events.counter("client-content-bytes-sent", content)
+            events.request_ended(self.conn.id)
 
     def follows(self, channel: str, prev_id: str | None, item_id: str | None) -> bool:
         """F23/F26: False when a publish does not follow the id this hold expects on
@@ -156,6 +171,9 @@ class ResponseHold(_Hold):
         if not self.active:
             return
         self._stop()
+        if requests_observed(self.engine.app.config):
+            head = data.find(b"\r\n\r\n") + 4
+            self._stats_end(encoded_head_bytes_estimate(data[:head]), len(data) - head)
         self.conn.write(data)
         self.conn.finish_response(self.req.keep_alive)
 
@@ -169,6 +187,7 @@ class ResponseHold(_Hold):
             resp = wrap_held_response(resp, self.req.jsonp)  # F46
         elif self.engine.app.aco(self.route):
             resp = dataclasses.replace(resp, headers=apply_cors(self.req.headers, resp.headers))
+        self._stats_end(header_bytes_estimate(resp.code, resp.reason, resp.headers), len(resp.body))
         self.conn.send_response(resp, self.req.method)
 
     def retry(self) -> None:
@@ -188,6 +207,7 @@ class ResponseHold(_Hold):
         self._stop()
         debug = self.route.debug or self.engine.app.config.debug
         body = (message if debug else "Error while proxying to origin.") + "\n"
+        self._stats_end()
         self.conn.send_response(text_response(502, body), self.req.method)
 
     def resync(self) -> None:
@@ -249,6 +269,18 @@ class StreamHold(_Hold):
         self.gone = gone_link(ins, req)
         self.resume: ResumeState | None = None  # set while a resume from history is pending
         self.apply_stream_instruct(ins)
+        if requests_observed(engine.app.config):
+            # The initial response (head and body) counts as held-response bytes (stats, F43).
+            # (Pushpin's estimate: Connection and Transfer-Encoding are not counted)
+            resp = ins.response
+            events = engine.events
+            events.request_held(conn.id)
+            events.counter(
+                "client-header-bytes-sent",
+                header_bytes_estimate(resp.code, resp.reason, resp.headers),
+            )
+            if resp.body:
+                events.counter("client-content-bytes-sent", len(resp.body))
 
     def apply_stream_instruct(self, ins: Instruct) -> None:
         """Keep-alive, next link and prev-ids of an initial or next-link stream hold."""
@@ -349,6 +381,7 @@ class StreamHold(_Hold):
             return
         self._settle()
         self._stop()
+        self._stats_end()
         if self.chunked:
             self.conn.queue(LAST_CHUNK)
             self.conn.finish_response(True)

@@ -17,7 +17,7 @@ from gripd.core import headers as hdr
 from gripd.core.cors import apply_cors
 from gripd.core.errors import InstructError, OriginConnectError, OriginError
 from gripd.core.filters import FilterError, process_initial_body
-from gripd.core.forward import ClientRequestInfo, origin_request_headers
+from gripd.core.forward import ClientRequestInfo, logical_client_address, origin_request_headers
 from gripd.core.http import (
     LAST_CHUNK,
     HttpResponse,
@@ -32,6 +32,7 @@ from gripd.core.jsonp import JsonpStream, wrap_response
 from gripd.core.requestlog import request_log_line
 from gripd.core.routes import Route, Target, rewrite_path, test_target_path
 from gripd.core.testhandler import answer_test_request
+from gripd.io.observe.events import Events, Transport, requests_observed
 from gripd.io.origin.http import (
     BodyFraming,
     Endpoint,
@@ -42,7 +43,7 @@ from gripd.io.origin.http import (
 
 if TYPE_CHECKING:
     from gripd.core.jsonp import JsonpRequest
-    from gripd.io.context import ProxyHost
+    from gripd.io.context import OriginContext, ProxyHost
     from gripd.io.listener.client import Request
     from gripd.io.listener.conn import ClientConn
 
@@ -142,6 +143,10 @@ class ProxySession:
 
     def start(self) -> None:
         self.conn.set_handler(self)
+        if not self.retry:  # a retry goes on with its hold's request
+            request_stats_started(
+                self.app, self.app.engine.events, self.conn, self.req, self.route, self.trusted
+            )
         if body := self.req.body_chunks:
             # Bytes that arrived before this session took the request (pipelining).
             self.req.body_chunks = []
@@ -383,12 +388,14 @@ class ProxySession:
             if self._chunked:
                 self.conn.write(LAST_CHUNK)
             self._log(f"code={self._resp_code} {self._pass_bytes}")
+            self._stats_end()
             self.conn.finish_response(self._keep_alive)
         elif self._jstream is not None:
             end = self._jstream.finish()
             self._pass_bytes += len(end)
             self.conn.write(encode_chunk(end) + LAST_CHUNK if self._chunked else end)
             self._log(f"code={self._resp_code} {self._pass_bytes}")
+            self._stats_end()
             self.conn.finish_response(self._keep_alive)
         elif self._mode == "jsonp" and self.req.jsonp is not None:
             resp = HttpResponse(
@@ -396,6 +403,7 @@ class ProxySession:
             )
             self._grip_buf = []
             self._log(f"code={resp.code} {len(resp.body)}")
+            self._stats_end()
             self.conn.send_response(wrap_response(resp, self.req.jsonp), self.req.method)
         elif self._through is not None:
             self._log("accept")
@@ -569,6 +577,7 @@ class ProxySession:
             # F25: no hold but a next link: the response stays open and the link is followed.
             holds.start_stream(self.conn, self.req, self.route, ins, chunked, follow=True)
         else:
+            self._stats_end()
             self.conn.send_response(ins.response, self.req.method)
 
     # -- test target (F50) -------------------------------------------------------------------
@@ -589,6 +598,7 @@ class ProxySession:
                 resp = wrap_response(resp, self.req.jsonp)  # F46
             elif self.app.aco(self.route):
                 resp.headers = apply_cors(self.req.headers, resp.headers)  # F45
+            self._stats_end()
             self.conn.send_response(resp, self.req.method)
 
     # -- errors ------------------------------------------------------------------------------
@@ -608,12 +618,21 @@ class ProxySession:
         if self._closed:
             return
         self._log(f"code={code} {len(body)}")
+        self._stats_end()
         if self._started:
             self.conn.abort()
             return
         self._closed = True
         resp = own_response(self.req, text_response(code, body), self.app.aco(self.route))
         self.conn.send_response(resp, self.req.method)
+
+    # -- stats (F43) -------------------------------------------------------------------------
+
+    def _stats_end(self) -> None:
+        """The response is complete: the request's stats connection ends (before the next
+        pipelined request starts)."""
+        if requests_observed(self.app.config):
+            self.app.engine.events.request_ended(self.conn.id)
 
     # -- logging (F53) -----------------------------------------------------------------------
 
@@ -659,3 +678,22 @@ def _has_body(req: Request) -> bool:
     return hdr.contains(req.headers, "content-length") or hdr.contains(
         req.headers, "transfer-encoding"
     )
+
+
+def request_stats_started(
+    app: OriginContext,
+    events: Events,
+    conn: ClientConn,
+    req: Request,
+    route: Route,
+    trusted: bool,
+    transport: Transport = "http",
+) -> None:
+    """A request begins to be served: Pushpin's stats count it as a connection, with the
+    route's id, the logical client address (X-Forwarded-For, F16) and whether it came over
+    TLS. Nothing is done when neither the stats socket nor Prometheus reads it."""
+    if not requests_observed(app.config):
+        return
+    peer = logical_client_address(req.headers, conn.peer, app.forward, trusted)
+    rid = route.id if route.explicit_id else ""
+    events.request_started(conn.id, peer, transport, rid, app.client_tls(req.headers, req.tls))

@@ -8,7 +8,10 @@ with ``EventFanout``; the default does nothing, so the hot paths pay one method 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from gripd.core.config import Config
 
 Transport = Literal["http", "ws"]
 Mode = Literal["response", "stream", "ws"]
@@ -26,6 +29,22 @@ class Events:
 
     def request_received(self) -> None:
         """A client request head was parsed (F44 ``request_received``)."""
+
+    def request_started(
+        self, conn_id: str, peer: str, transport: Transport, route: str, ssl: bool
+    ) -> None:
+        """A request on connection ``conn_id`` went to its route: Pushpin's stats count it as
+        a connection (``peer`` is the logical client address, F16; ``route`` its id or "")."""
+
+    def request_held(self, conn_id: str) -> None:
+        """The current request of ``conn_id`` is now held: Pushpin's handler counts it from
+        here on the empty route."""
+
+    def request_ended(self, conn_id: str) -> None:
+        """The current request of connection ``conn_id`` ended (its response is complete)."""
+
+    def counter(self, name: str, count: int, route: str = "") -> None:
+        """Add to a stats report counter (``client-content-bytes-sent``, ...)."""
 
     def subscribed(self, channel: str, mode: Mode, first: bool) -> None:
         """A hold subscribed ``channel``; ``first`` when no local subscriber had it before."""
@@ -52,6 +71,27 @@ class Events:
         self.dropped("slow_client")
 
 
+#: Hooks called per request or per item: :class:`EventFanout` binds them straight to the one
+#: sink that implements them (or to nothing), instead of a loop over every sink per call.
+_DIRECT = (
+    "connection_opened",
+    "connection_closed",
+    "request_received",
+    "request_started",
+    "request_held",
+    "request_ended",
+    "counter",
+    "subscribed",
+    "unsubscribed",
+    "message_received",
+    "delivered",
+)
+
+
+def _ignore(*args: object) -> None:
+    pass
+
+
 class EventFanout(Events):
     """Calls every registered ``Events`` in order."""
 
@@ -60,6 +100,15 @@ class EventFanout(Events):
 
     def add(self, sink: Events) -> None:
         self.sinks.append(sink)
+        for name in _DIRECT:
+            base = getattr(Events, name)
+            impls = [s for s in self.sinks if getattr(type(s), name, base) is not base]
+            if len(impls) == 1:
+                setattr(self, name, getattr(impls[0], name))
+            elif not impls:
+                setattr(self, name, _ignore)
+            elif name in vars(self):
+                delattr(self, name)  # the loop below, over every sink
 
     def connection_opened(self, conn_id: str, peer: str, transport: Transport) -> None:
         for s in self.sinks:
@@ -72,6 +121,24 @@ class EventFanout(Events):
     def request_received(self) -> None:
         for s in self.sinks:
             s.request_received()
+
+    def request_started(
+        self, conn_id: str, peer: str, transport: Transport, route: str, ssl: bool
+    ) -> None:
+        for s in self.sinks:
+            s.request_started(conn_id, peer, transport, route, ssl)
+
+    def request_held(self, conn_id: str) -> None:
+        for s in self.sinks:
+            s.request_held(conn_id)
+
+    def request_ended(self, conn_id: str) -> None:
+        for s in self.sinks:
+            s.request_ended(conn_id)
+
+    def counter(self, name: str, count: int, route: str = "") -> None:
+        for s in self.sinks:
+            s.counter(name, count, route)
 
     def subscribed(self, channel: str, mode: Mode, first: bool) -> None:
         for s in self.sinks:
@@ -96,3 +163,10 @@ class EventFanout(Events):
     def slow_client(self, route: str, queued: int, closed: bool) -> None:
         for s in self.sinks:
             s.slow_client(route, queued, closed)
+
+
+def requests_observed(config: Config) -> bool:
+    """Whether per-request stats events have a reader: the stats socket or the Prometheus
+    endpoint (its connection figures are Pushpin's, per request). Without either, callers skip
+    ``request_started``/``request_ended``/``counter`` and pay nothing per request."""
+    return bool(config.stats_spec or config.prometheus_port)

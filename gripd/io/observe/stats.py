@@ -11,12 +11,12 @@ either a stats spec or a Prometheus port is set.
 
 - ``from`` is ``gripd_<pid>`` (Pushpin's handler says ``pushpin-handler_<pid>``; no consumer we
   know parses it, and claiming to be Pushpin would mislead whoever reads the stream).
-- A connection's stats id is ``<from>:<conn id>`` (Pushpin: ``<condure id>:<request id>``). It is
-  what ``conncheck`` (F42) must be asked with: pass :meth:`StatsPublisher.check_connection`.
-- Pushpin counts an HTTP *request* as a connection (``conn`` with its route, the
-  X-Forwarded-For-derived ``peer-address`` and ``ssl``, gone when the response ends). The state
-  and :meth:`StatsPublisher.connection_opened` take ``route`` and ``ssl``; which events open and
-  close a stats connection (per request or per TCP connection) is the caller's choice.
+- As Pushpin, a stats connection is a *request* (``request_started`` .. ``request_ended``):
+  ``conn`` with its route, the X-Forwarded-For-derived ``peer-address`` and ``ssl``, gone when
+  the response ends or the client connection closes. Its id is ``<from>:<conn id>-<n>``
+  (Pushpin: ``<condure id>:<request id>``); ``conncheck`` (F42) is asked with it: pass
+  :meth:`StatsPublisher.check_connection`. The client connection events themselves
+  (``connection_opened``) make no packet.
 - ``blocks`` (``message_block_size``) and the byte/message report counters are fed through
   :meth:`StatsPublisher.delivered`, :meth:`StatsPublisher.message_received` (``blocks``) and
   :meth:`StatsPublisher.counter`.
@@ -84,6 +84,8 @@ class StatsPublisher(Events):
         self._running = False
         self._topics: set[bytes] = set()
         self._topics_checked = -1.0
+        self._open: dict[str, str] = {}  # client connection id -> its open request's stats id
+        self._seq = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -180,6 +182,11 @@ class StatsPublisher(Events):
                     self._topics.discard(msg[1:])
         return self._topics
 
+    def _listened(self) -> bool:
+        """Whether anyone subscribed to the stats socket (packets are made only then)."""
+        sock = self._sock
+        return sock is not None and bool(self._listeners(sock))
+
     def _send(self, packets: list[Packet]) -> None:
         sock = self._sock
         if sock is None or not packets:
@@ -205,32 +212,59 @@ class StatsPublisher(Events):
 
     # -- identity ----------------------------------------------------------------------------
 
-    def stats_conn_id(self, conn_id: str) -> str:
-        """The ``id`` a connection has in ``conn`` packets and ``conncheck``."""
-        return f"{self.instance_id}:{conn_id}"
-
     def check_connection(self, cid: str) -> bool:
         """Whether ``cid`` (a stats connection id) is still open (F42 ``conncheck``)."""
         return self.state.has_connection(cid)
 
     # -- Events ------------------------------------------------------------------------------
 
-    def connection_opened(
-        self, conn_id: str, peer: str, transport: Transport, *, route: str = "", ssl: bool = False
+    def request_started(
+        self, conn_id: str, peer: str, transport: Transport, route: str, ssl: bool
     ) -> None:
+        """Open the stats connection of connection ``conn_id``'s current request (ends the
+        previous one if its end was not reported)."""
+        now = self.loop.time()
+        state = self.state
+        want = self._listened()
+        prev = self._open.pop(conn_id, None)
+        if prev is not None:
+            self._send(state.connection_closed(prev, now, want))
+        self._seq += 1
+        cid = f"{self.instance_id}:{conn_id}-{self._seq}"
+        self._open[conn_id] = cid
+        packets = state.connection_opened(
+            cid, now, type=transport, peer=peer, ssl=ssl, route=route, packet=want
+        )
+        if packets:
+            self._send(packets)
+
+    def request_held(self, conn_id: str) -> None:
+        """A hold took the request over: from now on it counts on the empty route, as in
+        Pushpin, where the handler (which has no route) owns held requests."""
+        cid = self._open.get(conn_id)
+        c = self.state.conns.get(cid) if cid is not None else None
+        if cid is None or c is None or not c.route:
+            return
         self._send(
             self.state.connection_opened(
-                self.stats_conn_id(conn_id),
-                self.loop.time(),
-                type=transport,
-                peer=peer,
-                ssl=ssl,
-                route=route,
+                cid, self.loop.time(), type=c.type, peer=c.peer, ssl=c.ssl, route=""
             )
         )
 
+    def request_ended(self, conn_id: str) -> None:
+        cid = self._open.pop(conn_id, None)
+        if cid is not None:
+            packets = self.state.connection_closed(cid, self.loop.time(), self._listened())
+            if packets:
+                self._send(packets)
+
     def connection_closed(self, conn_id: str) -> None:
-        self._send(self.state.connection_closed(self.stats_conn_id(conn_id), self.loop.time()))
+        """The TCP connection went: its request, if one is open, ends with it."""
+        self.request_ended(conn_id)
+
+    def current_stats_id(self, conn_id: str) -> str | None:
+        """The stats id of connection ``conn_id``'s open request (for ``conncheck``)."""
+        return self._open.get(conn_id)
 
     def request_received(self) -> None:
         self.state.request_received(self.loop.time())
