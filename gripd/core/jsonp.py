@@ -32,6 +32,7 @@ from typing import Literal, Protocol
 from gripd.core.errors import ClientError
 from gripd.core.headers import Headers, get
 from gripd.core.http import HOP_BY_HOP_RESPONSE, HttpResponse, text_response
+from gripd.core.qtcompat import reject_json_constant
 
 Mode = Literal["basic", "extended"]
 
@@ -159,7 +160,7 @@ def _parse_headers_param(value: bytes) -> Headers:
     """``_headers``: a JSON object of string values, sorted by name as Qt's QVariantMap
     (duplicate names: the last wins [verified]); Host and Accept are ignored."""
     try:
-        doc = json.loads(value.decode("utf-8"), parse_constant=_reject_constant)
+        doc = json.loads(value.decode("utf-8"), parse_constant=reject_json_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ClientError(ERR_HEADERS) from None
     if not isinstance(doc, dict):
@@ -180,10 +181,6 @@ def _parse_headers_param(value: bytes) -> Headers:
             raise ClientError(ERR_HEADERS)
         out.append((name, text))
     return out
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"not JSON: {name}")  # NaN / Infinity, which Qt's parser refuses
 
 
 def _utf16_key(s: str) -> bytes:

@@ -18,13 +18,12 @@ JWS decoding and signature checks are ``gripd.core.sig``'s (Grip-Sig uses the sa
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from gripd.core.sig import SigningKey, b64url_decode, parse_key, verify_signature
+from gripd.core.sig import SigningKey, decode_jws, parse_key, verify_signature
 
 __all__ = [
     "MAX_TOKEN_LENGTH",
@@ -123,18 +122,6 @@ def bearer_token(values: Sequence[str]) -> str | Rejection:
     return token
 
 
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"non-finite number {name}")  # NaN / Infinity are not JSON
-
-
-def _json_object(raw: bytes) -> dict[str, object] | None:
-    try:
-        value = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):  # RecursionError: deep nesting
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _number(value: object) -> float | None:
     """A JSON number (``bool`` is not one), as NumericDate (RFC 7519) requires."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -158,16 +145,10 @@ def _check(token: str, auth: PublishAuth, now: float) -> Rejection | float:
     """:func:`check_token`, returning the accepted token's ``exp``."""
     if len(token) > MAX_TOKEN_LENGTH:
         return _TOO_LONG
-    parts = token.split(".")
-    if len(parts) != 3 or not token.isascii():
+    jws = decode_jws(token)
+    if jws is None:
         return _NOT_JWT
-    header_raw, claims_raw, sig = (b64url_decode(p) for p in parts)
-    if header_raw is None or claims_raw is None or sig is None:
-        return _NOT_JWT
-    header = _json_object(header_raw)
-    claims = _json_object(claims_raw)
-    if header is None or claims is None:
-        return _NOT_JWT
+    header, claims = jws.header, jws.claims
     key = auth.key
     alg = header.get("alg")
     if alg != key.alg:
@@ -177,7 +158,7 @@ def _check(token: str, auth: PublishAuth, now: float) -> Rejection | float:
         return _CRIT
     if key.public is None and key.alg != "HS256":
         return _BAD_SIGNATURE
-    if not verify_signature((parts[0] + "." + parts[1]).encode("ascii"), sig, key):
+    if not verify_signature(jws.signing_input, jws.signature, key):
         return _BAD_SIGNATURE
     if "exp" not in claims:
         return _NO_EXP

@@ -26,7 +26,7 @@ import jsonpatch
 from gripd.core.errors import PublishError
 from gripd.core.headers import Headers, field_problem, is_safe_text, parse_list, show
 from gripd.core.http import HttpResponse, reason_phrase
-from gripd.core.qtcompat import decimal_int
+from gripd.core.qtcompat import decimal_int, reject_json_constant
 
 # The hub hands items to its workers pickled (never anything read from the network). Each
 # class pickles by its constructor arguments (``__reduce__``): 2-3x faster, and half the bytes,
@@ -480,13 +480,9 @@ def parse_item(obj: object, *, binary: bool = False, channel: str | None = None)
     return item
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(name)
-
-
 def _loads(data: bytes) -> Any:
     """Strict JSON as Qt reads it: UTF-8 (BOM allowed), no NaN/Infinity."""
-    return json.loads(data.decode("utf-8-sig"), parse_constant=_reject_constant)
+    return json.loads(data.decode("utf-8-sig"), parse_constant=reject_json_constant)
 
 
 def parse_publish_body(body: bytes) -> list[PublishItem]:

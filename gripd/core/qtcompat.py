@@ -183,6 +183,12 @@ _STR_RAW_RE = re.compile(r'[^"\\]*')
 _MAX_DEPTH = 1024
 
 
+def reject_json_constant(name: str) -> object:
+    """``json.loads``'s ``parse_constant``: refuse ``NaN``, ``Infinity`` and ``-Infinity``,
+    which Python's ``json`` reads but are not JSON (Qt's parser refuses them)."""
+    raise ValueError(f"not JSON: {name}")
+
+
 def decode_json(body: bytes) -> object:
     """Fast path msgspec; on failure a lenient parser that accepts what Qt5 accepts (raw control
     characters and unknown escapes in strings, a UTF-8 BOM, numbers like ``.5`` or ``1.``)."""

@@ -87,9 +87,6 @@ class Registry:
         out.update(dict.fromkeys(matched))
         return list(out)
 
-    def has_patterns(self) -> bool:
-        return bool(self._patterns)
-
     def channels(self) -> list[str]:
         """A snapshot of every channel that has a subscriber."""
         return list(self._by_channel)

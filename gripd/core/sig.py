@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from gripd.core.errors import ConfigError
+from gripd.core.qtcompat import reject_json_constant
 
 Alg = Literal["HS256", "ES256", "RS256"]
 
@@ -188,6 +189,41 @@ def verify_signature(msg: bytes, sig: bytes, key: SigningKey) -> bool:
     return False
 
 
+@dataclass(frozen=True, slots=True)
+class Jws:
+    """A compact JWS taken apart (its signature not checked yet)."""
+
+    header: dict[str, object]
+    claims: dict[str, object]
+    signing_input: bytes  # ``<header>.<claims>`` as sent: the bytes the signature covers
+    signature: bytes
+
+
+def decode_jws(token: str, *, strict: bool = True) -> Jws | None:
+    """``token`` as a compact JWS (three strict base64url parts) whose header and claims are
+    JSON objects, else None. ``strict``: ``NaN``/``Infinity`` make the JSON invalid (Python's
+    ``json`` reads them otherwise). Grip-Sig and publish tokens share this framing."""
+    parts = token.split(".")
+    if len(parts) != 3 or not token.isascii():
+        return None
+    header_raw, claims_raw, sig = (b64url_decode(p) for p in parts)
+    if header_raw is None or claims_raw is None or sig is None:
+        return None
+    header = _json_object(header_raw, strict)
+    claims = _json_object(claims_raw, strict)
+    if header is None or claims is None:
+        return None
+    return Jws(header, claims, (parts[0] + "." + parts[1]).encode("ascii"), sig)
+
+
+def _json_object(raw: bytes, strict: bool) -> dict[str, object] | None:
+    try:
+        value = json.loads(raw, parse_constant=reject_json_constant if strict else None)
+    except (ValueError, RecursionError):  # RecursionError: deep nesting
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def encode_token(claims_json: bytes, key: SigningKey) -> str:
     """A compact JWS of ``claims_json`` (already serialized) with Pushpin's header bytes."""
     header = b'{"typ":"JWT","alg":"%s"}' % key.alg.encode()
@@ -254,23 +290,12 @@ def validate_token(token: str, key: SigningKey, now: float) -> bool:
     (the Rust side runs with no required claims; its own exp check has 60 s leeway and is
     subsumed).
     """
-    parts = token.split(".")
-    if len(parts) != 3 or (key.public is None and key.alg != "HS256"):
+    if key.public is None and key.alg != "HS256":
         return False
-    raw = [b64url_decode(p) for p in parts]
-    header_raw, claims_raw, sig = raw
-    if header_raw is None or claims_raw is None or sig is None:
+    jws = decode_jws(token, strict=False)  # NaN/Infinity read, as this check always has
+    if jws is None or jws.header.get("alg") != key.alg:
         return False
-    try:
-        header = json.loads(header_raw)
-        claims = json.loads(claims_raw)
-    except (ValueError, RecursionError):  # RecursionError: deep nesting, before the signature
+    if not verify_signature(jws.signing_input, jws.signature, key):
         return False
-    if not isinstance(header, dict) or header.get("alg") != key.alg:
-        return False
-    if not verify_signature((parts[0] + "." + parts[1]).encode("ascii"), sig, key):
-        return False
-    if not isinstance(claims, dict):
-        return False
-    exp = _qt_exp(claims.get("exp"))
+    exp = _qt_exp(jws.claims.get("exp"))
     return exp > 0 and int(now) < exp

@@ -66,12 +66,6 @@ class PrefixIndex(Generic[T]):
     def __bool__(self) -> bool:
         return bool(self._by_prefix)
 
-    def __len__(self) -> int:
-        return len(self._by_prefix)
-
-    def __contains__(self, prefix: object) -> bool:
-        return prefix in self._by_prefix
-
     def add(self, prefix: str, member: T) -> bool:
         """Add ``member`` under ``prefix``; True when the prefix was new."""
         members = self._by_prefix.get(prefix)
@@ -107,9 +101,6 @@ class PrefixIndex(Generic[T]):
     def members(self, prefix: str) -> list[T]:
         members = self._by_prefix.get(prefix)
         return list(members) if members else []
-
-    def prefixes(self) -> list[str]:
-        return list(self._by_prefix)
 
     def matching_prefixes(self, channel: str) -> Iterator[str]:
         """The held prefixes that start ``channel``, shortest first."""

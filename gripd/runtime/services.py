@@ -13,7 +13,6 @@ callback, and whether a channel is held (for the SUB socket's exact-name filter)
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from gripd.io.handler.history import HistoryReader
 from gripd.io.inputs.command import CommandServer
 from gripd.io.inputs.control_http import ControlLimits, PublishSink, start_control_server
 from gripd.io.inputs.zmq import BindError, ZmqInputs, os_reason
+from gripd.io.netaddr import is_loopback_host
 from gripd.io.observe.events import EventFanout
 from gripd.io.observe.metrics import Metrics
 from gripd.io.observe.stats import StatsPublisher
@@ -167,11 +167,6 @@ def _beyond_loopback(server: asyncio.Server) -> bool:
     """Whether ``server`` listens on an address other than loopback (``0.0.0.0`` included)."""
     for sock in server.sockets:
         name = sock.getsockname()
-        host = str(name[0] if isinstance(name, tuple) else name).partition("%")[0]
-        try:
-            if ipaddress.ip_address(host).is_loopback:
-                continue
-        except ValueError:
-            pass
-        return True
+        if not is_loopback_host(str(name[0] if isinstance(name, tuple) else name)):
+            return True
     return False

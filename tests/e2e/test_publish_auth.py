@@ -334,7 +334,12 @@ def test_which_control_api_addresses_are_beyond_loopback() -> None:
     """The start-up warning's test (``push_in_http_addr`` such as ``0.0.0.0`` with no key):
     checked on the listening sockets' names, without opening a port beyond loopback here."""
     far = [("0.0.0.0", 5561), ("192.0.2.7", 5561), ("::", 5561, 0, 0)]
-    near = [("127.0.0.1", 5561), ("::1", 5561, 0, 0), ("127.3.4.5", 1)]
+    near = [
+        ("127.0.0.1", 5561),
+        ("::1", 5561, 0, 0),
+        ("127.3.4.5", 1),
+        ("::ffff:127.0.0.1", 1, 0, 0),
+    ]
     for name in far:
         assert _beyond_loopback(_Server(name))  # type: ignore[arg-type]
     for name in near:

@@ -151,8 +151,30 @@ async def test_redis_pattern_unsubscribe(pair: Pair) -> None:
     await _publish_and_mark(pair, [_item("news.a", 1)])
     pair.b.unsubscribe("news.*")
     await pair.b.settled(WAIT)
+    assert not pair.b._globs  # the glob of a confirmed PUNSUBSCRIBE is forgotten
     await _publish_and_mark(pair, [_item("news.b", 2)])
     assert pair.got() == ["news.a:1", "zz:0", "zz:0"]
+
+
+async def test_redis_pattern_subscribed_again(pair: Pair) -> None:
+    """A pattern dropped and wanted again, with its PUNSUBSCRIBE still unanswered or
+    answered, is delivered again (its replies are matched to it throughout)."""
+    await pair.start("news.*")
+    pair.b.unsubscribe("news.*")
+    for _ in range(20):  # until the PUNSUBSCRIBE is sent
+        await asyncio.sleep(0)
+        if "news.*" not in pair.b._requested:
+            break
+    pair.b.subscribe("news.*")
+    await pair.b.settled(WAIT)
+    await _publish_and_mark(pair, [_item("news.a", 1)])
+    pair.b.unsubscribe("news.*")
+    await pair.b.settled(WAIT)
+    pair.b.subscribe("news.*")
+    await pair.b.settled(WAIT)
+    await _publish_and_mark(pair, [_item("news.b", 2)])
+    assert pair.got() == ["news.a:1", "zz:0", "news.b:2", "zz:0"]
+    assert pair.b.is_subscribed("news.*")
 
 
 async def test_redis_option_off_star_is_literal(redis_server: RedisServer) -> None:

@@ -85,7 +85,6 @@ _MESSAGE = (b"smessage", b"message")
 _SUBSCRIBED = (b"ssubscribe", b"subscribe", b"psubscribe")
 _UNSUBSCRIBED = (b"sunsubscribe", b"unsubscribe", b"punsubscribe")
 _GLOB_SPECIAL = re.compile(rb"([\\*?\[\]])")
-_GLOB_ESCAPE = re.compile(rb"\\(.)", re.DOTALL)
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._:@-]")
 
 
@@ -198,6 +197,8 @@ class RedisBus:
         self._changed: set[str] = set()  # wanted-ness changed since the last (un)subscribe sent
         self._requested: set[str] = set()  # subscribed (sent) on the current connection
         self._unconfirmed: dict[str, int] = {}  # channel -> (un)subscribe replies still due
+        # PSUBSCRIBE glob -> its pattern, while the pattern is requested or a reply is due
+        self._globs: dict[bytes, str] = {}
         self._outstanding = 0  # sum of _unconfirmed
         self._queue: deque[_Out] = deque()
         self._inflight: dict[int, _Out] = {}  # seq -> sent, not yet back (or not acknowledged)
@@ -447,6 +448,7 @@ class RedisBus:
             self._hist_writes = self.history.enabled and self.history.usable
         self._requested.clear()
         self._unconfirmed.clear()
+        self._globs.clear()
         self._outstanding = 0
         self._last_data = None
         self._changed = set(self._wanted)
@@ -504,6 +506,7 @@ class RedisBus:
                 await c.disconnect(nowait=True)
         self._requested.clear()
         self._unconfirmed.clear()
+        self._globs.clear()
         self._outstanding = 0
         self._progress.set()
 
@@ -628,13 +631,9 @@ class RedisBus:
                     add = [c for c in add if not is_pattern(c)]
                     drop = [c for c in drop if not is_pattern(c)]
                     for verb, chans in ((b"PSUBSCRIBE", padd), (b"PUNSUBSCRIBE", pdrop)):
-                        for i in range(0, len(chans), SUBSCRIBE_CHUNK):
-                            keys = [self._pkey(c) for c in chans[i : i + SUBSCRIBE_CHUNK]]
-                            commands.append((verb, *keys))
+                        commands += _chunked(verb, [self._pkey(c) for c in chans])
             for verb, chans in ((sub, add), (unsub, drop)):
-                for i in range(0, len(chans), SUBSCRIBE_CHUNK):
-                    keys = [self._key(c) for c in chans[i : i + SUBSCRIBE_CHUNK]]
-                    commands.append((verb, *keys))
+                commands += _chunked(verb, [self._key(c) for c in chans])
             if commands:
                 await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
             self._progress.set()
@@ -664,6 +663,8 @@ class RedisBus:
             self._unconfirmed[channel] = left - 1
         else:
             del self._unconfirmed[channel]
+            if pattern and isinstance(key, bytes) and channel not in self._requested:
+                del self._globs[key]  # PUNSUBSCRIBEd and confirmed: nothing more comes for it
         self._outstanding -= 1
         self._progress.set()
         if channel in self._waiters:
@@ -709,15 +710,15 @@ class RedisBus:
         return self._prefix + channel.encode("utf-8", "surrogatepass")
 
     def _pkey(self, pattern: str) -> bytes:
-        """The PSUBSCRIBE glob of a pattern: its prefixed stem, escaped, then ``*``."""
-        return _GLOB_SPECIAL.sub(rb"\\\1", self._key(stem(pattern))) + b"*"
+        """The PSUBSCRIBE glob of a pattern: its prefixed stem, escaped, then ``*`` (noted
+        for :meth:`_pattern_of`)."""
+        glob = _GLOB_SPECIAL.sub(rb"\\\1", self._key(stem(pattern))) + b"*"
+        self._globs[glob] = pattern
+        return glob
 
     def _pattern_of(self, pkey: object) -> str | None:
         """The pattern a PSUBSCRIBE glob made by :meth:`_pkey` stands for."""
-        if not isinstance(pkey, bytes) or not pkey.endswith(b"*"):
-            return None
-        channel = self._channel_of(_GLOB_ESCAPE.sub(rb"\1", pkey[:-1]))
-        return None if channel is None else channel + "*"
+        return self._globs.get(pkey) if isinstance(pkey, bytes) else None
 
     def _wants(self, channel: str) -> bool:
         """Whether items of ``channel`` are wanted here (held, or matched by a held pattern)."""
@@ -771,6 +772,11 @@ async def _has_spublish(conn: Connection) -> bool:
     except ResponseError:  # no COMMAND (very old), or COMMAND not allowed: plain PUBLISH
         return False
     return isinstance(reply, list) and bool(reply) and reply[0] is not None
+
+
+def _chunked(verb: bytes, keys: list[bytes]) -> list[tuple[bytes, ...]]:
+    """``verb`` commands for ``keys``, at most :data:`SUBSCRIBE_CHUNK` keys each."""
+    return [(verb, *keys[i : i + SUBSCRIBE_CHUNK]) for i in range(0, len(keys), SUBSCRIBE_CHUNK)]
 
 
 def _call(fn: Callable[..., None], *args: object) -> None:

@@ -97,10 +97,6 @@ class Drop(Exception):
 # -- pure message parsing ------------------------------------------------------------------------
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"invalid JSON constant {name}")
-
-
 _json_decode = msgspec.json.Decoder().decode
 
 

@@ -239,16 +239,10 @@ class CertStore:
         self._note_unpaired(unpaired)
         self.identities = table
         for port in self.ports:
-            ctx = server_context(self.alpn)
-            # The listener's own certificate is the port's default, so a handshake that somehow
-            # skips the callback still gets the right one.
-            crt = os.path.join(self.certs_dir, default_name(port) + ".crt")
-            key = os.path.join(self.certs_dir, default_name(port) + ".key")
-            try:
-                ctx.load_cert_chain(crt, key, password=_no_password)
-            except (ssl.SSLError, OSError) as e:  # changed since it was read just above
-                msg = f"cannot load the certificate of https_ports {port}: {e}"
-                raise ConfigError(msg, crt) from None
+            # The listener's own context is the one its default pair was loaded into above, so
+            # a handshake that somehow skips the callback still gets the right certificate. (A
+            # reload replaces the table's entry, never this context.)
+            ctx = table[default_name(port)].context
             ctx.sni_callback = self._sni_callback(port)
             self._listen[port] = ctx
         log.debug("tls: %d certificate(s) loaded from %s", len(table), self.certs_dir)
