@@ -38,6 +38,7 @@ from typing import Literal
 
 from gripd.core import tnetstring
 from gripd.core.errors import ConfigError
+from gripd.core.publish import PublishItem
 
 StatsFormat = Literal["tnetstring", "json"]
 #: Field values a stats packet may hold.
@@ -380,6 +381,15 @@ class StatsState:
         """A connection opened: its ``conn`` packet (none with ``packet`` False: nobody reads
         it); counts its first minute at once. An open ``conn_id`` is replaced (Pushpin: a
         request handed back for a retry)."""
+        if conn_id not in self.conns:  # a new one (per request: the hot path, kept short)
+            c = self.conns[conn_id] = _Conn(conn_id, type, peer, ssl, now, route)
+            per = self._per_route
+            per[route] = per.get(route, 0) + 1
+            self._schedule_conn(c, now + self._conn_interval)
+            if self.report_interval > 0:
+                self._update_connections_max(now, route)
+                self._add_minutes(1, now, route)  # minutes are rounded up: count one now
+            return [self._conn_packet(c)] if packet else []
         old = self._pop_conn(conn_id)
         c = _Conn(conn_id, type, peer, ssl, old.last_report if old else now, route=route)
         if old is not None:
@@ -393,6 +403,29 @@ class StatsState:
             self._update_connections_max(now, route)
             if old is None:  # minutes are rounded up: count one now (not when replacing)
                 self._add_minutes(1, now, route)
+        return [self._conn_packet(c)] if packet else []
+
+    def connection_moved(
+        self, conn_id: str, route: str, now: float, packet: bool = True
+    ) -> list[Packet]:
+        """An open connection now counts on ``route`` (a held request moves to the handler's
+        empty route): its ``conn`` packet again, as when Pushpin replaces a connection."""
+        c = self.conns.get(conn_id)
+        if c is None or c.route == route:
+            return []
+        per, old = self._per_route, c.route
+        left = per[old] - 1
+        if left:
+            per[old] = left
+        else:
+            del per[old]
+        per[route] = per.get(route, 0) + 1
+        c.route = route
+        if self._reporting:
+            r = self.reports.get(old)
+            if r is None or r.connections_max_stale:  # else leaving cannot raise the max
+                self._update_connections_max(now, old)
+            self._update_connections_max(now, route)
         return [self._conn_packet(c)] if packet else []
 
     def connection_closed(self, conn_id: str, now: float, packet: bool = True) -> list[Packet]:
@@ -596,6 +629,31 @@ def blocks_for(size: int, block_size: int) -> int:
     if block_size <= 0:
         return -1
     return (size + block_size - 1) // block_size
+
+
+def item_blocks(item: PublishItem, block_size: int) -> int:
+    """Blocks of a published item for stats (Pushpin's ``largestBlocks``): its ``size`` when
+    the publisher gave one, else its largest format's body; -1 when block counting is off."""
+    if block_size <= 0:
+        return -1
+    if item.size is not None:
+        return blocks_for(item.size, block_size)
+    sizes = []
+    if item.http_response is not None:
+        sizes.append(len(item.http_response.body or b""))
+    if item.http_stream is not None:
+        sizes.append(len(item.http_stream.content))
+    if item.ws_message is not None:
+        sizes.append(len(item.ws_message.content))
+    return blocks_for(max(sizes), block_size) if sizes else -1
+
+
+def delivery_blocks(size: int | None, body: bytes | None, block_size: int) -> int:
+    """Blocks of one delivery of an item's format: its ``size`` when the publisher gave one,
+    else the format's body (Pushpin counts a ``body-patch`` as empty); -1 when off."""
+    if block_size <= 0:
+        return -1
+    return blocks_for(size if size is not None else len(body or b""), block_size)
 
 
 def default_instance_id(pid: int) -> str:

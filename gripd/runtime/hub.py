@@ -31,6 +31,7 @@ from gripd.core.errors import ConfigError
 from gripd.core.history import HistoryPolicy, Replay
 from gripd.core.publish import PublishItem
 from gripd.core.sequencer import Sequencer
+from gripd.core.stats import item_blocks
 from gripd.io.bus.base import Bus
 from gripd.io.bus.hub import (
     BroadcastLastIds,
@@ -143,7 +144,9 @@ class Hub:
         self.services.metrics.bus = self.bus  # its state and counters, for Prometheus
         self.tracker.add_listener(self.services.zmq_inputs)
         self.tracker.add_listener(self.bus)
-        self.router.received = lambda item, source: events.message_received(item.channel, source)
+        self.router.received = lambda item, source: events.message_received(
+            item.channel, source, item_blocks(item, self.config.message_block_size)
+        )
         self.router.on_drop = lambda n: events.dropped("worker_queue", n)
         self.relay = EventRelay(
             events, self.services.metrics.observe_origin_latency, tracker=self.tracker

@@ -57,3 +57,25 @@ def test_blocks_for() -> None:
     assert blocks_for(0, 4) == 0
     assert blocks_for(10, 4) == 3
     assert blocks_for(8, 4) == 2
+
+
+def test_moved_connection_counts_on_its_new_route() -> None:
+    """A held request moves to the empty route (Pushpin's handler owns it): its ``conn``
+    packet again with no route, the new route's peak counts it, its minute is not counted
+    twice, and a packet-less move (nobody listening) changes the counts the same way."""
+    s = state()
+    s.connection_opened("a", 1.0, route="r1")
+    s.connection_opened("b", 1.0, route="r1")
+    [(kind, moved)] = s.connection_moved("a", "", 1.5)
+    assert kind == "conn" and "route" not in moved and moved["id"] == "a"
+    assert s.connection_moved("a", "", 1.6) == []  # already there
+    assert s.connection_moved("b", "", 1.6, packet=False) == []
+    assert s.connection_moved("gone", "", 1.6) == []
+    reports = {str(f.get("route", "")): f for _, f in s.make_report(2.0)}
+    assert (reports["r1"]["connections"], reports["r1"]["minutes"]) == (2, 2)
+    assert (reports[""]["connections"], reports[""]["minutes"]) == (2, 0)
+    [(_, gone)] = s.connection_closed("a", 3.0)
+    assert "route" not in gone
+    # after a report the peak starts again from the count at the next change (Pushpin's)
+    reports = {str(f.get("route", "")): f for _, f in s.make_report(4.0)}
+    assert reports[""]["connections"] == 1 and reports["r1"]["connections"] == 0

@@ -419,3 +419,49 @@ async def test_stats_per_request(impl: Impl, start: StartFn) -> None:
             if stream is not None:
                 stream.close()
             await reader.close()
+
+
+async def test_stats_blocks(impl: Impl, start: StartFn) -> None:
+    """F43 with ``message_block_size``: a ``message`` packet carries the blocks of every
+    delivery (the published body in blocks, rounded up, times the subscribers), and the report
+    counts ``blocks-received`` once per item and ``blocks-sent`` per delivery."""
+    from tests.support.origin import Origin, Reply
+
+    async with Origin() as o:
+        o.route("GET", "/s", Reply(200, [("Grip-Hold", "stream"), ("Grip-Channel", "a")], "open\n"))
+        (prom,) = free_ports(1)
+        conf = _conf(prom, "json")
+        conf["handler"]["message_block_size"] = "5"
+        s = await start(impl, [f"* 127.0.0.1:{o.port}"], conf=conf)
+        rundir = s.tmp_rundir or (s.workdir / "run")
+        reader = StatsReader(f"ipc://{rundir}/gp-stats")
+        streams: list[RawResponse] = []
+        try:
+            await asyncio.sleep(0.3 * TIME_SCALE)
+            for _ in range(2):
+                st = await open_request(s.http_port, b"GET /s HTTP/1.1\r\nHost: t\r\n\r\n")
+                streams.append(st)
+                await st.read_body_until(b"open\n")
+            await reader.wait(_is("sub", mode="stream", channel="a", subscribers=2))
+            content = "hello world\n"  # 12 bytes: 3 blocks of 5
+            await asyncio.to_thread(
+                s.publish, [{"channel": "a", "formats": {"http-stream": {"content": content}}}]
+            )
+            for st in streams:
+                await st.read_body_until(content.encode())
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10 * TIME_SCALE
+            while loop.time() < deadline:
+                # with workers, each worker's deliveries make their own message packet
+                msgs = [f for t, f in reader.packets if t == "message" and f["channel"] == "a"]
+                reports = [f for t, f in reader.packets if t == "report"]
+                if _sum(msgs, "count") >= 2 and _sum(reports, "blocks-sent") >= 6:
+                    break
+                await asyncio.sleep(0.05)
+            assert _sum(msgs, "count") == 2 and _sum(msgs, "blocks") == 6
+            assert _sum(reports, "blocks-received") == 3
+            assert _sum(reports, "blocks-sent") == 6
+        finally:
+            for st in streams:
+                st.close()
+            await reader.close()

@@ -87,7 +87,9 @@ class Recorder(Events):
     def unsubscribed(self, channel: str, mode: Mode, last: bool) -> None:
         self.calls.append(("unsub", channel, mode, last))
 
-    def delivered(self, channel: str, item_id: str | None, transport: Delivery, count: int) -> None:
+    def delivered(
+        self, channel: str, item_id: str | None, transport: Delivery, count: int, blocks: int = -1
+    ) -> None:
         self.calls.append(("deliv", channel, item_id, transport, count))
 
     def dropped(self, reason: str, count: int = 1) -> None:

@@ -434,8 +434,10 @@ class WorkerLink(Events):
     def unsubscribed(self, channel: str, mode: Mode, last: bool) -> None:
         self._send(("ev", "unsub", channel, mode))
 
-    def delivered(self, channel: str, item_id: str | None, transport: Delivery, count: int) -> None:
-        self._send(("ev", "deliv", channel, item_id, transport, count))
+    def delivered(
+        self, channel: str, item_id: str | None, transport: Delivery, count: int, blocks: int = -1
+    ) -> None:
+        self._send(("ev", "deliv", channel, item_id, transport, count, blocks))
 
     def dropped(self, reason: str, count: int = 1) -> None:
         self._send(("ev", "drop", reason, count))
@@ -533,7 +535,7 @@ class EventRelay:
         kind = ev[1]
         events = self.events
         if kind == "deliv":
-            events.delivered(ev[2], ev[3], ev[4], ev[5])
+            events.delivered(ev[2], ev[3], ev[4], ev[5], ev[6])
         elif kind == "sub":
             self._sub(worker, ev[2], ev[3])
         elif kind == "unsub":

@@ -19,6 +19,7 @@ from gripd.core.http import HttpResponse, encode_chunk
 from gripd.core.instruct import Instruct, parse_instruct
 from gripd.core.publish import PublishItem
 from gripd.core.registry import Registry
+from gripd.core.stats import delivery_blocks, item_blocks
 from gripd.core.wildcard import is_pattern
 from gripd.io.handler.channels import ChannelTracker
 from gripd.io.handler.fanout import (
@@ -156,7 +157,10 @@ class Engine:
             if item is not None:
                 hold.prev_ids = {}  # the item follows prev-id by its place in history
                 if publish_response(self, item, [hold]):
-                    self.events.delivered(item.channel, item.id, "http-response", 1)
+                    body = item.http_response.body if item.http_response is not None else None
+                    bs = self.app.config.message_block_size
+                    blocks = delivery_blocks(item.size, body, bs)
+                    self.events.delivered(item.channel, item.id, "http-response", 1, blocks)
             elif conflict:
                 self.last_ids.forget_last_id(ch)
                 hold.retry()
@@ -508,8 +512,9 @@ class Engine:
     # -- publishing (PublishSink) ------------------------------------------------------------
 
     def publish(self, items: list[PublishItem], *, source: str = "http") -> None:
+        bs = self.app.config.message_block_size
         for item in items:
-            self.events.message_received(item.channel, source)
+            self.events.message_received(item.channel, source, item_blocks(item, bs))
             try:
                 n = self._publish_one(item)
             except Exception:  # one bad item must not stop the batch or crash the worker
@@ -524,10 +529,12 @@ class Engine:
         if not subs:
             return 0
         sent = 0
+        bs = self.app.config.message_block_size  # stats blocks (F43), -1 when off
         if item.http_stream is not None:
             n = publish_stream(self, item, subs)
             if n:
-                self.events.delivered(item.channel, item.id, "http-stream", n)
+                blocks = delivery_blocks(item.size, item.http_stream.content, bs)
+                self.events.delivered(item.channel, item.id, "http-stream", n, blocks)
                 size = len(item.http_stream.content)
                 if size and requests_observed(self.app.config):
                     # held-stream bytes (stats, F43); content filters may change a hold's
@@ -537,12 +544,14 @@ class Engine:
         if item.http_response is not None:
             n = publish_response(self, item, subs)
             if n:
-                self.events.delivered(item.channel, item.id, "http-response", n)
+                blocks = delivery_blocks(item.size, item.http_response.body, bs)
+                self.events.delivered(item.channel, item.id, "http-response", n, blocks)
             sent += n
         if item.ws_message is not None:
             n = publish_ws(self, item, subs)
             if n:
-                self.events.delivered(item.channel, item.id, "ws-message", n)
+                blocks = delivery_blocks(item.size, item.ws_message.content, bs)
+                self.events.delivered(item.channel, item.id, "ws-message", n, blocks)
             sent += n
         return sent
 

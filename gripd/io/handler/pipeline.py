@@ -38,6 +38,7 @@ from gripd.core.config import Config
 from gripd.core.publish import PublishItem
 from gripd.core.ratelimit import RateLimiter
 from gripd.core.sequencer import EXPIRE_INTERVAL, Sequencer
+from gripd.core.stats import delivery_blocks
 from gripd.io.handler.channels import ChannelTracker
 from gripd.io.handler.history import LocalHistory
 from gripd.io.observe.events import Events
@@ -246,11 +247,8 @@ class PublishPipeline:
 
     def _blocks(self, item: PublishItem, body: bytes | None) -> int:
         """Pushpin's weight of one delivery: its block count, or 1 when block sizes are off."""
-        bs = self.block_size
-        if bs <= 0:
-            return 1
-        size = item.size if item.size is not None else len(body or b"")
-        return (size + bs - 1) // bs
+        blocks = delivery_blocks(item.size, body, self.block_size)
+        return 1 if blocks < 0 else blocks
 
     def _publish(self, actions: list[_Action]) -> None:
         """Hand items to the engine, one call per run of items from the same input."""

@@ -52,11 +52,15 @@ class Events:
     def unsubscribed(self, channel: str, mode: Mode, last: bool) -> None:
         """A hold left ``channel``; ``last`` when no local subscriber remains."""
 
-    def message_received(self, channel: str, source: str) -> None:
-        """A publish item arrived from ``source`` (http, zmq-pull, zmq-sub, command)."""
+    def message_received(self, channel: str, source: str, blocks: int = -1) -> None:
+        """A publish item arrived from ``source`` (http, zmq-pull, zmq-sub, command);
+        ``blocks``: its largest format in ``message_block_size`` blocks, -1 when not counted."""
 
-    def delivered(self, channel: str, item_id: str | None, transport: Delivery, count: int) -> None:
-        """An item went to ``count`` subscribers of one transport."""
+    def delivered(
+        self, channel: str, item_id: str | None, transport: Delivery, count: int, blocks: int = -1
+    ) -> None:
+        """An item went to ``count`` subscribers of one transport (``blocks``: one delivery
+        in ``message_block_size`` blocks, -1 when off)."""
 
     def dropped(self, reason: str, count: int = 1) -> None:
         """Deliveries or items were dropped, e.g. ``slow_client``, ``bad_item``."""
@@ -148,13 +152,15 @@ class EventFanout(Events):
         for s in self.sinks:
             s.unsubscribed(channel, mode, last)
 
-    def message_received(self, channel: str, source: str) -> None:
+    def message_received(self, channel: str, source: str, blocks: int = -1) -> None:
         for s in self.sinks:
-            s.message_received(channel, source)
+            s.message_received(channel, source, blocks)
 
-    def delivered(self, channel: str, item_id: str | None, transport: Delivery, count: int) -> None:
+    def delivered(
+        self, channel: str, item_id: str | None, transport: Delivery, count: int, blocks: int = -1
+    ) -> None:
         for s in self.sinks:
-            s.delivered(channel, item_id, transport, count)
+            s.delivered(channel, item_id, transport, count, blocks)
 
     def dropped(self, reason: str, count: int = 1) -> None:
         for s in self.sinks:

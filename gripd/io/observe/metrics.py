@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import re
@@ -48,6 +47,7 @@ from gripd.core.config import Config
 from gripd.core.http import HttpResponse, encode_full
 from gripd.core.stats import PrometheusListen, StatsState, Totals, parse_prometheus_port
 from gripd.io.inputs.zmq import BindError, os_reason, prepare_ipc_path
+from gripd.io.netaddr import is_loopback_host
 from gripd.io.observe.events import Delivery, Events, Mode, Transport
 from gripd.io.observe.status import SLOWEST_MAX
 
@@ -410,10 +410,12 @@ class Metrics(Events):
         if last:
             self.channels.dec()
 
-    def message_received(self, channel: str, source: str) -> None:
+    def message_received(self, channel: str, source: str, blocks: int = -1) -> None:
         self.publishes.labels(source).inc()
 
-    def delivered(self, channel: str, item_id: str | None, transport: Delivery, count: int) -> None:
+    def delivered(
+        self, channel: str, item_id: str | None, transport: Delivery, count: int, blocks: int = -1
+    ) -> None:
         self.deliveries.labels(transport).inc(count)
 
     def dropped(self, reason: str, count: int = 1) -> None:
@@ -463,13 +465,7 @@ def _is_local(peer: object) -> bool:
     """A loopback TCP peer, or a Unix socket one (whose peer name is not an address pair)."""
     if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
         return True
-    try:
-        addr = ipaddress.ip_address(peer[0].partition("%")[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped.is_loopback
-    return addr.is_loopback
+    return is_loopback_host(peer[0])
 
 
 async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str] | None:

@@ -164,9 +164,10 @@ class StatsPublisher(Events):
 
     # -- output ------------------------------------------------------------------------------
 
-    def _listeners(self, sock: zmq.Socket[bytes]) -> set[bytes]:
+    def _listeners(self, sock: zmq.Socket[bytes], now: float | None = None) -> set[bytes]:
         """Topics subscribed on the XPUB socket (read at most every 50 ms)."""
-        now = self.loop.time()
+        if now is None:
+            now = self.loop.time()
         if now - self._topics_checked >= 0.05:
             self._topics_checked = now
             while True:
@@ -182,10 +183,10 @@ class StatsPublisher(Events):
                     self._topics.discard(msg[1:])
         return self._topics
 
-    def _listened(self) -> bool:
+    def _listened(self, now: float) -> bool:
         """Whether anyone subscribed to the stats socket (packets are made only then)."""
         sock = self._sock
-        return sock is not None and bool(self._listeners(sock))
+        return sock is not None and bool(self._listeners(sock, now))
 
     def _send(self, packets: list[Packet]) -> None:
         sock = self._sock
@@ -225,7 +226,7 @@ class StatsPublisher(Events):
         previous one if its end was not reported)."""
         now = self.loop.time()
         state = self.state
-        want = self._listened()
+        want = self._listened(now)
         prev = self._open.pop(conn_id, None)
         if prev is not None:
             self._send(state.connection_closed(prev, now, want))
@@ -242,19 +243,17 @@ class StatsPublisher(Events):
         """A hold took the request over: from now on it counts on the empty route, as in
         Pushpin, where the handler (which has no route) owns held requests."""
         cid = self._open.get(conn_id)
-        c = self.state.conns.get(cid) if cid is not None else None
-        if cid is None or c is None or not c.route:
-            return
-        self._send(
-            self.state.connection_opened(
-                cid, self.loop.time(), type=c.type, peer=c.peer, ssl=c.ssl, route=""
-            )
-        )
+        if cid is not None:
+            now = self.loop.time()
+            packets = self.state.connection_moved(cid, "", now, self._listened(now))
+            if packets:
+                self._send(packets)
 
     def request_ended(self, conn_id: str) -> None:
         cid = self._open.pop(conn_id, None)
         if cid is not None:
-            packets = self.state.connection_closed(cid, self.loop.time(), self._listened())
+            now = self.loop.time()
+            packets = self.state.connection_closed(cid, now, self._listened(now))
             if packets:
                 self._send(packets)
 
@@ -277,7 +276,7 @@ class StatsPublisher(Events):
     def unsubscribed(self, channel: str, mode: Mode, last: bool) -> None:
         self._send(self.state.unsubscribed(mode, channel, self.loop.time()))
 
-    def message_received(self, channel: str, source: str, *, blocks: int = -1) -> None:
+    def message_received(self, channel: str, source: str, blocks: int = -1) -> None:
         self.state.message_received(self.loop.time(), blocks)
 
     def delivered(
@@ -286,9 +285,9 @@ class StatsPublisher(Events):
         item_id: str | None,
         transport: Delivery,
         count: int,
+        blocks: int = -1,
         *,
         route: str = "",
-        blocks: int = -1,
     ) -> None:
         now = self.loop.time()
         self._send(

@@ -261,10 +261,12 @@ class StatusBoard(Events):
         else:
             subs.pop(channel, None)
 
-    def message_received(self, channel: str, source: str) -> None:
+    def message_received(self, channel: str, source: str, blocks: int = -1) -> None:
         self.published += 1
 
-    def delivered(self, channel: str, item_id: str | None, transport: Delivery, count: int) -> None:
+    def delivered(
+        self, channel: str, item_id: str | None, transport: Delivery, count: int, blocks: int = -1
+    ) -> None:
         self.delivered_by[transport] = self.delivered_by.get(transport, 0) + count
         self.delivered_total += count
 
