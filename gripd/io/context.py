@@ -25,8 +25,9 @@ if TYPE_CHECKING:
     from gripd.core.routes import Route
     from gripd.io.handler.engine import Engine
     from gripd.io.handler.ws_session import WsSession
-    from gripd.io.listener.client import Flusher, Request
     from gripd.io.listener.conn import ClientConn, Listened
+    from gripd.io.listener.flusher import Flusher
+    from gripd.io.listener.request import Request
     from gripd.io.observe.events import Events
     from gripd.io.observe.ticklog import TickLog
     from gripd.io.origin.http import OriginPool

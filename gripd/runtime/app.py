@@ -42,8 +42,10 @@ from gripd.io.handler.history import HistoryReader
 from gripd.io.handler.pipeline import PublishPipeline
 from gripd.io.handler.proxy import ProxySession, own_response, request_stats_started
 from gripd.io.handler.ws_session import WsSession
-from gripd.io.listener.client import ClientConnection, Flusher, Request
+from gripd.io.listener.client import ClientConnection
 from gripd.io.listener.conn import ClientConn, Listened
+from gripd.io.listener.flusher import Flusher
+from gripd.io.listener.request import Request
 from gripd.io.observe.events import Events
 from gripd.io.observe.status import StatusReporter
 from gripd.io.observe.ticklog import TickLog

@@ -22,7 +22,8 @@ from typing import Any
 
 from gripd.core.config import default_config
 from gripd.core.http import HttpResponse
-from gripd.io.listener.client import RAW_EARLY_MAX, ClientConnection, Request
+from gripd.io.listener.client import RAW_EARLY_MAX, ClientConnection
+from gripd.io.listener.request import Request
 from gripd.io.observe.events import Events
 
 from ._common import FakeLoop, FakeTransport, LogTrap, chunked, flags_and_rest

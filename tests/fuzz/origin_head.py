@@ -1,4 +1,4 @@
-"""Origin response heads through the real ``_OriginConnection.data_received`` (httptools).
+"""Origin response heads through the real ``OriginConnection.data_received`` (httptools).
 
 Input: one flag byte, then the bytes the origin sends; the origin then closes. Flags: bit 0 —
 the request was ``HEAD`` (else ``GET``); bits 1-3 — how the bytes are cut into reads.
@@ -18,8 +18,9 @@ from typing import Any, cast
 
 from gripd.core.errors import OriginError
 from gripd.core.headers import Headers
-from gripd.io.origin import http as origin_mod
-from gripd.io.origin.http import Endpoint, OriginExchange, OriginPool
+from gripd.io.origin.connection import OriginConnection
+from gripd.io.origin.endpoint import Endpoint
+from gripd.io.origin.http import OriginExchange, OriginPool
 
 from ._common import FakeTransport, LogTrap, chunked, flags_and_rest
 
@@ -110,7 +111,7 @@ def fuzz_one(data: bytes) -> None:
     method = "HEAD" if flags & 1 else "GET"
     with LogTrap(_LOGGER) as trap:
         pool = _Pool(logger=trap.logger)
-        conn = origin_mod._OriginConnection(pool, Endpoint("127.0.0.1", 1))
+        conn = OriginConnection(pool, Endpoint("127.0.0.1", 1))
         transport = FakeTransport()
         conn.connection_made(transport)
         rec = Recorder()

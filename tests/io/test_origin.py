@@ -1,4 +1,5 @@
-"""Tests for gripd.io.origin.http: the httptools origin client, its pool and failover (F10, F11).
+"""Tests for gripd.io.origin.http and .connection: the httptools origin client, its pool and
+failover (F10, F11).
 
 Every scenario talks to a real origin on 127.0.0.1: aiohttp.web for ordinary HTTP, raw asyncio
 servers for odd framing. Each scenario runs twice, on the default asyncio loop and on uvloop
@@ -32,8 +33,10 @@ from hypothesis import strategies as st
 
 from gripd.core.errors import OriginConnectError, OriginError
 from gripd.core.headers import Headers
+from gripd.io.origin import connection as origin_conn
 from gripd.io.origin import http as origin_mod
-from gripd.io.origin.http import Endpoint, OriginExchange, OriginPool
+from gripd.io.origin.endpoint import Endpoint
+from gripd.io.origin.http import OriginExchange, OriginPool
 
 LOCAL = "127.0.0.1"
 
@@ -804,7 +807,7 @@ def test_split_points_do_not_matter(which: int, cuts: list[int]) -> None:
     async def run() -> None:
         pool = OriginPool()
         pool._loop = asyncio.get_running_loop()
-        conn = origin_mod._OriginConnection(pool, Endpoint(LOCAL, 1))
+        conn = origin_conn.OriginConnection(pool, Endpoint(LOCAL, 1))
         transport = _FakeTransport()
         conn.connection_made(transport)
         rec = Recorder()
@@ -843,7 +846,7 @@ def test_endpoint_label_and_hashable() -> None:
     ],
 )
 def test_head_keep_alive(version: str, headers: Headers, expected: bool) -> None:
-    assert origin_mod._keep_alive(version, headers) is expected
+    assert origin_conn._keep_alive(version, headers) is expected
 
 
 @pytest.mark.parametrize(
@@ -857,7 +860,7 @@ def test_head_keep_alive(version: str, headers: Headers, expected: bool) -> None
     ],
 )
 def test_eof_delimited(headers: Headers, expected: bool) -> None:
-    assert origin_mod._is_eof_delimited(headers) is expected
+    assert origin_conn._is_eof_delimited(headers) is expected
 
 
 # -- the response head cap (origin_response_head_max) ------------------------------------------
@@ -877,7 +880,7 @@ def _feed(chunks: list[bytes], *, cap: int = _CAP, method: str = "GET") -> tuple
     async def run() -> tuple[Recorder, int]:
         pool = OriginPool(response_head_max=cap)
         pool._loop = asyncio.get_running_loop()
-        conn = origin_mod._OriginConnection(pool, Endpoint(LOCAL, 1))
+        conn = origin_conn.OriginConnection(pool, Endpoint(LOCAL, 1))
         conn.connection_made(_AbortableTransport())
         rec = Recorder()
         ex = OriginExchange(pool, conn.endpoint, rec, method, "none", 0)
@@ -936,7 +939,7 @@ def test_too_many_header_lines() -> None:
     def head(n: int) -> bytes:
         return b"HTTP/1.1 204 No Content\r\n" + b"X-a: b\r\n" * n + b"\r\n"
 
-    lines = origin_mod.RESPONSE_HEAD_LINES_MAX
+    lines = origin_conn.RESPONSE_HEAD_LINES_MAX
     rec, _ = _feed([head(lines)], cap=65_536)
     assert rec.events == ["head", "end"] and len(rec.headers) == lines
     rec, _ = _feed([head(lines + 1)], cap=65_536)

@@ -13,7 +13,7 @@ from gripd.io.handler.history import (
     resume_id,
     whole,
 )
-from gripd.io.listener.client import Request
+from gripd.io.listener.request import Request
 
 
 def item(n: int | None, channel: str = "c") -> PublishItem:

@@ -45,8 +45,8 @@ from gripd.io.origin.nextlink import post_gone
 if TYPE_CHECKING:
     from gripd.core.routes import Route
     from gripd.io.context import EngineHost, LastIds
-    from gripd.io.listener.client import Request
     from gripd.io.listener.conn import ClientConn
+    from gripd.io.listener.request import Request
 
 log = logging.getLogger("gripd.engine")
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from gripd.core.config import Config
     from gripd.core.http import HttpResponse
     from gripd.core.routes import Route
-    from gripd.io.listener.client import Request
+    from gripd.io.listener.request import Request
 
 EXPIRE_INTERVAL: Final = 5.0  # seconds between sweeps of items past history_ttl
 RESUME_BUFFER_MAX: Final = 10_000  # live items one client's resume holds back, at most

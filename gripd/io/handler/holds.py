@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from gripd.core.routes import Route
     from gripd.io.handler.engine import Engine
     from gripd.io.handler.history import ResumeState
-    from gripd.io.listener.client import Request
     from gripd.io.listener.conn import ClientConn
+    from gripd.io.listener.request import Request
 
 log = logging.getLogger("gripd.hold")
 

@@ -33,19 +33,14 @@ from gripd.core.requestlog import request_log_line
 from gripd.core.routes import Route, Target, rewrite_path, test_target_path
 from gripd.core.testhandler import answer_test_request
 from gripd.io.observe.events import Events, Transport, requests_observed
-from gripd.io.origin.http import (
-    BodyFraming,
-    Endpoint,
-    OriginExchange,
-    endpoints_for,
-    origin_form,
-)
+from gripd.io.origin.endpoint import Endpoint, endpoints_for, origin_form
+from gripd.io.origin.http import BodyFraming, OriginExchange
 
 if TYPE_CHECKING:
     from gripd.core.jsonp import JsonpRequest
     from gripd.io.context import OriginContext, ProxyHost
-    from gripd.io.listener.client import Request
     from gripd.io.listener.conn import ClientConn
+    from gripd.io.listener.request import Request
 
 log = logging.getLogger("gripd.proxy")
 

@@ -1,11 +1,10 @@
 """The client-facing HTTP/1.1 listener: one ``asyncio.Protocol`` per connection, on httptools.
 
-A connection parses requests and hands each one to a *request handler* (a proxy session, a hold,
-the test target) through the small ``RequestHandler`` interface. It owns the socket writes:
-
-- ``write()`` goes straight to the transport (pass-through, where backpressure matters);
-- ``queue()`` coalesces writes per loop tick through the ``Flusher`` (fan-out: one syscall per
-  connection per tick, whatever the number of messages, DESIGN "hot paths").
+A connection parses requests and hands each one (a ``Request``) to a *request handler* (a proxy
+session, a hold, the test target) through the small ``RequestHandler`` interface (both in
+:mod:`gripd.io.listener.request`). It owns the socket writes, through its base class
+:class:`~gripd.io.listener.client_writes.ClientWrites`: direct ones (pass-through), and ones
+coalesced per loop tick (fan-out).
 
 An idle held connection costs this object, its parser and its hold: no task, no future (DESIGN).
 
@@ -44,94 +43,21 @@ import asyncio
 import logging
 import typing
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import httptools
 
 from gripd.core.headers import Headers
 from gripd.core.http import HttpResponse, encode_full, text_response
-from gripd.core.requestcheck import Rejection, check_request
+from gripd.core.requestcheck import check_request
 from gripd.io.listener import h2 as _h2
-from gripd.io.listener.conn import ClientConn, Flushable
+from gripd.io.listener.client_writes import ClientWrites
+from gripd.io.listener.request import Request, RequestHandler
 
 if TYPE_CHECKING:
-    from gripd.core.jsonp import JsonpRequest
     from gripd.io.context import ClientHost
 
 log = logging.getLogger("gripd.client")
-
-
-class RequestHandler(Protocol):
-    """What a connection drives while one request is active."""
-
-    def on_client_body(self, data: bytes) -> None: ...
-    def on_client_body_end(self) -> None: ...
-    def on_client_closed(self) -> None: ...
-    def on_client_pause_writing(self) -> None: ...
-    def on_client_resume_writing(self) -> None: ...
-
-
-class Request:
-    """One parsed client request head, plus its body until a handler takes it."""
-
-    __slots__ = (
-        "body_chunks",
-        "body_done",
-        "body_size",
-        "head_size",
-        "headers",
-        "http_version",
-        "jsonp",
-        "keep_alive",
-        "method",
-        "reject",
-        "tls",
-        "upgrade",
-        "url",
-    )
-
-    def __init__(
-        self, method: str, url: str, headers: Headers, http_version: str, keep_alive: bool
-    ) -> None:
-        self.method = method
-        self.url = url
-        self.headers = headers
-        self.http_version = http_version
-        self.keep_alive = keep_alive
-        self.upgrade = False
-        self.jsonp: JsonpRequest | None = None  # F46: set when JSON-P rewrote this request
-        self.body_chunks: list[bytes] = []
-        self.body_size = 0
-        self.body_done = False
-        self.head_size = 0
-        self.reject: Rejection | None = None  # answered by gripd itself (core.requestcheck)
-        self.tls = False  # it came over a TLS listener (https_ports)
-
-
-class Flusher:
-    """Coalesces queued writes of many connections into one flush per loop tick; ``backed_up``:
-    the connections paused for writing, since when (the status page's slowest, unwalked)."""
-
-    __slots__ = ("_dirty", "_loop", "_scheduled", "backed_up")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._dirty: list[Flushable] = []
-        self._scheduled = False
-        self.backed_up: dict[ClientConn, float] = {}
-
-    def mark(self, conn: Flushable) -> None:
-        self._dirty.append(conn)
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        dirty, self._dirty = self._dirty, []
-        for conn in dirty:
-            conn.flush()
-
 
 # Bytes a client may send after an upgrade request before the origin has answered it.
 RAW_EARLY_MAX = 1 << 20
@@ -151,11 +77,10 @@ _T_IDLE = 2  # client_idle_timeout: keep-alive, no request in progress
 _T_DRAIN = 3  # client_header_timeout: the rest of a body after its response was sent
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(ClientWrites):
     """One client TCP connection speaking HTTP/1.1."""
 
     __slots__ = (
-        "_after_flush",
         "_cur",
         "_deadline",
         "_feeding",
@@ -165,8 +90,6 @@ class ClientConnection(asyncio.Protocol):
         "_hheaders",
         "_in_head",
         "_parser",
-        "_pending",
-        "_pending_size",
         "_pipe_paused",
         "_queued_bytes",
         "_raw_buf",
@@ -179,7 +102,6 @@ class ClientConnection(asyncio.Protocol):
         "_unparsed",
         "_upgraded",
         "_url_parts",
-        "_writing_paused",
         "app",
         "closed",
         "handler",
@@ -404,10 +326,6 @@ class ClientConnection(asyncio.Protocol):
         """Whether the last request read is complete and asked for the connection to close."""
         tail = self._requests[-1] if self._requests else self._cur
         return tail is not None and tail.body_done and not tail.keep_alive
-
-    def _closing(self) -> bool:
-        t = self.transport
-        return self.closed or t is None or t.is_closing()
 
     def _busy(self) -> bool:
         """Whether a request on this connection is being answered (in flight, held, a
@@ -673,48 +591,6 @@ class ClientConnection(asyncio.Protocol):
             )
             self.close()
 
-    # -- writing -----------------------------------------------------------------------------
-
-    def write(self, data: bytes) -> None:
-        """Write now (pass-through and single responses)."""
-        if self.transport is not None and not self.closed:
-            if self._pending:
-                self._pending.append(data)  # one send for what was queued and this
-                self._pending_size += len(data)
-                self.flush()
-            else:
-                self.transport.write(data)
-
-    def queue(self, data: bytes) -> None:
-        """Write at the end of this loop tick, coalesced with other queued data (fan-out)."""
-        if self.closed:
-            return
-        if self._pending is None:
-            self._pending = [data]
-            self._pending_size = len(data)
-            self.app.flusher.mark(self)
-        else:
-            self._pending.append(data)
-            self._pending_size += len(data)
-
-    def flush(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending and self.transport is not None and not self.closed:
-            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
-        self._pending_size = 0
-        after, self._after_flush = self._after_flush, None
-        if after is not None:
-            after()
-
-    def buffered(self) -> int:
-        """Bytes accepted for this client but not yet taken by the kernel."""
-        t = self.transport
-        return self._pending_size + (t.get_write_buffer_size() if t is not None else 0)
-
-    @property
-    def writing_paused(self) -> bool:
-        return self._writing_paused
-
     def set_handler(self, handler: RequestHandler | None) -> None:
         self.handler = handler
 
@@ -763,16 +639,6 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._arm(_T_IDLE, cfg.client_idle_timeout)
 
-    def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            if self._pending:
-                self.flush()
-            self.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.abort()
-
     def send_response(
         self, resp: HttpResponse, method: str = "GET", keep_alive: bool = True
     ) -> None:
@@ -782,11 +648,6 @@ class ClientConnection(asyncio.Protocol):
         http10 = req is not None and req.http_version == "1.0"
         self.write(encode_full(resp, method=method, keep_alive=ka, http10=http10))
         self.finish_response(ka)
-
-    def send_error_and_close(self, resp: HttpResponse) -> None:
-        if not self._closing():
-            self.write(encode_full(resp, keep_alive=False))
-            self.close()
 
     def pause_reading(self) -> None:
         """Stop reading for a handler or the app (backpressure, F4 max_open_requests)."""

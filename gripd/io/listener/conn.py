@@ -1,7 +1,7 @@
 """What the rest of gripd sees of a client connection: the request handlers get a
 :class:`ClientConn`, which is an HTTP/1.1 connection
 (:class:`~gripd.io.listener.client.ClientConnection`) or one HTTP/2 stream
-(:class:`~gripd.io.listener.h2.H2Stream`); the admission count holds :class:`Listened`
+(:class:`~gripd.io.listener.h2_stream.H2Stream`); the admission count holds :class:`Listened`
 connections (either protocol's connection object)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from gripd.core.http import HttpResponse
-    from gripd.io.listener.client import RequestHandler
+    from gripd.io.listener.request import RequestHandler
 
 
 class ClientConn(Protocol):

@@ -1,13 +1,12 @@
 """HTTP/2 for clients that choose it on a TLS listener (ALPN ``h2``), on the ``h2`` sans-I/O
-library.
+library: the connection.
 
-One :class:`H2Connection` serves a TLS connection; each request is an :class:`H2Stream`. A
-stream offers the request handlers (proxy sessions, holds, the test target) the same interface
-as an HTTP/1.1 :class:`~gripd.io.listener.client.ClientConnection`: they write HTTP/1.1 response
-bytes (a head, then a sized or chunked body) and the stream turns them into one HEADERS frame and
-DATA frames, reading them with httptools' C response parser. So every GRIP feature works per
-stream with no change to the handlers: pass-through, response and stream holds, keep-alives,
-next links, CORS and JSON-P. The cost is one parser pass over the bytes a stream is sent.
+One :class:`H2Connection` serves a TLS connection: it reads the frames, opens (or refuses) a
+stream per request, keeps the bounds below and writes the frames of all its streams. Each request
+is an :class:`~gripd.io.listener.h2_stream.H2Stream`, which gives the request handlers the
+interface of an HTTP/1.1 connection and turns the HTTP/1.1 response bytes they write into frames
+(:mod:`gripd.io.listener.h2_stream`), so every GRIP feature works per stream with no change to
+the handlers.
 
 Writes are coalesced per loop tick: frames of every stream of a connection go out in one
 ``transport.write`` through the shared ``Flusher``. A published message written to many streams
@@ -45,8 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import h2.config
@@ -55,16 +52,15 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-import httptools
 
 from gripd.core.headers import Headers
-from gripd.core.http import HttpResponse, encode_full, text_response
+from gripd.core.http import text_response
 from gripd.core.requestcheck import check_request
-from gripd.io.listener import client as _client
+from gripd.io.listener.h2_stream import H2Stream
+from gripd.io.listener.request import Request
 
 if TYPE_CHECKING:
     from gripd.io.context import ClientHost
-    from gripd.io.listener.client import RequestHandler
 
 log = logging.getLogger("gripd.client")
 
@@ -72,11 +68,6 @@ log = logging.getLogger("gripd.client")
 # themselves per second: a burst of the whole budget, then a quarter (a fifth) of it per second.
 RESET_REFILL = 0.25
 CONTROL_REFILL = 0.2
-
-# Response header fields HTTP/2 forbids (RFC 9113 8.2.2); the handlers write HTTP/1.1 heads.
-_CONNECTION_SPECIFIC = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
-)
 
 # The HPACK decoder's own bound on one header list (bytes, counted as RFC 7541 does): beyond it
 # the connection fails. Requests over client_buffer_size but under this get their 431.
@@ -364,7 +355,7 @@ class H2Connection(asyncio.Protocol):
             return
         if authority and not any(k == "host" for k, _ in headers):
             headers.insert(0, ("host", authority))
-        req = _client.Request(method, path or "/", headers, "1.1", True)
+        req = Request(method, path or "/", headers, "1.1", True)
         req.head_size = size
         req.tls = True
         req.body_done = ev.stream_ended is not None
@@ -474,336 +465,3 @@ class H2Connection(asyncio.Protocol):
     @property
     def transport_paused(self) -> bool:
         return self._tpaused
-
-
-class H2Stream:
-    """One request on an HTTP/2 connection, with the interface of an HTTP/1.1 client
-    connection (see the module docstring)."""
-
-    __slots__ = (
-        "_end",
-        "_headers",
-        "_parser",
-        "_pieces",
-        "_read_paused",
-        "_state",
-        "_unacked",
-        "_wpaused",
-        "closed",
-        "conn",
-        "handler",
-        "head_sent",
-        "id",
-        "out",
-        "out_size",
-        "peer",
-        "req",
-        "response_done",
-        "sid",
-        "tls",
-    )
-
-    raw_sink: Callable[[bytes], None] | None = None  # never upgraded
-
-    def __init__(self, conn: H2Connection, sid: int, req: _client.Request) -> None:
-        self.conn = conn
-        self.sid = sid
-        self.req = req
-        self.id = conn.app.next_conn_id()
-        self.peer = conn.peer
-        self.tls = True
-        self.handler: RequestHandler | None = None
-        self.closed = False  # the stream is over (response done, reset, or connection lost)
-        self.response_done = False
-        self.head_sent = False
-        self.out: deque[bytes] = deque()  # DATA waiting for flow-control window
-        self.out_size = 0
-        self._end = False  # the response body is complete: END_STREAM after ``out``
-        self._parser = httptools.HttpResponseParser(self)
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._pieces: list[bytes] = []
-        self._wpaused = False
-        self._read_paused = False
-        self._unacked = 0
-        self._state = conn.h2.streams[sid]  # h2's stream: its outbound window (emit_data)
-
-    # -- from the connection --------------------------------------------------------------------
-
-    def body(self, data: bytes, flow: int) -> None:
-        req = self.req
-        if self.handler is not None:
-            self.handler.on_client_body(data)
-        elif not self.response_done:
-            req.body_chunks.append(data)
-            req.body_size += len(data)
-        if (self.handler is not None and not self._read_paused) or self.response_done:
-            self.conn._ack(flow, self.sid)
-        else:
-            self._unacked += flow  # the window stays shut until a handler takes the body
-
-    def body_end(self) -> None:
-        self.req.body_done = True
-        if self.handler is not None:
-            self.handler.on_client_body_end()
-
-    def lost(self) -> None:
-        """The client reset the stream, or the connection is gone."""
-        if self.closed:
-            return
-        self.closed = True
-        self._set_backed_up(False)
-        handler, self.handler = self.handler, None
-        if handler is not None:
-            handler.on_client_closed()
-
-    def conn_paused(self) -> None:
-        if not self._wpaused:
-            self._wpaused = True
-            self._set_backed_up(True)
-            if self.handler is not None:
-                self.handler.on_client_pause_writing()
-
-    def conn_resumed(self) -> None:
-        if self._wpaused and self.out_size <= self.conn.app.write_high_water:
-            self._wpaused = False
-            self._set_backed_up(False)
-            if self.handler is not None:
-                self.handler.on_client_resume_writing()
-
-    def _set_backed_up(self, on: bool) -> None:
-        b = self.conn.app.flusher.backed_up
-        if on:
-            b.setdefault(self, self.conn.app.loop.time())
-        else:
-            b.pop(self, None)
-
-    # -- httptools response-parser callbacks -----------------------------------------------------
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
-
-    def on_headers_complete(self) -> None:
-        code = self._parser.get_status_code()
-        if code < 200:
-            self._headers = []  # an interim response is not relayed
-            return
-        hs = [(b":status", str(code).encode())]
-        hs += [(k, v) for k, v in self._headers if k not in _CONNECTION_SPECIFIC]
-        self._headers = []
-        self.head_sent = True
-        try:
-            self.conn.h2.send_headers(self.sid, hs)
-        except (h2.exceptions.ProtocolError, ValueError) as e:
-            log.info("conn %s: response head not sendable over HTTP/2 (%s)", self.id, e)
-            self._reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
-
-    def on_body(self, body: bytes) -> None:
-        self._pieces.append(body)
-
-    def on_message_complete(self) -> None:
-        if self.head_sent:
-            self._end = True
-
-    # -- the interface the handlers use ---------------------------------------------------------
-
-    @property
-    def transport(self) -> asyncio.Transport | None:
-        return self.conn.transport
-
-    @property
-    def writing_paused(self) -> bool:
-        return self._wpaused
-
-    def write(self, data: bytes) -> None:
-        """Response bytes as HTTP/1.1 would send them; sent at the end of this loop tick."""
-        if self.closed or self.response_done:
-            return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            log.error("conn %s: response bytes not HTTP/1.1 (%s); stream reset", self.id, e)
-            self._reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
-            return
-        pieces = self._pieces
-        if pieces:
-            self._pieces = []
-            chunk = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-            if not self.out and not self._end:
-                # The fan-out case: nothing waits and the windows allow it: one frame, now.
-                conn = self.conn
-                h = conn.h2
-                st = self._state
-                n = len(chunk)
-                if (
-                    n <= h.max_outbound_frame_size
-                    and n <= h.outbound_flow_control_window
-                    and n <= st.outbound_flow_control_window
-                ):
-                    conn.emit_data(self.sid, chunk, st)
-                    conn.mark()
-                    return
-            self.out.append(chunk)
-            self.out_size += len(chunk)
-        self.push()
-
-    queue = write  # fan-out: frames are coalesced per tick by the connection either way
-
-    def push(self) -> None:
-        """Send what the flow-control windows allow; END_STREAM once all is sent."""
-        if self.closed:
-            return
-        conn = self.conn
-        h = conn.h2
-        out = self.out
-        sid = self.sid
-        st = self._state
-        try:
-            while out:
-                window = min(h.outbound_flow_control_window, st.outbound_flow_control_window)
-                if window <= 0:
-                    break
-                chunk = out[0]
-                n = min(window, h.max_outbound_frame_size, len(chunk))
-                if n == len(chunk):
-                    out.popleft()
-                    self.out_size -= n
-                    if self._end and not out:
-                        h.send_data(sid, chunk, end_stream=True)
-                        self._complete()
-                    else:
-                        conn.emit_data(sid, chunk, st)
-                else:
-                    out[0] = chunk[n:]
-                    self.out_size -= n
-                    conn.emit_data(sid, chunk[:n], st)
-            else:
-                if self._end and not self.response_done:
-                    h.end_stream(sid)
-                    self._complete()
-        except (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError) as e:
-            log.debug("conn %s: stream %d write failed (%s)", self.id, sid, e)
-            self._reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
-            return
-        conn.mark()
-        if out and not self.response_done:
-            conn.blocked[sid] = self
-        else:
-            conn.blocked.pop(sid, None)
-        high = conn.app.write_high_water
-        if self.out_size > high and not self._wpaused:
-            self.conn_paused()
-        elif self._wpaused and self.out_size <= high and not conn.transport_paused:
-            self.conn_resumed()
-
-    def _complete(self) -> None:
-        """END_STREAM was sent: the response is over."""
-        self.response_done = True
-        if not self.req.body_done:
-            # RFC 9113 8.1: the rest of the request body is not wanted.
-            try:
-                self.conn.h2.reset_stream(self.sid, h2.errors.ErrorCodes.NO_ERROR)
-            except h2.exceptions.ProtocolError:
-                pass
-        self._finish_stream()
-
-    def _finish_stream(self) -> None:
-        self.closed = True
-        self._set_backed_up(False)
-        self.conn.stream_done(self)
-        if self._unacked:
-            n, self._unacked = self._unacked, 0
-            self.conn._ack(n, self.sid)
-
-    def _reset(self, code: int) -> None:
-        if self.closed:
-            return
-        self.response_done = True
-        try:
-            self.conn.h2.reset_stream(self.sid, code)
-        except h2.exceptions.ProtocolError:
-            pass
-        self.conn.mark()
-        self.out.clear()
-        self.out_size = 0
-        handler, self.handler = self.handler, None
-        self._finish_stream()
-        if handler is not None:
-            handler.on_client_closed()
-
-    def flush(self) -> None:
-        self.conn.flush()
-
-    def buffered(self) -> int:
-        """Bytes accepted for this stream but not yet taken by the kernel: the stream's own
-        flow-control queue plus its connection's socket buffer."""
-        t = self.conn.transport
-        return self.out_size + (t.get_write_buffer_size() if t is not None else 0)
-
-    def set_handler(self, handler: RequestHandler | None) -> None:
-        self.handler = handler
-        if handler is not None and self._unacked and not self._read_paused:
-            n, self._unacked = self._unacked, 0
-            self.conn._ack(n, self.sid)
-
-    def hold_started(self) -> None:
-        pass  # a stream has no timer of its own
-
-    def finish_response(self, keep_alive: bool = True) -> None:
-        """The handler is done: END_STREAM once the queued body is sent (or a reset if the
-        response was cut short, as HTTP/1.1 would close)."""
-        self.handler = None
-        if self.closed or self.response_done:
-            return
-        if not self.head_sent:
-            self._reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
-            return
-        if self._end or self._framed_by_close():
-            self._end = True
-            self.push()
-        else:
-            self._reset(h2.errors.ErrorCodes.CANCEL)
-
-    def _framed_by_close(self) -> bool:
-        """Whether the response body runs until the connection closes (no length, not
-        chunked), so that its end is complete, not cut short; and a HEAD response."""
-        if self.req.method == "HEAD":
-            return True
-        p = self._parser
-        try:
-            return not p.should_keep_alive()
-        except Exception:
-            return False
-
-    def close(self) -> None:
-        """HTTP/1.1 would close the connection: the stream ends (or is reset if cut short)."""
-        self.finish_response(False)
-
-    def abort(self) -> None:
-        handler, self.handler = self.handler, None
-        self._reset(h2.errors.ErrorCodes.CANCEL)
-        if handler is not None:
-            handler.on_client_closed()
-
-    def send_response(
-        self, resp: HttpResponse, method: str = "GET", keep_alive: bool = True
-    ) -> None:
-        self.write(encode_full(resp, method=method))
-        if method == "HEAD" and not self.response_done:
-            self._end = True
-            self.push()
-        self.finish_response()
-
-    def send_error_and_close(self, resp: HttpResponse) -> None:
-        self.send_response(resp, self.req.method)
-
-    def pause_reading(self) -> None:
-        self._read_paused = True
-
-    def resume_reading(self) -> None:
-        self._read_paused = False
-        if self.handler is not None and self._unacked:
-            n, self._unacked = self._unacked, 0
-            self.conn._ack(n, self.sid)
-
-    def take_raw(self, sink: Callable[[bytes], None]) -> None:
-        raise RuntimeError("an HTTP/2 stream is never upgraded")

@@ -8,7 +8,7 @@ Two halves, so that answering a request never walks the connections:
   to the :class:`StatusBoard` (directly in a single process, as a ``status`` message over the
   link from a worker). A connection is *backed up* while its transport is paused for writing
   (more than the listener's write high-water mark waits for the client): the listener keeps
-  those in :attr:`gripd.io.listener.client.Flusher.backed_up`, so the set is small and costs
+  those in :attr:`gripd.io.listener.flusher.Flusher.backed_up`, so the set is small and costs
   nothing while clients keep up.
 - :class:`StatusBoard` lives once per instance (next to Prometheus, in the single process or in
   the hub). It is an ``Events`` sink for the channel and publish counts, reads the connection

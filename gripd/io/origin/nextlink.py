@@ -19,7 +19,8 @@ from urllib.parse import urljoin, urlsplit
 from gripd.core.errors import OriginError
 from gripd.core.forward import ClientRequestInfo, origin_request_headers
 from gripd.core.http import HttpResponse, reason_phrase
-from gripd.io.origin.http import endpoints_for, fetch
+from gripd.io.origin.endpoint import endpoints_for
+from gripd.io.origin.http import fetch
 
 if TYPE_CHECKING:
     from gripd.core.instruct import NextLink
@@ -27,8 +28,8 @@ if TYPE_CHECKING:
     from gripd.core.routes import Route
     from gripd.io.context import OriginContext
     from gripd.io.handler.holds import StreamHold
-    from gripd.io.listener.client import Request
     from gripd.io.listener.conn import ClientConn
+    from gripd.io.listener.request import Request
 
 log = logging.getLogger("gripd.nextlink")
 

@@ -30,7 +30,8 @@ from websockets.utils import accept_key
 from gripd.core import headers as hdr
 from gripd.core.errors import OriginError
 from gripd.core.http import HttpResponse, reason_phrase
-from gripd.io.origin.http import Endpoint, HeadBudget
+from gripd.io.origin.connection import HeadBudget
+from gripd.io.origin.endpoint import Endpoint
 from gripd.io.ws_endpoint import WsEndpoint, WsPeerHandler
 
 log = logging.getLogger("gripd.ws.origin")

@@ -48,7 +48,8 @@ from gripd.core.wsevents import (
     woh_client_101_headers,
     woh_request_headers,
 )
-from gripd.io.origin.http import fetch, origin_form
+from gripd.io.origin.endpoint import origin_form
+from gripd.io.origin.http import fetch
 from gripd.io.origin.ws_peer import endpoints_for, ws_origin_headers
 
 if TYPE_CHECKING:

@@ -10,8 +10,8 @@ from gripd.core.forward import ClientRequestInfo, origin_request_headers
 from gripd.core.http import HttpResponse
 from gripd.core.routes import rewrite_path
 from gripd.core.wscontrol import parse_grip_extension
-from gripd.io.origin.http import Endpoint, origin_form
-from gripd.io.origin.http import endpoints_for as route_endpoints
+from gripd.io.origin.endpoint import Endpoint, origin_form
+from gripd.io.origin.endpoint import endpoints_for as route_endpoints
 from gripd.io.origin.websocket import WsOriginLink
 
 if TYPE_CHECKING:
