@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +50,16 @@ async def start(tmp_path: Path) -> AsyncIterator[StartFn]:
 async def origin() -> AsyncIterator[Origin]:
     async with Origin() as o:
         yield o
+
+
+@pytest.fixture
+def dead_port() -> Iterator[int]:
+    """A loopback port where nothing listens, for the whole test: the port is bound (so no
+    other test can take it, as it could a port that was merely free) but not listening, so
+    a connection to it is refused."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    try:
+        yield s.getsockname()[1]
+    finally:
+        s.close()

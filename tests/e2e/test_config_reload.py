@@ -155,10 +155,10 @@ async def test_reload_live_settings_keeps_connections(
         held.close()
 
 
-async def test_reload_publish_key_and_debug(start: StartFn, origin: Origin) -> None:
+async def test_reload_publish_key_and_debug(start: StartFn, origin: Origin, dead_port: int) -> None:
     """publish_key turns on without a restart (publishes then need a token), and debug
     changes the error bodies gripd sends (F47)."""
-    (dead,) = free_ports(1)
+    dead = dead_port
     origin.route("GET", "/plain", Reply(200, [], "plain\n"))
     s = await start(
         "gripd",

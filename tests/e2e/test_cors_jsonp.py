@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import StartFn
 from tests.support.e2e import publish
 from tests.support.origin import Origin, Reply
-from tests.support.procs import Impl, Server, free_ports
+from tests.support.procs import Impl, Server
 from tests.support.rawhttp import open_request
 
 ACO_HEADERS = (
@@ -138,9 +138,9 @@ async def test_no_cors_without_aco(impl: Impl, start: StartFn, origin: Origin) -
     assert origin.requests_for("/c")[-1].query == "callback=cb"  # no JSON-P either
 
 
-async def test_cors_on_errors(impl: Impl, start: StartFn, origin: Origin) -> None:
+async def test_cors_on_errors(impl: Impl, start: StartFn, origin: Origin, dead_port: int) -> None:
     """Proxy errors (F47) get CORS too; "no route" happens before a route is known: none."""
-    (dead,) = free_ports(1)
+    dead = dead_port
     s = await start(impl, [f"a.test,aco 127.0.0.1:{dead}", f"b.test,aco 127.0.0.1:{origin.port}"])
     status, head, body = await fetch(s.http_port, req("/x", "Origin: https://o\r\n", host="a.test"))
     assert (status, body) == (502, b"Error while proxying to origin.\n")
@@ -322,10 +322,10 @@ def unwrap(body: bytes, callback: bytes) -> dict[str, object]:
     return value
 
 
-async def test_jsonp_errors_are_wrapped(impl: Impl, start: StartFn) -> None:
+async def test_jsonp_errors_are_wrapped(impl: Impl, start: StartFn, dead_port: int) -> None:
     """Proxy errors, "no route" (with global ``auto_cross_origin``) and the ``Pushpin-Check``
     notice are JSON-P wrapped; the wrapped headers list Content-Type and Content-Length."""
-    (dead,) = free_ports(1)
+    dead = dead_port
     s = await start(
         impl,
         [f"a.test 127.0.0.1:{dead}", f"d.test,debug 127.0.0.1:{dead}"],

@@ -14,7 +14,7 @@ import jwt
 
 from tests.conftest import StartFn
 from tests.support.origin import Origin, Reply
-from tests.support.procs import Impl, free_ports
+from tests.support.procs import Impl
 from tests.support.rawhttp import raw_request
 
 FEATURES = (
@@ -132,24 +132,26 @@ async def test_no_route_for_host(impl: Impl, start: StartFn, origin: Origin) -> 
     assert headers.get("content-type") == "text/plain"
 
 
-async def test_origin_down_502(impl: Impl, start: StartFn) -> None:
-    (dead,) = free_ports(1)
+async def test_origin_down_502(impl: Impl, start: StartFn, dead_port: int) -> None:
+    dead = dead_port
     s = await start(impl, [f"* 127.0.0.1:{dead}"], probe=False)
     status, _, body = await raw_request(s.http_port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
     assert status == 502
     assert body == b"Error while proxying to origin.\n"
 
 
-async def test_origin_down_debug_route(impl: Impl, start: StartFn) -> None:
-    (dead,) = free_ports(1)
+async def test_origin_down_debug_route(impl: Impl, start: StartFn, dead_port: int) -> None:
+    dead = dead_port
     s = await start(impl, [f"*,debug 127.0.0.1:{dead}"], probe=False)
     status, _, body = await raw_request(s.http_port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
     assert status == 502
     assert body == f"Unable to connect to any targets. Tried: 127.0.0.1:{dead}\n".encode()
 
 
-async def test_failover_to_second_target(impl: Impl, start: StartFn, origin: Origin) -> None:
-    (dead,) = free_ports(1)
+async def test_failover_to_second_target(
+    impl: Impl, start: StartFn, origin: Origin, dead_port: int
+) -> None:
+    dead = dead_port
     origin.route("GET", "/f", Reply(200, body="second\n"))
     s = await start(impl, [f"* 127.0.0.1:{dead} 127.0.0.1:{origin.port}"])
     status, _, body = await raw_request(s.http_port, b"GET /f HTTP/1.1\r\nHost: t\r\n\r\n")

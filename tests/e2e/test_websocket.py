@@ -23,7 +23,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 
 from tests.conftest import TIME_SCALE, StartFn
-from tests.support.procs import Impl, Server, free_ports
+from tests.support.procs import Impl, Server
 from tests.support.wsorigin import RawWsClient, WsOrigin
 
 WAIT = 5.0 * TIME_SCALE
@@ -300,8 +300,10 @@ async def test_client_close_relayed_to_origin(impl: Impl, start: StartFn) -> Non
         await asyncio.wait_for(close, WAIT)
 
 
-async def test_origin_rejection_relayed_and_origin_down_502(impl: Impl, start: StartFn) -> None:
-    (dead,) = free_ports(1)
+async def test_origin_rejection_relayed_and_origin_down_502(
+    impl: Impl, start: StartFn, dead_port: int
+) -> None:
+    dead = dead_port
     async with WsOrigin() as o:
         s = await start(impl, [f"*,path_beg=/down 127.0.0.1:{dead}", *origin_route(o.port)])
         pending = asyncio.ensure_future(ws_connect(s, "/r"))
