@@ -285,7 +285,7 @@ class StatsState:
         self.subs: dict[tuple[str, str], _Sub] = {}
         self.reports: dict[str, Report] = {}  # route -> its report
         self.totals = Totals()
-        self.activity = 0
+        self.activity: dict[str, int] = {}  # route -> billable actions since the last flush
         self.requests = 0
         self._due: list[tuple[float, int, _Key, int]] = []  # subscriptions: (due, seq, key, gen)
         # Connections by the second of their next refresh. A connection is a request (as in
@@ -550,12 +550,19 @@ class StatsState:
         return [message_packet(self.instance_id, channel, item_id, transport, count, blocks=total)]
 
     def request_received(self, now: float) -> bool:
-        """A request arrived (activity and ``requests-received``). True when this starts a new
-        batch, i.e. the caller should call :meth:`flush_activity` ``ACTIVITY_DELAY`` later."""
-        start = self.activity == 0 and self.requests == 0
-        self.activity += 1
+        """A request arrived (``requests-received``). True when this starts a new batch, i.e.
+        the caller should call :meth:`flush_activity` ``ACTIVITY_DELAY`` later."""
+        start = not self.activity and self.requests == 0
         self.requests += 1
         self.totals.request_received += 1
+        return start
+
+    def add_activity(self, route: str, count: int = 1) -> bool:
+        """Billable actions on ``route`` (Pushpin counts one per request or WebSocket as it
+        is routed). True when this starts a new batch, as :meth:`request_received`."""
+        activity = self.activity
+        start = not activity and self.requests == 0
+        activity[route] = activity.get(route, 0) + count
         return start
 
     def add_counter(self, name: str, count: int, now: float, route: str = "") -> None:
@@ -568,12 +575,12 @@ class StatsState:
 
     def flush_activity(self) -> list[Packet]:
         """The pending ``activity`` and ``counts`` packets."""
-        out: list[Packet] = []
-        if self.activity:
-            out.append(activity_packet(self.instance_id, self.activity))
+        out = [
+            activity_packet(self.instance_id, n, route=route) for route, n in self.activity.items()
+        ]
         if self.requests:
             out.append(counts_packet(self.instance_id, self.requests))
-        self.activity = 0
+        self.activity = {}
         self.requests = 0
         return out
 

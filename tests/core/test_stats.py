@@ -307,12 +307,21 @@ def test_message_activity_and_counts() -> None:
     s = _state()
     assert s.request_received(0.0) is True
     assert s.request_received(0.01) is False
+    assert s.add_activity("") is False
+    assert s.add_activity("r1") is False
+    assert s.add_activity("") is False
     assert s.delivered("a", "i1", "http-stream", 2, 0.02) == [
         message_packet("gripd_1", "a", "i1", "http-stream", 2)
     ]
-    assert s.flush_activity() == [activity_packet("gripd_1", 2), counts_packet("gripd_1", 2)]
+    # activity per route (Pushpin's statsRoute), requests-received in all
+    assert s.flush_activity() == [
+        activity_packet("gripd_1", 2),
+        activity_packet("gripd_1", 1, route="r1"),
+        counts_packet("gripd_1", 2),
+    ]
     assert s.flush_activity() == []
-    assert s.request_received(1.0) is True
+    assert s.add_activity("r1") is True
+    assert s.request_received(1.0) is False
 
 
 def test_report_replays_pushpin_scenario() -> None:

@@ -365,6 +365,8 @@ async def test_stats_per_request(impl: Impl, start: StartFn) -> None:
                 while got.count(b"plain body here\n") < n:
                     got += await asyncio.wait_for(r.read(4096), 10 * TIME_SCALE)
             await reader.wait(_is("conn", unavailable=True, route="r1"))
+            # activity is counted on the request's route
+            await reader.wait(lambda p: p[0] == "activity" and p[1].get("route") == "r1")
             opened = await reader.wait(_is("conn", **{"peer-address": "1.2.3.4"}))
             assert opened[1]["route"] == "r1" and opened[1]["type"] == "http"
             assert "ssl" not in opened[1]
@@ -464,4 +466,50 @@ async def test_stats_blocks(impl: Impl, start: StartFn) -> None:
         finally:
             for st in streams:
                 st.close()
+            await reader.close()
+
+
+async def test_stats_keep_alive_is_activity(impl: Impl, start: StartFn) -> None:
+    """F43: a stream hold's keep-alive counts as activity (one per keep-alive sent, on the
+    empty route: the handler's), besides the one for the request itself on its route."""
+    from tests.support.origin import Origin, Reply
+
+    async with Origin() as o:
+        headers = [
+            ("Grip-Hold", "stream"),
+            ("Grip-Channel", "ka"),
+            ("Grip-Keep-Alive", "k\\n; format=cstring; timeout=1"),
+        ]
+        o.route("GET", "/s", Reply(200, headers, "open\n"))
+        (prom,) = free_ports(1)
+        s = await start(impl, [f"*,id=r1 127.0.0.1:{o.port}"], conf=_conf(prom, "json"))
+        rundir = s.tmp_rundir or (s.workdir / "run")
+        reader = StatsReader(f"ipc://{rundir}/gp-stats")
+        stream: RawResponse | None = None
+        try:
+            await asyncio.sleep(0.3 * TIME_SCALE)
+            stream = await open_request(s.http_port, b"GET /s HTTP/1.1\r\nHost: t\r\n\r\n")
+            await stream.read_body_until(b"open\n")
+            await stream.read_body_until(b"k\nk\n")  # two keep-alives
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5 * TIME_SCALE
+
+            def counts() -> dict[str, int]:
+                out: dict[str, int] = {}
+                for t, f in reader.packets:
+                    if t == "activity":
+                        r = str(f.get("route", ""))
+                        out[r] = out.get(r, 0) + int(f["count"])
+                return out
+
+            while loop.time() < deadline:
+                if counts().get("", 0) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            got = counts()
+            assert got.get("r1", 0) >= 1, got  # the request
+            assert got.get("", 0) >= 2, got  # and each keep-alive
+        finally:
+            if stream is not None:
+                stream.close()
             await reader.close()

@@ -185,6 +185,8 @@ async def test_message_activity_counts_and_report(make: Factory) -> None:
     pub, sub = await make(stats_report_interval=1)
     pub.request_received()
     pub.request_received()
+    pub.request_started("c1", "1.2.3.4", "http", "", False)
+    pub.request_started("c2", "1.2.3.4", "http", "", False)
     pub.message_received("a", "http")
     pub.delivered("a", "id1", "http-stream", 5)
     _, m = await sub.until("message")

@@ -423,6 +423,9 @@ class WorkerLink(Events):
     def counter(self, name: str, count: int, route: str = "") -> None:
         self._conn_event(("ev", "ctr", name, count, route))
 
+    def activity(self, route: str, count: int = 1) -> None:
+        self._conn_event(("ev", "act", route, count))
+
     def request_received(self) -> None:
         # Per request, so counted here and sent every COUNTS_INTERVAL (pass-through's hot path).
         self._reqs += 1
@@ -560,6 +563,8 @@ class EventRelay:
             events.request_ended(ev[2])
         elif kind == "ctr":
             events.counter(ev[2], ev[3], ev[4])
+        elif kind == "act":
+            events.activity(ev[2], ev[3])
         elif kind == "drop":
             events.dropped(ev[2], ev[3])
         elif kind == "slow":

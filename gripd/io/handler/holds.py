@@ -402,6 +402,7 @@ class StreamHold(_Hold):
             if self.conn.buffered() <= self.engine.write_buffer_max:
                 self.conn.queue(self.ka_data)
                 self.last_write = now
+                self.engine.events.activity("")  # stats (F43): a keep-alive is activity
             delay = self.ka_timeout - _jitter()
         self.ka_timer = loop.call_later(max(delay, 0.05), self._on_keep_alive)
 

@@ -387,6 +387,8 @@ class WsSession:
         else:
             self._write_frame(self.ka_frame)
             delay = self.ka_timeout
+            # stats (F43): a keep-alive is activity on the WebSocket's route
+            self.app.events.activity(self.route.id if self.route.explicit_id else "")
         delay -= random.random() * 0.999
         self.ka_timer = loop.call_later(max(delay, 0.05), self._on_keep_alive)
 

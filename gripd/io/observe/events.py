@@ -46,6 +46,9 @@ class Events:
     def counter(self, name: str, count: int, route: str = "") -> None:
         """Add to a stats report counter (``client-content-bytes-sent``, ...)."""
 
+    def activity(self, route: str, count: int = 1) -> None:
+        """Billable actions besides requests (stats ``activity``): a keep-alive sent."""
+
     def subscribed(self, channel: str, mode: Mode, first: bool) -> None:
         """A hold subscribed ``channel``; ``first`` when no local subscriber had it before."""
 
@@ -85,6 +88,7 @@ _DIRECT = (
     "request_held",
     "request_ended",
     "counter",
+    "activity",
     "subscribed",
     "unsubscribed",
     "message_received",
@@ -143,6 +147,10 @@ class EventFanout(Events):
     def counter(self, name: str, count: int, route: str = "") -> None:
         for s in self.sinks:
             s.counter(name, count, route)
+
+    def activity(self, route: str, count: int = 1) -> None:
+        for s in self.sinks:
+            s.activity(route, count)
 
     def subscribed(self, channel: str, mode: Mode, first: bool) -> None:
         for s in self.sinks:

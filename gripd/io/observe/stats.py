@@ -230,6 +230,8 @@ class StatsPublisher(Events):
         prev = self._open.pop(conn_id, None)
         if prev is not None:
             self._send(state.connection_closed(prev, now, want))
+        if state.add_activity(route):
+            self._arm_activity()
         self._seq += 1
         cid = f"{self.instance_id}:{conn_id}-{self._seq}"
         self._open[conn_id] = cid
@@ -267,6 +269,9 @@ class StatsPublisher(Events):
 
     def request_received(self) -> None:
         self.state.request_received(self.loop.time())
+        self._arm_activity()
+
+    def _arm_activity(self) -> None:
         if self._running and self._activity_timer is None:
             self._activity_timer = self.loop.call_later(ACTIVITY_DELAY, self._on_activity)
 
@@ -295,6 +300,10 @@ class StatsPublisher(Events):
                 channel, item_id, transport, count, now, route=route, blocks=blocks
             )
         )
+
+    def activity(self, route: str, count: int = 1) -> None:
+        if self.state.add_activity(route, count):
+            self._arm_activity()
 
     def counter(self, name: str, count: int, route: str = "") -> None:
         """Add to a report counter (``client-content-bytes-sent``, ...; ``REPORT_COUNTERS``)."""
