@@ -37,7 +37,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -190,6 +190,24 @@ class StatusSource(Protocol):
     def slowest_json(self, n: int) -> bytes: ...
 
 
+class _Labelled:
+    """A labelled metric's series by label value, each looked up once: ``labels()`` takes a
+    lock and checks its arguments on every call (measured on the long-poll path). The label
+    values used with it are a small fixed set (transports, modes, inputs)."""
+
+    __slots__ = ("children", "metric")
+
+    def __init__(self, metric: Counter | Gauge) -> None:
+        self.metric = metric
+        self.children: dict[str, Any] = {}
+
+    def __getitem__(self, label: str) -> Any:
+        child = self.children.get(label)
+        if child is None:
+            child = self.children[label] = self.metric.labels(label)
+        return child
+
+
 class Metrics(Events):
     """Prometheus metrics as an ``Events`` sink plus the HTTP endpoint serving them.
 
@@ -226,6 +244,11 @@ class Metrics(Events):
             registry=reg,
         )
         self.drops = Counter(p + "dropped", "Items or deliveries dropped", ["reason"], registry=reg)
+        # The labelled series the per-request and per-item events touch, looked up once each.
+        self._conns_by = _Labelled(self.connections)
+        self._subs_by = _Labelled(self.subscriptions)
+        self._publishes_by = _Labelled(self.publishes)
+        self._deliveries_by = _Labelled(self.deliveries)
         self.slow_clients = Counter(
             p + "slow_client_drops",
             "Deliveries dropped because the client could not keep up",
@@ -388,35 +411,35 @@ class Metrics(Events):
         old = self._conn_transport.get(conn_id)
         counts = self.open_connections
         if old is not None:
-            self.connections.labels(old).dec()
+            self._conns_by[old].dec()
             counts[old] -= 1
         self._conn_transport[conn_id] = transport
-        self.connections.labels(transport).inc()
+        self._conns_by[transport].inc()
         counts[transport] = counts.get(transport, 0) + 1
 
     def connection_closed(self, conn_id: str) -> None:
         transport = self._conn_transport.pop(conn_id, None)
         if transport is not None:
-            self.connections.labels(transport).dec()
+            self._conns_by[transport].dec()
             self.open_connections[transport] -= 1
 
     def subscribed(self, channel: str, mode: Mode, first: bool) -> None:
-        self.subscriptions.labels(mode).inc()
+        self._subs_by[mode].inc()
         if first:
             self.channels.inc()
 
     def unsubscribed(self, channel: str, mode: Mode, last: bool) -> None:
-        self.subscriptions.labels(mode).dec()
+        self._subs_by[mode].dec()
         if last:
             self.channels.dec()
 
     def message_received(self, channel: str, source: str, blocks: int = -1) -> None:
-        self.publishes.labels(source).inc()
+        self._publishes_by[source].inc()
 
     def delivered(
         self, channel: str, item_id: str | None, transport: Delivery, count: int, blocks: int = -1
     ) -> None:
-        self.deliveries.labels(transport).inc(count)
+        self._deliveries_by[transport].inc(count)
 
     def dropped(self, reason: str, count: int = 1) -> None:
         self.drops.labels(reason).inc(count)
