@@ -31,7 +31,6 @@ the empty route.
 
 from __future__ import annotations
 
-import heapq
 import json
 from dataclasses import dataclass, field
 from typing import Literal
@@ -243,7 +242,7 @@ class _Conn:
     ssl: bool
     last_report: float
     route: str = ""
-    due: int = 0  # the second of its next refresh (its key in StatsState._conn_due)
+    due: int = -1  # the second of its next refresh (its bucket in StatsState._buckets)
 
 
 @dataclass(slots=True)
@@ -252,10 +251,7 @@ class _Sub:
     channel: str
     count: int
     lingering: bool = False
-    gen: int = 0
-
-
-_Key = tuple[str, str, str]  # ("c", id, "") or ("s", mode, channel)
+    due: int = -1  # the second of its next refresh or linger expiry (StatsState._buckets)
 
 
 class StatsState:
@@ -287,35 +283,33 @@ class StatsState:
         self.totals = Totals()
         self.activity: dict[str, int] = {}  # route -> billable actions since the last flush
         self.requests = 0
-        self._due: list[tuple[float, int, _Key, int]] = []  # subscriptions: (due, seq, key, gen)
-        # Connections by the second of their next refresh. A connection is a request (as in
-        # Pushpin), so most close long before their refresh: a close removes its entry in
-        # O(1) instead of leaving a stale heap entry behind.
-        self._conn_due: dict[int, dict[str, _Conn]] = {}
-        self._seq = 0
+        # Connections (by id) and subscriptions (by (mode, channel)) by the second of their next
+        # refresh or linger expiry. A connection is a request (as in Pushpin) and a long-poll
+        # subscribes and lingers once per poll, so most entries are moved or removed long
+        # before they are due: each move is O(1) and leaves nothing behind (a heap of
+        # timers left one stale entry per request and per poll, ~110 MB after a minute of
+        # 4,000 long-polls per second).
+        self._buckets: dict[int, dict[str | tuple[str, str], _Conn | _Sub]] = {}
         self._start = now
 
     # -- scheduling --------------------------------------------------------------------------
 
-    def _schedule(self, key: _Key, obj: _Sub, due: float) -> None:
-        obj.gen += 1
-        self._seq += 1
-        heapq.heappush(self._due, (due, self._seq, key, obj.gen))
-
-    def _schedule_conn(self, c: _Conn, due: float) -> None:
-        # rounded up: a refresh is never early, and at most one refresh tick late
-        k = c.due = -int(-due // 1)
-        bucket = self._conn_due.get(k)
+    def _schedule(
+        self, key: str | tuple[str, str], obj: _Conn | _Sub, due: float, soon: bool = False
+    ) -> None:
+        """Due at ``due`` (rounded up: never early, at most one refresh tick late), or with
+        ``soon`` at the next tick."""
+        self._unschedule(key, obj)
+        k = obj.due = int(due) if soon else -int(-due // 1)
+        bucket = self._buckets.get(k)
         if bucket is None:
-            bucket = self._conn_due[k] = {}
-        bucket[c.id] = c
+            bucket = self._buckets[k] = {}
+        bucket[key] = obj
 
-    def _unschedule_conn(self, c: _Conn) -> None:
-        bucket = self._conn_due.get(c.due)
-        if bucket is not None:
-            bucket.pop(c.id, None)
-            if not bucket:
-                del self._conn_due[c.due]
+    def _unschedule(self, key: str | tuple[str, str], obj: _Conn | _Sub) -> None:
+        bucket = self._buckets.get(obj.due)
+        if bucket is not None and bucket.pop(key, None) is not None and not bucket:
+            del self._buckets[obj.due]
 
     @property
     def _reporting(self) -> bool:
@@ -385,7 +379,7 @@ class StatsState:
             c = self.conns[conn_id] = _Conn(conn_id, type, peer, ssl, now, route)
             per = self._per_route
             per[route] = per.get(route, 0) + 1
-            self._schedule_conn(c, now + self._conn_interval)
+            self._schedule(conn_id, c, now + self._conn_interval)
             if self.report_interval > 0:
                 self._update_connections_max(now, route)
                 self._add_minutes(1, now, route)  # minutes are rounded up: count one now
@@ -393,10 +387,10 @@ class StatsState:
         old = self._pop_conn(conn_id)
         c = _Conn(conn_id, type, peer, ssl, old.last_report if old else now, route=route)
         if old is not None:
-            self._unschedule_conn(old)
+            self._unschedule(conn_id, old)
         self.conns[conn_id] = c
         self._per_route[route] = self._per_route.get(route, 0) + 1
-        self._schedule_conn(c, now + self._conn_interval)
+        self._schedule(conn_id, c, now + self._conn_interval)
         if self._reporting:
             if old is not None and old.route != route:
                 self._update_connections_max(now, old.route)
@@ -434,7 +428,7 @@ class StatsState:
         c = self._pop_conn(conn_id)
         if c is None:
             return []
-        self._unschedule_conn(c)
+        self._unschedule(conn_id, c)
         if self._reporting:
             self._update_minutes(c, now)
             r = self.reports.get(c.route)
@@ -473,7 +467,7 @@ class StatsState:
         s = self.subs.get(key)
         if s is None:
             s = self.subs[key] = _Sub(mode, channel, 1)
-            self._schedule(("s", mode, channel), s, now + self._sub_interval)
+            self._schedule(key, s, now + self._sub_interval)
             return [self._sub_packet(s)]
         return self._set_count(s, s.count + 1, now)
 
@@ -488,7 +482,7 @@ class StatsState:
         if mode == "response":
             # linger the unsubscribe in case the client long-polls again
             s.lingering = True
-            self._schedule(("s", mode, channel), s, now + self.subscription_linger)
+            self._schedule((mode, channel), s, now + self.subscription_linger)
             return []
         return self._remove_sub(s)
 
@@ -497,15 +491,16 @@ class StatsState:
         s.count = count
         if s.lingering:  # back from linger: announce at once
             s.lingering = False
-            self._schedule(("s", s.mode, s.channel), s, now + self._sub_interval)
+            self._schedule((s.mode, s.channel), s, now + self._sub_interval)
             return [self._sub_packet(s)]
         if count != old:  # announce the new count at the next refresh tick
-            self._schedule(("s", s.mode, s.channel), s, now)
+            self._schedule((s.mode, s.channel), s, now, soon=True)
         return []
 
     def _remove_sub(self, s: _Sub) -> list[Packet]:
-        del self.subs[(s.mode, s.channel)]
-        s.gen += 1
+        key = (s.mode, s.channel)
+        del self.subs[key]
+        self._unschedule(key, s)
         return [unsub_packet(self.instance_id, s.mode, s.channel)]
 
     def _sub_packet(self, s: _Sub) -> Packet:
@@ -589,24 +584,20 @@ class StatsState:
     def tick(self, now: float) -> list[Packet]:
         """Refreshes and linger expiries due at ``now`` (call every ``REFRESH_INTERVAL``)."""
         out: list[Packet] = []
-        buckets = self._conn_due
-        for k in sorted(k for k in buckets if k <= now):  # at most one key per second of ttl
-            for c in buckets.pop(k).values():
-                self._schedule_conn(c, now + self._conn_interval)
-                if self._reporting:
-                    self._update_minutes(c, now)
-                out.append(self._conn_packet(c))
-        due = self._due
-        while due and due[0][0] <= now:
-            _, _, key, gen = heapq.heappop(due)
-            s = self.subs.get((key[1], key[2]))
-            if s is None or s.gen != gen:
-                continue
-            if s.lingering:
-                out.extend(self._remove_sub(s))
-            else:
-                self._schedule(key, s, now + self._sub_interval)
-                out.append(self._sub_packet(s))
+        buckets = self._buckets
+        for k in sorted(k for k in buckets if k <= now):  # a key per second of the longest ttl
+            for key, obj in buckets.pop(k).items():
+                if isinstance(obj, _Conn):
+                    self._schedule(key, obj, now + self._conn_interval)
+                    if self._reporting:
+                        self._update_minutes(obj, now)
+                    out.append(self._conn_packet(obj))
+                elif obj.lingering:
+                    obj.due = -1  # popped with its bucket
+                    out.extend(self._remove_sub(obj))
+                else:
+                    self._schedule(key, obj, now + self._sub_interval)
+                    out.append(self._sub_packet(obj))
         return out
 
     def make_report(self, now: float) -> list[Packet]:

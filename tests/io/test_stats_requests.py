@@ -116,7 +116,7 @@ def test_short_requests_leave_no_refresh_behind() -> None:
     for n in range(5000):
         s.connection_opened(f"r{n}", 1.0, route="r1")
         s.connection_closed(f"r{n}", 1.0)
-    assert sum(len(b) for b in s._conn_due.values()) == len(s.conns) == 1
+    assert sum(len(b) for b in s._buckets.values()) == len(s.conns) == 1
     assert s.has_connection("held") and len(s.conns) == 1
     # the held connection is still refreshed
     assert [p[1]["id"] for p in s.tick(1000.0) if p[0] == "conn"] == ["held"]
@@ -126,4 +126,22 @@ def test_short_requests_leave_no_refresh_behind() -> None:
     assert s.reports["r1"].connections_max >= 2
     s.make_report(3.0)
     assert s._per_route == {"": 2, "r1": 1}
-    assert sum(len(b) for b in s._conn_due.values()) == 3
+    assert sum(len(b) for b in s._buckets.values()) == 3
+
+
+def test_long_polls_leave_no_timer_behind() -> None:
+    """A long-poll subscribes and lingers once per poll: each move of its subscription's timer
+    replaces the previous one (a timer heap kept one stale entry per poll until due), and the
+    linger still ends with its ``sub`` ``unavailable`` packet."""
+    from gripd.core.stats import StatsState
+
+    s = StatsState(instance_id="gripd_1", report_interval=10)
+    for i in range(20_000):
+        t = i / 4000
+        ch = f"c{i % 100}"
+        s.subscribed("response", ch, t)
+        s.unsubscribed("response", ch, t + 0.01)
+    assert sum(len(b) for b in s._buckets.values()) == len(s.subs) == 100
+    # every channel lingers from its last poll (at most 5 s ago); past the 60 s linger they go
+    gone = [p for p in s.tick(5.0 + 61.0) if p[0] == "sub" and p[1].get("unavailable")]
+    assert len(gone) == 100 and not s.subs and not s._buckets
