@@ -44,6 +44,8 @@ _LEVEL_NAMES = {"CRITICAL": "ERR", "ERROR": "ERR", "WARNING": "WARN"}
 class _Formatter(logging.Formatter):
     """Pushpin's log line shape: ``[INFO] 2026-11-28 15:32:55.123 message``."""
 
+    pushpin_lines = True  # TickLog writes this shape itself, without a LogRecord per line
+
     def format(self, record: logging.LogRecord) -> str:
         ts = self.formatTime(record, "%Y-%m-%d %H:%M:%S")
         msg = record.getMessage()
@@ -85,16 +87,6 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             out["stack"] = self.formatStack(record.stack_info)
         return json.dumps(out, default=str)
-
-
-# Subclasses on purpose: the request, subscribe and publish lines (TickLog) bypass formatters
-# for plain StreamHandler/FileHandler only, so these get every line through JsonFormatter.
-class _JsonStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    pass
-
-
-class _JsonFileHandler(logging.FileHandler):
-    pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,12 +201,8 @@ def setup_logging(level: int, logfile: str | None, log_format: str = "text") -> 
     """Log to ``logfile`` (else stderr) at Pushpin's ``level`` (0-3), in Pushpin's text lines
     or, with ``log_format`` ``json``, one JSON object per line."""
     handler: logging.Handler
-    if log_format == "json":
-        handler = _JsonFileHandler(logfile) if logfile else _JsonStreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_Formatter())
+    handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else _Formatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS.get(max(0, min(level, 3)), logging.INFO))

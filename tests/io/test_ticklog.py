@@ -13,14 +13,22 @@ from gripd.io.observe import ticklog
 from gripd.io.observe.ticklog import TickLog
 
 
+class PushpinLines(logging.Formatter):
+    """Declares Pushpin's line shape, as gripd's text formatter does: TickLog writes it."""
+
+    pushpin_lines = True
+
+
 @contextlib.contextmanager
-def only_stream() -> Iterator[io.StringIO]:
+def only_stream(formatter: logging.Formatter | None = None) -> Iterator[io.StringIO]:
     """The root logger writes to one plain stream only (inside the test body: pytest adds its
     own capture handler around it)."""
     out = io.StringIO()
     root = logging.getLogger()
     saved, level = root.handlers[:], root.level
-    root.handlers[:] = [logging.StreamHandler(out)]
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter or PushpinLines())
+    root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     try:
         yield out
@@ -60,3 +68,13 @@ def _many(stream: io.StringIO) -> None:
     t.info("after")
     t.flush()  # what stop() does
     assert stream.getvalue().splitlines()[-1].endswith("[gripd.test] after")
+
+
+async def test_other_formatters_get_every_line() -> None:
+    """A formatter that does not declare Pushpin's line shape (JSON logs) formats each line
+    itself, with the logger's name and the time the line was queued."""
+    with only_stream(logging.Formatter("%(name)s|%(message)s")) as stream:
+        t = TickLog("gripd.test", asyncio.get_running_loop())
+        t.info("one")
+        t.flush()
+        assert stream.getvalue() == "gripd.test|one\n"

@@ -6,7 +6,9 @@ ZeroMQ items (CHANGELOG.md, 2026-11-28). ``TickLog`` keeps the same line format 
 millisecond's timestamp once and writes the lines of ``FLUSH_DELAY`` seconds with one call (or
 sooner, once ``FLUSH_LINES`` are waiting): with one publish request per loop tick, a write and a
 flush per tick were a quarter of the publish path's CPU. Each line keeps the time it was queued.
-Anything that is not a plain stream handler (or a changed level) falls back to ``logging``.
+Only stream and file handlers whose formatter declares that it writes these lines
+(``pushpin_lines = True``) are written to directly; with any other handler (JSON logs, a test's
+capture) or a logger-level handler, the lines go through ``logging``.
 """
 
 from __future__ import annotations
@@ -52,7 +54,11 @@ class TickLog:
         if not lines:
             return
         handlers = logging.getLogger().handlers
-        streams = [h for h in handlers if type(h) in (logging.StreamHandler, logging.FileHandler)]
+        streams = [
+            h
+            for h in handlers
+            if isinstance(h, logging.StreamHandler) and getattr(h.formatter, "pushpin_lines", False)
+        ]
         if len(streams) != len(handlers) or not streams or self.logger.handlers:
             logger = self.logger
             for at, m in lines:  # each record keeps the time its line was queued
