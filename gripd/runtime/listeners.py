@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from gripd.core.config import Config
 from gripd.io.inputs.zmq import BindError, os_reason
+from gripd.io.listener.tcp import serve_tcp
 from gripd.io.listener.tls import CertStore, serve_tls, stop_watch
 from gripd.io.listener.unix import BACKLOG, bind_unix, file_id, unlink_if_same
 
@@ -54,21 +55,15 @@ class ClientListeners:
         """Every client listener; a :class:`BindError` (or a ConfigError for a certificate)
         propagates, with what was bound left for :meth:`close`."""
         for listen in cfg.http_port:
-            try:
-                server = await self.loop.create_server(
-                    self.factory,
-                    host=listen.addr or None,
-                    port=listen.port,
-                    reuse_address=True,
-                    reuse_port=self.shared or None,
-                    backlog=BACKLOG,
-                )
-            except OSError as e:
-                address = f"{listen.addr or '*'}:{listen.port}"
-                raise BindError(address, "http_port", os_reason(e)) from None
+            server = await serve_tcp(
+                self.loop,
+                self.factory,
+                listen,
+                "http_port",
+                reuse_port=self.shared,
+                announce=self.announce,
+            )
             self.servers.append(server)
-            if self.announce:
-                log.info("listening on %s:%d", listen.addr or "*", listen.port)
         await self._bind_tls(cfg)
         await self._bind_local(cfg)
 

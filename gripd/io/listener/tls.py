@@ -36,8 +36,7 @@ from dataclasses import dataclass
 
 from gripd.core.config import Listen
 from gripd.core.errors import ConfigError
-from gripd.io.inputs.zmq import BindError, os_reason
-from gripd.io.listener.unix import BACKLOG
+from gripd.io.listener.tcp import serve_tcp
 
 log = logging.getLogger("gripd.tls")
 
@@ -393,23 +392,17 @@ async def serve_tls(
     servers: list[asyncio.Server] = []
     try:
         for listen in listens:
-            try:
-                server = await loop.create_server(
-                    factory,
-                    host=listen.addr or None,
-                    port=listen.port,
-                    reuse_address=True,
-                    reuse_port=reuse_port or None,
-                    backlog=BACKLOG,
-                    ssl=certs.context(listen.port),
-                    ssl_handshake_timeout=timeout,
-                )
-            except OSError as e:
-                address = f"{listen.addr or '*'}:{listen.port}"
-                raise BindError(address, "https_ports", os_reason(e)) from None
+            server = await serve_tcp(
+                loop,
+                factory,
+                listen,
+                "https_ports",
+                reuse_port=reuse_port,
+                announce=announce,
+                tls=certs.context(listen.port),
+                handshake_timeout=timeout,
+            )
             servers.append(server)
-            if announce:
-                log.info("listening on %s:%d (tls)", listen.addr or "*", listen.port)
     except BaseException:
         for server in servers:
             server.close()
