@@ -52,7 +52,7 @@ from gripd.core.http import HttpResponse, encode_full, text_response
 from gripd.core.requestcheck import check_request
 from gripd.io.listener import h2 as _h2
 from gripd.io.listener.client_writes import ClientWrites
-from gripd.io.listener.request import Request, RequestHandler
+from gripd.io.listener.request import Request, RequestHandler, log_refused
 
 if TYPE_CHECKING:
     from gripd.io.context import ClientHost
@@ -431,15 +431,7 @@ class ClientConnection(ClientWrites):
         if rej is None:
             self.app.handle_request(self, req)
             return
-        log.info(
-            "conn %s: %s %s refused with %d: %s; peer %s",
-            self.id,
-            req.method,
-            req.url[:200],
-            rej.response.code,
-            rej.reason,
-            self.peer,
-        )
+        log_refused(self.id, req.method, req.url, rej, self.peer)
         self.send_response(rej.response, req.method, keep_alive=not rej.close)
 
     def on_body(self, body: bytes) -> None:

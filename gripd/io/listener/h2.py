@@ -57,7 +57,7 @@ from gripd.core.headers import Headers
 from gripd.core.http import text_response
 from gripd.core.requestcheck import check_request
 from gripd.io.listener.h2_stream import H2Stream
-from gripd.io.listener.request import Request
+from gripd.io.listener.request import Request, log_refused
 
 if TYPE_CHECKING:
     from gripd.io.context import ClientHost
@@ -368,15 +368,7 @@ class H2Connection(asyncio.Protocol):
             return
         rej = check_request(method, headers)
         if rej is not None:
-            log.info(
-                "conn %s: %s %s refused with %d: %s; peer %s",
-                stream.id,
-                method,
-                path[:200],
-                rej.response.code,
-                rej.reason,
-                self.peer,
-            )
+            log_refused(stream.id, method, path, rej, self.peer)
             stream.send_response(rej.response, method)
             return
         self.app.handle_request(stream, req)

@@ -9,6 +9,7 @@ apart from either protocol.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Protocol
 
 from gripd.core.headers import Headers
@@ -17,7 +18,22 @@ if TYPE_CHECKING:
     from gripd.core.jsonp import JsonpRequest
     from gripd.core.requestcheck import Rejection
 
-__all__ = ["Request", "RequestHandler"]
+__all__ = ["Request", "RequestHandler", "log_refused"]
+
+log = logging.getLogger("gripd.client")
+
+
+def log_refused(conn_id: str, method: str, url: str, rej: Rejection, peer: str) -> None:
+    """The line for a request core refused before any handler saw it (both protocols)."""
+    log.info(
+        "conn %s: %s %s refused with %d: %s; peer %s",
+        conn_id,
+        method,
+        url[:200],
+        rej.response.code,
+        rej.reason,
+        peer,
+    )
 
 
 class RequestHandler(Protocol):
