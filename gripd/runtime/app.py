@@ -36,6 +36,7 @@ from gripd.core.sig import SigningKey, TokenCache, parse_key
 from gripd.io.bus.base import Bus
 from gripd.io.bus.hub import FrameLink, WorkerLink
 from gripd.io.context import LatencyObserver
+from gripd.io.filestamp import Stamp, stamp_of
 from gripd.io.handler.channels import ChannelTracker
 from gripd.io.handler.engine import Engine
 from gripd.io.handler.history import HistoryReader
@@ -137,7 +138,7 @@ class App:
         self._warning = logging.WARNING if first else logging.DEBUG
         self._error = logging.ERROR if first else logging.DEBUG
         self.routes = RouteTable.parse("", "<none>")[0]
-        self._routes_stamp: tuple[int, int, int] | None = None
+        self._routes_stamp: Stamp | None = None
         self.admission: Admission | None = None
         self.connections: set[Listened]
         if worker is None:
@@ -603,7 +604,7 @@ class App:
             except (OSError, UnicodeDecodeError) as e:
                 log.log(self._error, "cannot read routes file %s: %s", path, e)
                 return
-            self._routes_stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            self._routes_stamp = stamp_of(st)
             table, warnings = RouteTable.parse(text, path)
         for w in warnings:
             log.log(self._warning, "%s", w)
@@ -645,7 +646,7 @@ class App:
                 st = os.stat(path)
             except OSError:
                 continue
-            if (st.st_mtime_ns, st.st_size, st.st_ino) != self._routes_stamp:
+            if stamp_of(st) != self._routes_stamp:
                 self.load_routes()
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ from gripd.core.forward import ForwardSettings
 from gripd.core.history import HistoryPolicy
 from gripd.core.reload import plan_reload, show
 from gripd.core.sig import parse_key
+from gripd.io.filestamp import file_stamp
 from gripd.io.handler.history import LocalHistory
 
 if TYPE_CHECKING:
@@ -40,16 +40,6 @@ LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBU
 
 #: Seconds between looks at the config file's (mtime, size, inode).
 CONFIG_POLL_INTERVAL = 1.0
-
-Stamp = tuple[int, int, int]
-
-
-def _stamp(path: str) -> Stamp | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 class ConfigReloader:
@@ -68,12 +58,12 @@ class ConfigReloader:
         self._apply = apply
         path = current().config_path
         self.path = path
-        self._stamp = _stamp(path) if path else None
+        self._stamp = file_stamp(path) if path else None
 
     def reload(self) -> bool:
         """Read the file and apply what changed; True when a live setting changed."""
         if self.path:
-            self._stamp = _stamp(self.path)
+            self._stamp = file_stamp(self.path)
         old = self._current()
         try:
             new = self._loader()
@@ -106,7 +96,7 @@ class ConfigReloader:
             return
         while True:
             await asyncio.sleep(CONFIG_POLL_INTERVAL)
-            stamp = _stamp(path)
+            stamp = file_stamp(path)
             if stamp is not None and stamp != self._stamp:
                 self.reload()
 

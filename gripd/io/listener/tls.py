@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from gripd.core.config import Listen
 from gripd.core.errors import ConfigError
+from gripd.io.filestamp import Stamp, stamp_of
 from gripd.io.listener.tcp import serve_tcp
 
 log = logging.getLogger("gripd.tls")
@@ -45,7 +46,6 @@ CERTS_MAX = 1000  # certificate pairs read from the directory, the defaults incl
 NAME_LEN_MAX = 253  # a DNS name's length, as condure's limit for a file name
 DIR_ENTRIES_MAX = 10 * CERTS_MAX  # directory entries looked at per scan
 
-Stamp = tuple[int, int, int]  # (mtime_ns, size, inode)
 SniCallback = Callable[[ssl.SSLObject, str | None, ssl.SSLContext], int | None]
 
 
@@ -91,7 +91,7 @@ def _stamp(path: str) -> Stamp:
         raise CertLoadError(path, "not a regular file")
     if st.st_size > CERT_FILE_MAX:
         raise CertLoadError(path, f"larger than {CERT_FILE_MAX} bytes")
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
+    return stamp_of(st)
 
 
 def _read(path: str) -> bytes:
