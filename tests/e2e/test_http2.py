@@ -487,3 +487,34 @@ async def test_reset_budget_is_a_setting(tls_start: Any, origin: Origin, budget:
             assert raw.terminated is None
     finally:
         await raw.close()
+
+
+@pytest.mark.parametrize("path", ["/slow", "/held"])
+async def test_reset_stream_ends_its_stats_connection(
+    tls_start: Any, origin: Origin, path: str
+) -> None:
+    """F43 over h2: a stream is a request, so a stream the client resets ends its stats
+    connection (``conn`` ``unavailable``) at once, whether it was waiting for the origin or
+    held, while the connection itself stays open."""
+    from tests.e2e.test_stats_metrics import StatsReader, _is
+
+    origin.route("GET", "/slow", Reply(200, [], "slow\n", delay=8.0))
+    origin.route("GET", "/held", Reply(200, [("Grip-Hold", "stream"), ("Grip-Channel", "h")], ""))
+    t = await tls_start(origin)
+    rundir = t.server.tmp_rundir or (t.workdir / "run")
+    reader = StatsReader(f"ipc://{rundir}/gp-stats")
+    raw = await RawH2.open(t.https_port, client_context(t.ca, ["h2"]))
+    try:
+        await asyncio.sleep(0.3 * TIME_SCALE)  # the reader's subscription reaches gripd
+        sid = raw.request(path)
+        await raw.send()
+        opened = await reader.wait(lambda p: p[0] == "conn" and not p[1].get("unavailable"))
+        if path == "/held":
+            await reader.wait(_is("sub", mode="stream", channel="h"))
+        raw.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        await raw.send()
+        await reader.wait(_is("conn", id=opened[1]["id"], unavailable=True), timeout=3.0)
+        assert not raw.closed and raw.terminated is None
+    finally:
+        await raw.close()
+        await reader.close()
