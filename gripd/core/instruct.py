@@ -23,10 +23,8 @@ from typing import Literal
 from gripd.core.errors import InstructError
 from gripd.core.headers import (
     Headers,
-    contains,
     field_problem,
     get,
-    get_all,
     is_safe_text,
     show,
     split_unquoted,
@@ -66,6 +64,9 @@ MINIMUM_RESPONSE_TIMEOUT = 5
 DEFAULT_KEEP_ALIVE_TIMEOUT = 55
 DEFAULT_NEXTLINK_TIMEOUT = 120
 GRIP_INSTRUCT_CONTENT_TYPE = "application/grip-instruct"
+# The handler never relays these (they apply to the origin hop only); the length is recomputed
+# by whoever writes the response (F20).
+_DROP = HOP_BY_HOP_RESPONSE | {"content-length"}
 TOO_MANY_SUBSCRIPTIONS = "httpsession: too many subscriptions"  # Pushpin's log text
 
 
@@ -188,7 +189,9 @@ def _header_split(value: str) -> list[str]:
     but nothing follows a final comma."""
     if value == "":
         return []
-    parts = split_unquoted(value, ",")
+    # Only double quotes can hide a comma (a backslash escapes only inside quotes), so without
+    # one a plain str.split gives the same parts as the character-by-character splitter.
+    parts = split_unquoted(value, ",") if '"' in value else value.split(",")
     if parts[-1] == "":
         parts.pop()
     return [_trim(p) for p in parts]
@@ -199,6 +202,8 @@ def _parse_params(s: str, parse_first: bool = False) -> list[_Param] | None:
     (unless ``parse_first``) is cut at the first ``;`` even inside quotes and keeps its quotes;
     a value is quoted only if ``"`` directly follows ``=`` and text after the closing quote is
     ignored; an unterminated quote or dangling escape makes the whole element invalid (None)."""
+    if '"' not in s:
+        return _parse_unquoted_params(s, parse_first)
     out: list[_Param] = []
     n = len(s)
     start = 0
@@ -259,6 +264,24 @@ def _parse_params(s: str, parse_first: bool = False) -> list[_Param] | None:
     return out
 
 
+def _parse_unquoted_params(s: str, parse_first: bool) -> list[_Param]:
+    """:func:`_parse_params` for text without ``"`` (most values, e.g. ``ch; prev-id=3``), where
+    its scan comes down to splitting on ``;``: each piece is ``name`` (value None) or
+    ``name=value`` (cut at the first ``=``), both trimmed. The scan stops at the end of the
+    text, so an empty last piece (the text ends with ``;``) gives no element."""
+    pieces = s.split(";")
+    out: list[_Param] = []
+    if not parse_first:
+        out.append((_trim(pieces[0]), None))
+        del pieces[0]
+    if pieces and pieces[-1] == "":
+        pieces.pop()
+    for piece in pieces:
+        name, eq, value = piece.partition("=")
+        out.append((_trim(name), _trim(value) if eq else None))
+    return out
+
+
 def _pget(params: list[_Param], key: str) -> str | None:
     """``HttpHeaderParameters::get``: first match by name, any case, element 0 included."""
     lkey = key.lower()
@@ -273,10 +296,17 @@ def _pcontains(params: list[_Param], key: str) -> bool:
     return any(k.lower() == lkey for k, _ in params)
 
 
-def _all_as_params(headers: Headers, name: str, parse_first: bool = False) -> list[list[_Param]]:
-    """``getAllAsParameters``: every comma part of every value; invalid parts are skipped."""
+def _all_as_params(values: list[str], parse_first: bool = False) -> list[list[_Param]]:
+    """``getAllAsParameters`` over a header's ``values``: every comma part of every value;
+    invalid parts are skipped."""
     out: list[list[_Param]] = []
-    for value in get_all(headers, name):
+    for value in values:
+        if not parse_first and not _has_syntax(value):
+            # The common plain value (a channel name): _header_split gives [trimmed value] or
+            # nothing, and _parse_params of a part without ";" is [(part, None)].
+            if value:
+                out.append([(_trim(value), None)])
+            continue
         for part in _header_split(value):
             params = _parse_params(part, parse_first)
             if params is not None:
@@ -284,12 +314,23 @@ def _all_as_params(headers: Headers, name: str, parse_first: bool = False) -> li
     return out
 
 
-def _as_params(headers: Headers, name: str) -> list[_Param]:
-    """``getAsParameters``: the first value, not comma-split; empty if absent/empty/invalid."""
-    value = get(headers, name)
+def _has_syntax(value: str) -> bool:
+    """Whether ``value`` has a character the header grammar gives a meaning (``,;"``)."""
+    return "," in value or ";" in value or '"' in value
+
+
+def _as_params(value: str | None) -> list[_Param]:
+    """``getAsParameters`` of a header's first ``value`` (not comma-split); empty if
+    absent/empty/invalid."""
     if not value:
         return []
     return _parse_params(value) or []
+
+
+def _utf8(s: str) -> str:
+    """:func:`gripd.core.qtcompat.from_utf8`, skipping the encode/decode round trip for ASCII
+    text (the usual channel name), which it leaves unchanged."""
+    return s if s.isascii() else _from_utf8(s)
 
 
 def _child(obj: object, pn: str, key: str, required: bool) -> object:
@@ -369,12 +410,34 @@ def parse_instruct(
     (:func:`gripd.core.wildcard.pattern_error`) is an error. ``response`` is what the
     client gets, minus hop-by-hop headers and Content-Length (the length is recomputed).
     """
+    # One pass over the headers instead of a case-insensitive scan per lookup: the Grip-*
+    # headers by lower-cased name (most responses have only Grip-Hold and Grip-Channel, so the
+    # other lookups are dict misses), the first Content-Type, and the headers the client may
+    # get. Nothing here raises, so the checks below keep Pushpin's order (first error wins).
+    grip: dict[str, list[str]] = {}
+    content_type: str | None = None
+    kept: Headers = []  # neither Grip-* nor dropped (see _DROP)
+    for k, v in headers:
+        lk = k.lower()
+        if lk[:5] == "grip-":
+            values = grip.get(lk)
+            if values is None:
+                grip[lk] = [v]
+            else:
+                values.append(v)
+            continue
+        if lk == "content-type" and content_type is None:
+            content_type = v
+        if lk not in _DROP:
+            kept.append((k, v))
+
     st = _State()
-    _parse_header_form(st, headers)
+    if grip:  # a response without Grip-* headers has nothing to parse here
+        _parse_header_form(st, grip)
 
     resp_code = code
     resp_reason = reason
-    status = get(headers, "Grip-Status")
+    status = _first(grip, "grip-status")
     if status:
         code_str, _, status_reason = status.partition(" ")
         parsed = _qt_to_int(code_str)
@@ -382,21 +445,24 @@ def parse_instruct(
             raise InstructError("Grip-Status contains invalid status code")
         resp_code, resp_reason = parsed, status_reason
 
-    next_link, other_links = _parse_links(headers)
+    links = grip.get("grip-link")
+    next_link, other_links = _parse_links(links) if links else (None, [])
 
-    expose = [e.lower() for v in get_all(headers, "Grip-Expose-Headers") for e in _header_split(v)]
-    resp_headers: Headers = []
-    for k, v in headers:
-        lk = k.lower()
-        if lk[:5] == "grip-":
-            continue
-        if expose and lk not in expose:
-            continue
-        resp_headers.append((k, v))
+    resp_headers = kept
+    expose_values = grip.get("grip-expose-headers")
+    if expose_values:
+        expose = {e.lower() for v in expose_values for e in _header_split(v)}
+        if expose:
+            resp_headers = [h for h in kept if h[0].lower() in expose]
     resp_body = body
 
-    ct = _as_params(headers, "Content-Type")
-    if ct and ct[0][0] == GRIP_INSTRUCT_CONTENT_TYPE:
+    # The first parameter element is the text before the first ";", trimmed; only when that is
+    # the GRIP type does the whole value need parsing (an invalid one does not count, F21).
+    if (
+        content_type
+        and _trim(content_type.split(";", 1)[0]) == GRIP_INSTRUCT_CONTENT_TYPE
+        and _as_params(content_type)
+    ):
         if code != 200:
             raise InstructError("response code for application/grip-instruct content must be 200")
         doc = _decode_json(body)
@@ -412,6 +478,8 @@ def parse_instruct(
             resp_code, resp_reason, resp_headers, resp_body = _parse_json_response(
                 jresp, resp_code, resp_reason
             )
+        # The headers from the JSON still need the filter the origin's got in the first pass.
+        resp_headers = [h for h in resp_headers if h[0].lower() not in _DROP]
 
     if not resp_reason:
         resp_reason = reason_phrase(resp_code)
@@ -435,11 +503,6 @@ def parse_instruct(
                 raise InstructError(why)
         c.name = channel_prefix + c.name
 
-    # The handler never relays these (they apply to the origin hop only); the length is
-    # recomputed by whoever writes the response (F20).
-    drop = HOP_BY_HOP_RESPONSE | {"content-length"}
-    resp_headers = [(k, v) for k, v in resp_headers if k.lower() not in drop]
-
     return Instruct(
         hold_mode=st.hold_mode,
         channels=channels,
@@ -453,11 +516,17 @@ def parse_instruct(
     )
 
 
-def _parse_header_form(st: _State, headers: Headers) -> None:
+def _first(grip: dict[str, list[str]], lname: str) -> str | None:
+    """The first value of the Grip-* header ``lname`` (lower case), or None."""
+    values = grip.get(lname)
+    return values[0] if values else None
+
+
+def _parse_header_form(st: _State, grip: dict[str, list[str]]) -> None:
     """Grip-Hold, Grip-Channel, Grip-Timeout, Grip-Keep-Alive, Grip-Set-Meta, in Pushpin's
-    order (the first error wins)."""
-    if contains(headers, "Grip-Hold"):
-        hold = get(headers, "Grip-Hold")
+    order (the first error wins). ``grip``: the Grip-* values by lower-cased name."""
+    hold = _first(grip, "grip-hold")
+    if hold is not None:
         if hold == "response":
             st.hold_mode = "response"
         elif hold == "stream":
@@ -465,26 +534,30 @@ def _parse_header_form(st: _State, headers: Headers) -> None:
         else:
             raise InstructError("Grip-Hold must be set to either 'response' or 'stream'")
 
-    for params in _all_as_params(headers, "Grip-Channel"):
+    for params in _all_as_params(grip.get("grip-channel", [])):
+        if len(params) == 1:  # a plain name: no prev-id, no filters
+            st.channels.append(Channel(_utf8(params[0][0])))
+            continue
         prev = _pget(params, "prev-id")
         st.channels.append(
             Channel(
-                name=_from_utf8(params[0][0]),
-                prev_id=_from_utf8(prev) if prev is not None else None,
+                name=_utf8(params[0][0]),
+                prev_id=_utf8(prev) if prev is not None else None,
                 # "filter" is matched case-sensitively, unlike other parameter names
-                filters=[_from_utf8(v or "") for k, v in params[1:] if k == "filter"],
+                filters=[_utf8(v or "") for k, v in params[1:] if k == "filter"],
             )
         )
 
-    if contains(headers, "Grip-Timeout"):
-        t = _qt_to_int(get(headers, "Grip-Timeout"))
+    timeout = _first(grip, "grip-timeout")
+    if timeout is not None:
+        t = _qt_to_int(timeout)
         if t is None:
             raise InstructError("failed to parse Grip-Timeout")
         if t < 0:
             raise InstructError("Grip-Timeout has invalid value")
         st.timeout = t
 
-    ka = _as_params(headers, "Grip-Keep-Alive")
+    ka = _as_params(_first(grip, "grip-keep-alive"))
     if ka:
         val = ka[0][0]
         if not val:
@@ -507,7 +580,8 @@ def _parse_header_form(st: _State, headers: Headers) -> None:
             st.ka_timeout = DEFAULT_KEEP_ALIVE_TIMEOUT
         st.ka_data = decode_keep_alive_data(val, _pget(ka, "format") or "")
 
-    for params in _all_as_params(headers, "Grip-Set-Meta", parse_first=True):
+    metas = grip.get("grip-set-meta")
+    for params in _all_as_params(metas, parse_first=True) if metas else ():
         if not params:
             raise InstructError("Grip-Set-Meta cannot be empty")
         key, mval = params[0]
@@ -526,12 +600,12 @@ def _encode_link(url: str) -> str:
     return _LINK_UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in _raw(m.group(0))), url)
 
 
-def _parse_links(headers: Headers) -> tuple[NextLink | None, list[tuple[str, str]]]:
-    """F25 ``Grip-Link``. Only ``rel=next`` links are validated (1.36); the last one wins.
-    Elements without parameters are ignored."""
+def _parse_links(values: list[str]) -> tuple[NextLink | None, list[tuple[str, str]]]:
+    """F25 ``Grip-Link`` (its ``values``). Only ``rel=next`` links are validated (1.36); the
+    last one wins. Elements without parameters are ignored."""
     next_link: NextLink | None = None
     others: list[tuple[str, str]] = []
-    for params in _all_as_params(headers, "Grip-Link"):
+    for params in _all_as_params(values):
         if len(params) < 2:
             continue
         rel = _pget(params, "rel")
