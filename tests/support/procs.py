@@ -22,6 +22,7 @@ Pushpin notes (found by running it):
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import http.client
 import json
@@ -561,12 +562,27 @@ def _start_server_once(
         conf_path=conf_path,
         tmp_rundir=tmp_rundir,
     )
+    _STARTED.append(server)
     try:
         _wait_ready(server, rundir, timeout, probe)
     except BaseException:
         server.stop()
         raise
     return server
+
+
+# Every server this test process started. A test killed by pytest-timeout may never reach its
+# fixture's teardown; whatever is still running when the process exits is stopped here, so no
+# Pushpin or gripd tree outlives the suite (one did: a runner and its four children).
+_STARTED: list[Server] = []
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for server in _STARTED:
+        if server.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                server.stop(timeout=2.0)
 
 
 def _limit_nofile(n: int) -> Callable[[], None]:
