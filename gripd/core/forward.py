@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gripd.core.headers import Headers, get, remove, split_unquoted
+from gripd.core.headers import Headers, get, split_unquoted
 from gripd.core.routes import apply_route_headers
 from gripd.core.sig import SigningKey, validate_token
 
@@ -184,12 +184,18 @@ def _xff_values(headers: Headers) -> list[str]:
     ``getAll``/``takeAll`` (an empty header contributes nothing; inner empties are kept)."""
     out: list[str] = []
     for k, v in headers:
-        if k.lower() == "x-forwarded-for" and v:
-            parts = split_unquoted(v, ",")
-            if parts[-1] == "":
-                parts.pop()  # a comma ending the value starts no new value ("a," is one)
-            out.extend(p.strip() for p in parts)
+        if v and k.lower() == "x-forwarded-for":
+            out.extend(_split_xff(v))
     return out
+
+
+def _split_xff(value: str) -> list[str]:
+    """One non-empty X-Forwarded-For value's items (see :func:`_xff_values`)."""
+    # Without a double quote nothing is quoted, and split_unquoted is str.split.
+    parts = value.split(",") if '"' not in value else split_unquoted(value, ",")
+    if parts[-1] == "":
+        parts.pop()  # a comma ending the value starts no new value ("a," is one)
+    return [p.strip() for p in parts]
 
 
 def logical_client_address(
@@ -235,13 +241,20 @@ def origin_host_header(client_authority: str, route: RouteLike, target: TargetLi
     """The Host sent to the origin (F12): the client's, replaced by the route's ``as_host``,
     replaced by the target's ``host=`` (the target wins: it is applied last). A value without
     a port drops the port. The host is lower-cased, as QUrl does [verified]."""
-    host, port = _split_authority(client_authority)
-    if route.as_host:
-        host, port = _split_authority(route.as_host)
-    if target.host_header:
-        host, port = _split_authority(target.host_header)
+    # Only the winning value is split: each later one replaces host and port entirely.
+    authority = target.host_header or route.as_host or client_authority
+    if not authority.startswith("["):
+        at = authority.find(":")
+        if at == -1:
+            return authority.lower()
+        port = authority[at + 1 :]
+        # Fast path: a canonical decimal port (what Host headers carry) prints as it is written;
+        # anything else (sign, spaces, leading zeros, non-ASCII digits) goes through _port.
+        if port.isascii() and port.isdigit() and len(port) < 10 and port[0] != "0":
+            return f"{authority[:at].lower()}:{port}"
+    host, port_num = _split_authority(authority)
     host = host.lower()
-    return host if port is None else f"{host}:{port}"
+    return host if port_num is None else f"{host}:{port_num}"
 
 
 def signing_for_route(
@@ -257,19 +270,32 @@ def signing_for_route(
     return settings.sig_iss, settings.sig_key
 
 
-def _orig_headers(headers: Headers, need_mark: frozenset[str]) -> Headers:
-    """F14: keep every header, then append marked copies: headers the client already marked
-    are moved there as they are; names in ``orig_headers_need_mark`` are not copied."""
-    kept: Headers = []
-    marked: Headers = []
-    for k, v in headers:
-        if k[:9].lower() == "eb9bf0f5-":
-            marked.append((k, v))
-        else:
-            kept.append((k, v))
-            if k.lower() not in need_mark:
-                marked.append((ORIG_MARK + k, v))
-    return kept + marked
+def _special_names(
+    ws: bool, pushpin_route: bool, grip_sig: bool, grip_feature: bool, fwd_proto: bool
+) -> frozenset[str]:
+    """The lower-cased names :func:`origin_request_headers` takes out of the client's headers
+    (X-Forwarded-For and Host are collected on the way) for one combination of options."""
+    names = set(_DROP_WS if ws else _DROP_HTTP)
+    names.add("x-forwarded-for")
+    if ws:
+        names.add("sec-websocket-extensions")
+    if pushpin_route:
+        names.add("pushpin-route")
+    if grip_sig:
+        names.add("grip-sig")
+    if grip_feature:
+        names.add("grip-feature")
+    if fwd_proto:
+        names.update(("x-forwarded-proto", "x-forwarded-protocol"))
+    return frozenset(names)
+
+
+# Every combination, built once: index with ws | pushpin_route << 1 | grip_sig << 2 |
+# grip_feature << 3 | fwd_proto << 4 (an immutable table, not a cache).
+_SPECIAL = tuple(
+    _special_names(bool(i & 1), bool(i & 2), bool(i & 4), bool(i & 8), bool(i & 16))
+    for i in range(32)
+)
 
 
 def origin_request_headers(
@@ -293,64 +319,92 @@ def origin_request_headers(
     come in a Host header (default: the Host header, else ``localhost`` as condure uses).
     ``last_ids`` are (channel, id) pairs sent as ``Grip-Last`` on retries/next-link requests;
     ``internal`` marks such requests from the handler, whose Grip-* headers are kept (F13).
+
+    This runs for every proxied request, so the steps Pushpin applies one after the other
+    (route ``header=``, F14 marks, hop-by-hop and Grip-* filters, the removals before each
+    appended header, X-Forwarded-For collection) are fused into one pass that lower-cases each
+    name once. That is exact because each step either filters by name or appends at the end,
+    no appended name is one a later step removes, and no filter matches an ``eb9bf0f5-`` name.
     """
-    headers = apply_route_headers(route, list(req.headers))
     grip = not route.no_grip
-
-    if route.orig_headers and not trusted:
-        headers = _orig_headers(headers, settings.need_mark_set)
-    elif not route.orig_headers:
-        headers = [(k, v) for k, v in headers if k[:9].lower() != "eb9bf0f5-"]
-
-    drop = _DROP_WS if req.ws else _DROP_HTTP
-    if settings.accept_pushpin_route:
-        drop = drop | {"pushpin-route"}
-    strip_grip = not trusted and not internal
-    headers = [
-        (k, v)
-        for k, v in headers
-        if k.lower() not in drop and not (strip_grip and k[:5].lower() == "grip-")
+    ws = req.ws
+    add_grip = grip and not trusted
+    fwd_proto = settings.accept_x_forwarded_protocol or settings.set_proto or settings.set_protocol
+    special = _SPECIAL[
+        ws
+        | settings.accept_pushpin_route << 1
+        | (add_grip and bool(token)) << 2
+        | add_grip << 3
+        | fwd_proto << 4
     ]
+    strip_grip = not trusted and not internal
+    orig = route.orig_headers
+    # F14: with orig_headers (untrusted client) every header not in orig_headers_need_mark is
+    # copied with the mark, before any filter; the copies and the headers the client already
+    # marked go after the kept ones. Without orig_headers client-marked headers are dropped.
+    copy_orig = orig and not trusted
+    check_mark = not orig or not trusted
+    need_mark = settings.need_mark_set
 
-    if not trusted and grip:
+    # Route header= options remove names and append values: the rare case keeps that step.
+    items = apply_route_headers(route, list(req.headers)) if route.headers else req.headers
+    out: Headers = [("Host", "")]  # the real Host is set at the end, once it is known
+    marked: Headers = []
+    xff: list[str] = []
+    first_host: str | None = None
+    for k, v in items:
+        lk = k.lower()
+        if check_mark and lk.startswith(ORIG_MARK):
+            if copy_orig:
+                marked.append((k, v))
+            continue
+        if copy_orig and lk not in need_mark:
+            marked.append((ORIG_MARK + k, v))
+        if lk in special:
+            if lk == "x-forwarded-for":
+                if v:
+                    xff.extend(_split_xff(v))
+            elif lk == "host" and first_host is None:
+                first_host = v
+            continue
+        if strip_grip and lk.startswith("grip-"):
+            continue
+        out.append((k, v))
+    if marked:
+        out += marked
+
+    if add_grip:
         if token:
-            headers = remove(headers, "Grip-Sig")
-            headers.append(("Grip-Sig", token))
-        headers = remove(headers, "Grip-Feature")
-        headers.append(("Grip-Feature", GRIP_FEATURE))
+            out.append(("Grip-Sig", token))
+        out.append(("Grip-Feature", GRIP_FEATURE))
         for channel, last_id in last_ids:
-            headers.append(("Grip-Last", f"{channel}; last-id={last_id}"))
+            out.append(("Grip-Last", f"{channel}; last-id={last_id}"))
 
-    # F4: incoming forwarded-protocol headers are always dropped when any option is on.
-    if settings.accept_x_forwarded_protocol or settings.set_proto or settings.set_protocol:
-        headers = remove(headers, "X-Forwarded-Proto", "X-Forwarded-Protocol")
     if req.tls and (settings.set_proto or settings.set_protocol):
-        scheme = "wss" if req.ws else "https"
+        scheme = "wss" if ws else "https"
         if settings.set_proto:
-            headers.append(("X-Forwarded-Proto", scheme))
+            out.append(("X-Forwarded-Proto", scheme))
         if settings.set_protocol:
-            headers.append(("X-Forwarded-Protocol", scheme))
+            out.append(("X-Forwarded-Protocol", scheme))
 
     # F16: all values are taken out, truncated, maybe extended, and re-added as one header.
     rule = settings.xff_trusted_rule if trusted else settings.xff_rule
-    xff = _xff_values(headers)
-    headers = remove(headers, "X-Forwarded-For")
     if rule.truncate >= 0:
         xff = xff[max(len(xff) - rule.truncate, 0) :]
     if rule.append and req.peer_ip:
         # A Unix-socket client (local_ports) has no address: Pushpin then sends no value.
         xff.append(req.peer_ip)
     if xff:
-        headers.append(("X-Forwarded-For", ", ".join(xff)))
+        out.append(("X-Forwarded-For", ", ".join(xff)))
 
-    if req.ws:
+    if ws and grip:
         # wsproxysession: never pass the client's extensions; offer grip on GRIP routes.
-        headers = remove(headers, "Sec-WebSocket-Extensions")
-        if grip:
-            headers.append(("Sec-WebSocket-Extensions", "grip"))
+        out.append(("Sec-WebSocket-Extensions", "grip"))
 
     # The client's own Host, not one set by a route header= (Pushpin derives the origin Host
     # from the request URI and overwrites the header with it).
-    authority = host_header or get(req.headers, "Host") or "localhost"
-    headers.insert(0, ("Host", origin_host_header(authority, route, target)))
-    return headers
+    if route.headers:
+        first_host = get(req.headers, "Host")
+    authority = host_header or first_host or "localhost"
+    out[0] = ("Host", origin_host_header(authority, route, target))
+    return out
