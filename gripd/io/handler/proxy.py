@@ -198,7 +198,8 @@ class ProxySession:
         token = None
         if not self.route.no_grip and not self.trusted:
             token = app.grip_sig_token(self.route)
-        h = origin_request_headers(
+        # Without Content-Length and Transfer-Encoding (framing is the origin client's)
+        return origin_request_headers(
             info,
             self.route,
             target,
@@ -207,7 +208,6 @@ class ProxySession:
             trusted=self.trusted,
             last_ids=self.last_ids,
         )
-        return hdr.remove(h, "content-length", "transfer-encoding")
 
     def _request(self) -> tuple[hdr.Headers, BodyFraming, int, str, list[Endpoint]]:
         """The origin request: headers, body framing, length, path and endpoints."""
