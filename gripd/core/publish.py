@@ -135,6 +135,12 @@ def _keyed(v: object) -> dict[str, Any] | None:
     """``v`` as a str-keyed dict (tnetstring keys may be bytes), or None if not an object."""
     if not isinstance(v, dict):
         return None
+    if type(v) is dict:
+        for k in v:
+            if type(k) is not str:
+                break
+        else:
+            return v  # JSON objects: already str-keyed (callers only read the result)
     out: dict[str, Any] = {}
     for k, val in v.items():
         if isinstance(k, bytes):
@@ -480,9 +486,21 @@ def parse_item(obj: object, *, binary: bool = False, channel: str | None = None)
     return item
 
 
+# ``json.loads`` with ``parse_constant`` builds a new decoder per call; this one is reused.
+_DECODER = json.JSONDecoder(parse_constant=reject_json_constant)
+_BOM = b"\xef\xbb\xbf"
+
+
 def _loads(data: bytes) -> Any:
     """Strict JSON as Qt reads it: UTF-8 (BOM allowed), no NaN/Infinity."""
-    return json.loads(data.decode("utf-8-sig"), parse_constant=reject_json_constant)
+    # What ``json.loads(data.decode("utf-8-sig"), ...)`` does, without the codec lookup of
+    # "utf-8-sig": one leading BOM is dropped, a second one is an error (ValueError).
+    if data.startswith(_BOM):
+        data = data[3:]
+    text = data.decode("utf-8")
+    if text.startswith("\ufeff"):
+        raise ValueError("Unexpected UTF-8 BOM")
+    return _DECODER.decode(text)
 
 
 def parse_publish_body(body: bytes) -> list[PublishItem]:
@@ -642,6 +660,13 @@ def _control_reply(
     )
 
 
+def _message(text: str, content_type: str) -> str:
+    """A success answer's text in the chosen type: ``{"message":...}`` for JSON."""
+    if content_type == "application/json":
+        return json.dumps({"message": text}, separators=(",", ":")) + "\n"
+    return text + "\n"
+
+
 def handle_control_request(method: str, uri: str, headers: Headers, body: bytes) -> ControlReply:
     """F28: route one complete control API request (Pushpin's ``controlHttpServer_requestReady``).
 
@@ -651,9 +676,9 @@ def handle_control_request(method: str, uri: str, headers: Headers, body: bytes)
     """
     path = uri[:-1] if len(uri) > 1 and uri.endswith("/") else uri
     content_type = "text/plain"
-    if any(k.lower() == "accept" for k, _ in headers):
+    accept = [v for k, v in headers if k.lower() == "accept"]
+    if accept:
         chosen = ""
-        accept = [v for k, v in headers if k.lower() == "accept"]
         for first, _ in parse_list(accept):
             if first in ("text/plain", "text/*", "*/*", "*"):
                 chosen = "text/plain"
@@ -662,11 +687,6 @@ def handle_control_request(method: str, uri: str, headers: Headers, body: bytes)
         if not chosen:
             return _control_reply(method, uri, 406, _NOT_ACCEPTABLE)
         content_type = chosen
-
-    def message(text: str) -> str:
-        if content_type == "application/json":
-            return json.dumps({"message": text}, separators=(",", ":")) + "\n"
-        return text + "\n"
 
     if path == "/":
         return _control_reply(method, uri, 200, "Pushpin API\n")
@@ -677,12 +697,22 @@ def handle_control_request(method: str, uri: str, headers: Headers, body: bytes)
         return _control_reply(method, uri, 405, f"Method not allowed: {method}.\n", extra=allow)
     if path == "/recover":
         return _control_reply(
-            method, uri, 200, message("Updated"), content_type=content_type, recover=True
+            method,
+            uri,
+            200,
+            _message("Updated", content_type),
+            content_type=content_type,
+            recover=True,
         )
     try:
         items = parse_publish_body(body)
     except PublishError as e:
         return _control_reply(method, uri, 400, f"{e}\n")
     return _control_reply(
-        method, uri, 200, message("Published"), content_type=content_type, items=items
+        method,
+        uri,
+        200,
+        _message("Published", content_type),
+        content_type=content_type,
+        items=items,
     )

@@ -13,12 +13,17 @@ written before items are handed to the sink. The history read API is answered he
 
 ``header_timeout`` (``client_header_timeout``) bounds the whole request, head and body, from
 accept: a peer that has not sent it all by then gets ``408`` and a close, so slow or stalled
-peers cannot hold connections open. One ``loop.call_at`` handle per connection, no task.
+peers cannot hold connections open. The deadlines share one loop timer per server
+(``_Deadlines``): no task and no timer per connection.
+
+Publishers open one connection per publish, so this path is kept short: the head is searched
+where it arrived, the fixed 200 answers are encoded once, and headers are read in one pass.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import re
 import time
@@ -43,6 +48,10 @@ if typing.TYPE_CHECKING:
 _LOG = logging.getLogger("gripd.control")
 _HEAD_END = re.compile(rb"\n\r?\n")
 _CL_RE = re.compile(rb"[ \t\n\r\v\f]*([+-]?[0-9]+)[ \t\n\r\v\f]*\Z")
+# Header lines that _parse_head passes on unchanged: each has a ":" and ends in CRLF.
+_PLAIN_HEADER_LINES = re.compile(rb"(?:[^\n:]*:[^\n]*\r\n)*\r\n")
+# Framing header lines (lower-cased, after their line's LF), whose names become X-Gripd-<name>.
+_FRAMING_LINES = (b"\ncontent-length:", b"\ntransfer-encoding:")
 _NO_BODY_METHODS = frozenset({"HEAD", "GET", "DELETE", "OPTIONS"})
 
 HISTORY_READ_TIMEOUT: typing.Final = 5.0  # seconds to wait for the store before a 503
@@ -57,25 +66,37 @@ class PublishSink(typing.Protocol):
 
 
 class _HeadParser:
-    """Collects what httptools reports for one request head."""
+    """Collects what httptools reports for one request head: the headers, with the
+    ``X-Gripd-`` prefix ``_parse_head`` adds (or a client sent) removed, and on the way the
+    first Content-Length and Expect values and whether a Transfer-Encoding was sent."""
+
+    __slots__ = ("content_length", "done", "expect", "has_te", "headers")
 
     def __init__(self) -> None:
         self.headers: Headers = []
         self.done = False
+        self.content_length: str | None = None
+        self.has_te = False
+        self.expect: str | None = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        k = name.decode("latin-1")
+        v = value.decode("latin-1")
+        lk = k.lower()
+        if lk.startswith("x-gripd-"):
+            k = k[8:]
+            lk = lk[8:]
+        self.headers.append((k, v))
+        if lk == "content-length":
+            if self.content_length is None:
+                self.content_length = v
+        elif lk == "transfer-encoding":
+            self.has_te = True
+        elif lk == "expect" and self.expect is None:
+            self.expect = v
 
     def on_headers_complete(self) -> None:
         self.done = True
-
-
-def _first(headers: Headers, name: str) -> str | None:
-    lname = name.lower()
-    for k, v in headers:
-        if k.lower() == lname:
-            return v
-    return None
 
 
 def _encode(code: int, reason: str, headers: Headers, body: bytes, http10: bool) -> bytes:
@@ -86,6 +107,133 @@ def _encode(code: int, reason: str, headers: Headers, body: bytes, http10: bool)
             lines.append(f"{k}: {v}\r\n")
     lines.append(f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n")
     return "".join(lines).encode("latin-1", "replace") + body
+
+
+# The few fixed answers (``Published``, ``Updated``, ``Pushpin API``, ``Not Found``, in text or
+# JSON) are encoded once: (code, reason, Content-Type, body, HTTP/1.0) -> the reply's bytes.
+_ENCODED: dict[tuple[int, str, str, bytes, bool], bytes] = {}
+_ENCODED_MAX = 32  # entries; bodies that vary (error texts) are not cached
+_ENCODED_BODY_MAX = 64  # bytes
+
+
+def _encode_cached(code: int, reason: str, headers: Headers, body: bytes, http10: bool) -> bytes:
+    """:func:`_encode`, from :data:`_ENCODED` for one Content-Type and a short body."""
+    if len(headers) != 1 or len(body) > _ENCODED_BODY_MAX:
+        return _encode(code, reason, headers, body, http10)
+    name, value = headers[0]
+    if name != "Content-Type":
+        return _encode(code, reason, headers, body, http10)
+    key = (code, reason, value, body, http10)
+    out = _ENCODED.get(key)
+    if out is None:
+        out = _encode(code, reason, headers, body, http10)
+        if len(_ENCODED) < _ENCODED_MAX:
+            _ENCODED[key] = out
+    return out
+
+
+_REQUEST_LINE = b"GET / HTTP/1.1\r\n"  # what httptools is fed before the header lines
+
+
+def _header_block(lines: bytes) -> bytes:
+    """The head fed to httptools for the header ``lines`` (what follows the request line, up
+    to and with the blank line): the fixed request line, then each line that has a ``:``,
+    without its CR, ending in CRLF, Content-Length and Transfer-Encoding renamed
+    ``X-Gripd-<name>``; then the blank line."""
+    out = [_REQUEST_LINE[:-2]]
+    for ln in lines.split(b"\n"):
+        if ln.endswith(b"\r"):
+            ln = ln[:-1]
+        if b":" not in ln:
+            continue
+        name, _, value = ln.partition(b":")
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            name = b"X-Gripd-" + name
+        out.append(name + b":" + value)
+    return b"\r\n".join(out) + b"\r\n\r\n"
+
+
+def _rename_framing(lines: bytes) -> bytes:
+    """``lines`` (header lines) with each Content-Length or Transfer-Encoding header's name
+    (any case) prefixed by ``X-Gripd-``, as :func:`_header_block` does line by line."""
+    low = b"\n" + lines.lower()
+    at: list[int] = []
+    for pattern in _FRAMING_LINES:
+        i = low.find(pattern)
+        while i >= 0:
+            at.append(i)  # where the name starts in ``lines`` (``low`` has one byte more)
+            i = low.find(pattern, i + 1)
+    if not at:
+        return lines
+    at.sort()
+    parts: list[bytes] = []
+    prev = 0
+    for i in at:
+        parts += (lines[prev:i], b"X-Gripd-")
+        prev = i
+    parts.append(lines[prev:])
+    return b"".join(parts)
+
+
+class _Deadlines:
+    """The ``client_header_timeout`` deadlines of one server's connections, on one loop timer.
+
+    Connections arrive in order and (until a reload lowers it) have the same timeout, so their
+    deadlines come in order: only the earliest needs a timer. A connection that completes is
+    only marked (``_queued`` False; no timer to cancel, which per connection cost more than
+    the rest of a short request's bookkeeping); marked entries are dropped when the timer
+    fires, or in one sweep when they pile up. :meth:`add` refuses a deadline earlier than
+    the last one queued: that connection keeps its own timer.
+    """
+
+    __slots__ = ("_live", "_loop", "_queue", "_timer")
+
+    SWEEP_SLACK: typing.Final = 1024  # marked entries tolerated beyond twice the live ones
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: collections.deque[tuple[float, ControlProtocol]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._live = 0  # queued entries still waiting for their deadline
+
+    def add(self, proto: ControlProtocol, timeout: float) -> bool:
+        """Queue ``proto`` to time out ``timeout`` seconds from now; False if out of order."""
+        deadline = self._loop.time() + timeout
+        queue = self._queue
+        if queue and queue[-1][0] > deadline:
+            return False
+        queue.append((deadline, proto))
+        self._live += 1
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._fire)
+        elif len(queue) > 2 * self._live + self.SWEEP_SLACK:
+            self._queue = collections.deque(e for e in queue if e[1]._queued)
+        return True
+
+    def finished(self) -> None:
+        """One queued connection no longer waits (its ``_queued`` was cleared)."""
+        self._live -= 1
+
+    def _fire(self) -> None:
+        self._timer = None
+        queue = self._queue
+        # The loop may run a timer up to its clock resolution early; count those as due.
+        now = self._loop.time() + 0.001
+        while queue:
+            deadline, proto = queue[0]
+            if not proto._queued:
+                queue.popleft()
+                continue
+            if deadline > now:
+                self._timer = self._loop.call_at(deadline, self._fire)
+                return
+            queue.popleft()
+            proto._queued = False
+            self._live -= 1
+            try:
+                proto._on_timeout()
+            except Exception:  # one connection's failure must not stop the others' timeouts
+                _LOG.exception("control: timing out a request failed")
 
 
 class ControlLimits:
@@ -104,6 +252,35 @@ class ControlLimits:
 class ControlProtocol(asyncio.Protocol):
     """One control API connection: read one request, answer it, close."""
 
+    __slots__ = (
+        "_auth",
+        "_buf",
+        "_content_length",
+        "_deadlines",
+        "_expect",
+        "_has_te",
+        "_header_timeout",
+        "_headers",
+        "_history",
+        "_history_timeout",
+        "_http10",
+        "_length",
+        "_lines",
+        "_log",
+        "_loop",
+        "_max_body",
+        "_max_headers",
+        "_method",
+        "_peer",
+        "_queued",
+        "_replied",
+        "_sink",
+        "_state",
+        "_timer",
+        "_transport",
+        "_uri",
+    )
+
     def __init__(
         self,
         sink: PublishSink,
@@ -116,8 +293,13 @@ class ControlProtocol(asyncio.Protocol):
         history: HistoryReader | None = None,
         history_timeout: float = HISTORY_READ_TIMEOUT,
         auth: PublishGate | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        deadlines: _Deadlines | None = None,
     ) -> None:
         self._sink = sink
+        self._loop = loop  # None: the running loop, looked up when needed
+        self._deadlines = deadlines  # the server's shared header_timeout timer, if any
+        self._queued = False  # waiting in self._deadlines
         self._auth = auth
         self._history = history
         self._history_timeout = history_timeout
@@ -134,6 +316,11 @@ class ControlProtocol(asyncio.Protocol):
         self._method = ""
         self._uri = ""
         self._headers: Headers = []
+        # From the parsed head, once: the first Content-Length and Expect values, and whether
+        # a Transfer-Encoding was sent (names after the X-Gripd- renaming undone).
+        self._content_length: str | None = None
+        self._has_te = False
+        self._expect: str | None = None
         self._http10 = False
         self._length = 0
         self._replied = False
@@ -144,7 +331,11 @@ class ControlProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if peer else ""
         if self._header_timeout > 0:
-            loop = asyncio.get_running_loop()
+            deadlines = self._deadlines
+            if deadlines is not None and deadlines.add(self, self._header_timeout):
+                self._queued = True
+                return
+            loop = self._loop or asyncio.get_running_loop()
             self._timer = loop.call_at(loop.time() + self._header_timeout, self._on_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -153,6 +344,9 @@ class ControlProtocol(asyncio.Protocol):
         self._cancel_timer()
 
     def _cancel_timer(self) -> None:
+        if self._queued:
+            self._queued = False
+            typing.cast(_Deadlines, self._deadlines).finished()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -185,24 +379,31 @@ class ControlProtocol(asyncio.Protocol):
 
     def _read_head(self, data: bytes) -> None:
         # Only the first max_headers_size bytes may hold the header block (Pushpin reads no more).
-        self._buf += data
-        window = bytes(self._buf[: self._max_headers])
-        m = _HEAD_END.search(window)
+        # Usually the whole head arrives in one piece: it is searched in place, not copied.
+        buf = self._buf
+        pending = bool(buf)
+        if pending:
+            buf += data
+            data = bytes(buf)
+        limit = self._max_headers
+        m = _HEAD_END.search(data, 0, limit if limit >= 0 else len(data) + limit)
         if m is None:
-            if len(self._buf) >= self._max_headers:
+            if len(data) >= limit:
                 self._error(400, "Bad Request", "Request header too large.")
+            elif not pending:
+                buf += data
             return
-        head, rest = bytes(self._buf[: m.end()]), bytes(self._buf[m.end() :])
-        self._buf = bytearray()
+        end = m.end()
+        head, rest = data[:end], data[end:]
+        buf.clear()
         if not self._parse_head(head):
             return
-        has_cl = any(k.lower() == "content-length" for k, _ in self._headers)
-        has_te = any(k.lower() == "transfer-encoding" for k, _ in self._headers)
-        if not has_cl and (has_te or self._method not in _NO_BODY_METHODS):
+        cl_value = self._content_length
+        if cl_value is None and (self._has_te or self._method not in _NO_BODY_METHODS):
             self._error(411, "Length Required", "Request requires Content-Length.")
             return
-        if has_cl:
-            cl = _CL_RE.match((_first(self._headers, "Content-Length") or "").encode("latin-1"))
+        if cl_value is not None:
+            cl = _CL_RE.match(cl_value.encode("latin-1"))
             if cl is None or not -(2**31) <= int(cl.group(1)) < 2**31:
                 self._error(400, "Bad Request", "Bad Content-Length.")
                 return
@@ -210,7 +411,7 @@ class ControlProtocol(asyncio.Protocol):
             if self._length > self._max_body:
                 self._error(400, "Bad Request", "Request body too large.")
                 return
-            if _first(self._headers, "Expect") == "100-continue" and self._transport is not None:
+            if self._expect == "100-continue" and self._transport is not None:
                 ver = "1.0" if self._http10 else "1.1"
                 self._transport.write(f"HTTP/{ver} 100 Continue\r\n\r\n".encode())
         self._state = "body"
@@ -225,24 +426,22 @@ class ControlProtocol(asyncio.Protocol):
         by httptools, behind a fixed request line, with the framing headers renamed so that
         httptools never applies its own body rules (Pushpin's are applied by the caller).
         """
-        lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in head.split(b"\n")]
-        request_line = lines[0]
+        nl = head.find(b"\n")  # the head ends with a blank line: there is one
+        request_line = head[: nl - 1] if head[nl - 1 : nl] == b"\r" else head[:nl]
         parts = request_line.split(b" ", 2)
         if len(parts) < 3 or not parts[0]:
             self._error(400, "Bad Request", "Failed to parse request header.")
             return False
-        out = [b"GET / HTTP/1.1"]
-        for ln in lines[1:]:
-            if not ln or b":" not in ln:
-                continue
-            name, _, value = ln.partition(b":")
-            if name.lower() in (b"content-length", b"transfer-encoding"):
-                name = b"X-Gripd-" + name
-            out.append(name + b":" + value)
+        rest = head[nl + 1 :]
+        if _PLAIN_HEADER_LINES.fullmatch(rest) is not None:
+            # Every line ends in CRLF and has a ":": _header_block would rebuild ``rest`` itself.
+            block = _REQUEST_LINE + _rename_framing(rest)
+        else:
+            block = _header_block(rest)
         collector = _HeadParser()
         parser = httptools.HttpRequestParser(collector)
         try:
-            parser.feed_data(b"\r\n".join(out) + b"\r\n\r\n")
+            parser.feed_data(block)
         except httptools.HttpParserUpgrade:
             pass  # "Connection: upgrade" means nothing here; the head was parsed
         except httptools.HttpParserError:
@@ -253,13 +452,21 @@ class ControlProtocol(asyncio.Protocol):
         self._method = parts[0].decode("latin-1")
         self._uri = parts[1].decode("latin-1")
         self._http10 = parts[2] == b"HTTP/1.0"
-        self._headers = [
-            (k[len("X-Gripd-") :], v) if k.lower().startswith("x-gripd-") else (k, v)
-            for k, v in collector.headers
-        ]
+        self._headers = collector.headers
+        self._content_length = collector.content_length
+        self._has_te = collector.has_te
+        self._expect = collector.expect
         return True
 
     def _read_body(self, data: bytes) -> None:
+        if not self._buf and len(data) >= self._length:
+            # The whole body in one piece (the usual case): no copy.
+            if len(data) > self._length:
+                self._error(400, "Bad Request", "Request body exceeded Content-Length.")
+                return
+            self._state = "done"
+            self._dispatch(data)
+            return
         self._buf += data
         if len(self._buf) > self._length:
             self._error(400, "Bad Request", "Request body exceeded Content-Length.")
@@ -300,7 +507,8 @@ class ControlProtocol(asyncio.Protocol):
             self._read_items(encoded, query)
             return
         reply: ControlReply = handle_control_request(self._method, self._uri, self._headers, body)
-        self._write(reply.code, reply.reason, reply.headers, reply.body)
+        # 200 answers are a handful of fixed texts: their bytes are built once (_ENCODED).
+        self._write(reply.code, reply.reason, reply.headers, reply.body, cache=reply.code == 200)
         lines = self._lines
         if lines is not None and lines.enabled():
             lines.info(reply.log)
@@ -402,15 +610,19 @@ class ControlProtocol(asyncio.Protocol):
         self._state = "done"
         self._write(code, reason, [("Content-Type", "text/plain")], (message + "\n").encode())
 
-    def _write(self, code: int, reason: str, headers: Headers, body: bytes) -> None:
+    def _write(
+        self, code: int, reason: str, headers: Headers, body: bytes, *, cache: bool = False
+    ) -> None:
         self._state = "done"
         self._replied = True
         self._cancel_timer()
-        self._buf = bytearray()
-        if self._transport is None:
+        self._buf.clear()
+        transport = self._transport
+        if transport is None:
             return
-        self._transport.write(_encode(code, reason, headers, body, self._http10))
-        self._transport.close()  # flushes the reply first
+        encode = _encode_cached if cache else _encode
+        transport.write(encode(code, reason, headers, body, self._http10))
+        transport.close()  # flushes the reply first
 
 
 async def start_control_server(
@@ -439,6 +651,7 @@ async def start_control_server(
     log = logger or _LOG
     loop = asyncio.get_running_loop()
     lim = limits or ControlLimits(max_headers_size, max_body_size, header_timeout)
+    deadlines = _Deadlines(loop)
     return await loop.create_server(
         lambda: ControlProtocol(
             sink,
@@ -450,6 +663,8 @@ async def start_control_server(
             history=history,
             history_timeout=history_timeout,
             auth=auth,
+            loop=loop,
+            deadlines=deadlines,
         ),
         host,
         port,
