@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from gripd.core.publish import PublishItem
 from gripd.io.inputs.control_http import start_control_server
+from tests.support.sinks import RecordingSink
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,17 +52,6 @@ async def capture() -> AsyncIterator[tuple[str, Capture]]:
     await srv.wait_closed()
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.items: list[PublishItem] = []
-
-    def publish(self, items: list[PublishItem], *, source: str) -> None:
-        self.items.extend(items)
-
-    def recover(self) -> None:
-        pass
-
-
 async def run(
     *argv: str, exe: list[str] | None = None, env: dict[str, str] | None = None
 ) -> tuple[int, str, str]:
@@ -90,7 +79,7 @@ def split(request: bytes) -> tuple[str, dict[str, str], bytes]:
 
 
 async def test_publish_to_control_server() -> None:
-    sink = Sink()
+    sink = RecordingSink()
     srv = await start_control_server(sink, "127.0.0.1", 0)
     spec = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
     try:

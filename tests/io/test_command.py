@@ -16,28 +16,11 @@ import zmq
 import zmq.asyncio
 
 from gripd.core.config import Config, default_config
-from gripd.core.publish import PublishItem
 from gripd.core.tnetstring import dumps, loads
 from gripd.io.inputs.command import CommandServer, error_reply, success_reply
 from gripd.io.inputs.zmq import ZmqInputs
 from tests.support.procs import free_ports
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.calls: list[tuple[list[PublishItem], str]] = []
-        self.changed = asyncio.Event()
-
-    def publish(self, items: list[PublishItem], *, source: str) -> None:
-        self.calls.append((items, source))
-        self.changed.set()
-
-    async def wait_items(self, n: int, timeout: float = 5.0) -> list[PublishItem]:
-        async with asyncio.timeout(timeout):
-            while sum(len(b) for b, _ in self.calls) < n:
-                self.changed.clear()
-                await self.changed.wait()
-        return [i for b, _ in self.calls for i in b]
+from tests.support.sinks import RecordingSink
 
 
 def make_config(**kw: object) -> Config:
@@ -54,7 +37,7 @@ def make_config(**kw: object) -> Config:
 
 class Harness:
     def __init__(self, config: Config, refresh: Any = None) -> None:
-        self.sink = Sink()
+        self.sink = RecordingSink()
         self.recovered = 0
         self.connected = {"a:1", "b:2"}
         self.refreshed: list[dict[str, str]] = []
@@ -354,7 +337,7 @@ async def test_pubcontrol_discovers_uris_and_publishes() -> None:
     import pubcontrol  # type: ignore[import-untyped]
 
     cfg = make_config()
-    sink = Sink()
+    sink = RecordingSink()
     inputs = ZmqInputs(cfg, sink)
     server = CommandServer(cfg, sink=sink, recover=lambda: None, is_connected=lambda c: False)
     await inputs.start()

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from gripd.core.publish import PublishItem
 from gripd.io.inputs.control_http import ControlLimits, start_control_server
+from tests.support.sinks import RecordingSink
 
 PUB = b'{"items":[{"channel":"c","formats":{"http-stream":{"content":"x"}}}]}'
 REQUEST = b"POST /publish/ HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(PUB), PUB)
@@ -16,17 +16,6 @@ TIMEOUT_REPLY = (
     b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nConnection: close\r\n"
     b"Content-Length: 30\r\n\r\nRequest not complete in time.\n"
 )
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.items: list[PublishItem] = []
-
-    def publish(self, items: list[PublishItem], *, source: str) -> None:
-        self.items.extend(items)
-
-    def recover(self) -> None:
-        pass
 
 
 async def _send(port: int, data: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -48,7 +37,7 @@ async def _reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 async def test_partial_requests_time_out_among_complete_ones() -> None:
     """F28: complete publishes before, between and after partial ones are answered (and not
     timed out later); each partial head or body gets 408 at the timeout."""
-    sink = Sink()
+    sink = RecordingSink()
     srv = await start_control_server(sink, "127.0.0.1", 0, header_timeout=0.5)
     port = srv.sockets[0].getsockname()[1]
     try:
@@ -75,7 +64,7 @@ async def test_lowered_timeout_applies_before_earlier_longer_ones() -> None:
     """A reload that lowers ``client_header_timeout``: a connection accepted afterwards times
     out at the new, shorter deadline, although earlier connections wait for a later one."""
     limits = ControlLimits(10000, 1_000_000, 30.0)
-    srv = await start_control_server(Sink(), "127.0.0.1", 0, limits=limits)
+    srv = await start_control_server(RecordingSink(), "127.0.0.1", 0, limits=limits)
     port = srv.sockets[0].getsockname()[1]
     try:
         early = await _send(port, b"POST /publish/ HTTP/1.1\r\n")

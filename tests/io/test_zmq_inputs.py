@@ -20,7 +20,6 @@ import zmq
 import zmq.asyncio
 
 from gripd.core.config import Config, default_config
-from gripd.core.publish import PublishItem
 from gripd.core.tnetstring import dumps
 from gripd.io.handler.channels import ChannelTracker
 from gripd.io.inputs.zmq import (
@@ -32,6 +31,7 @@ from gripd.io.inputs.zmq import (
 )
 from gripd.io.observe.events import Events
 from tests.support.procs import free_ports
+from tests.support.sinks import RecordingSink
 
 # -- pure parsing --------------------------------------------------------------------------------
 
@@ -136,30 +136,6 @@ def test_sub_drops(frames: list[bytes], reason: str) -> None:
 # -- real sockets --------------------------------------------------------------------------------
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.calls: list[tuple[list[PublishItem], str]] = []
-        self.changed = asyncio.Event()
-        self.fail = False
-
-    def publish(self, items: list[PublishItem], *, source: str) -> None:
-        self.calls.append((items, source))
-        self.changed.set()
-        if self.fail:
-            raise RuntimeError("sink broke")
-
-    @property
-    def items(self) -> list[PublishItem]:
-        return [i for batch, _ in self.calls for i in batch]
-
-    async def wait_items(self, n: int, timeout: float = 5.0) -> list[PublishItem]:
-        async with asyncio.timeout(timeout):
-            while len(self.items) < n:
-                self.changed.clear()
-                await self.changed.wait()
-        return self.items
-
-
 class DropLog(Events):
     def __init__(self) -> None:
         self.reasons: list[str] = []
@@ -189,7 +165,7 @@ def ctx() -> Iterator[zmq.asyncio.Context]:
 
 
 class Rig:
-    def __init__(self, inputs: ZmqInputs, sink: Sink, drops: DropLog) -> None:
+    def __init__(self, inputs: ZmqInputs, sink: RecordingSink, drops: DropLog) -> None:
         self.inputs = inputs
         self.sink = sink
         self.drops = drops
@@ -199,7 +175,7 @@ class Rig:
 
 
 async def start_rig(config: Config, **kw: object) -> Rig:
-    sink, drops = Sink(), DropLog()
+    sink, drops = RecordingSink(), DropLog()
     inputs = ZmqInputs(config, sink, events_out=drops, **kw)  # type: ignore[arg-type]
     await inputs.start()
     return Rig(inputs, sink, drops)
@@ -384,7 +360,7 @@ async def test_linger_expiry_keeps_interest_if_channel_came_back(
 
 
 async def test_interest_before_start_is_applied(ctx: zmq.asyncio.Context) -> None:
-    sink = Sink()
+    sink = RecordingSink()
     inputs = ZmqInputs(make_config(), sink)
     inputs.gained("early")
     await inputs.start()
@@ -526,7 +502,7 @@ async def test_pubcontrol_zmq_push_client(rig: Rig) -> None:
 async def test_sub_items_can_bypass_the_bus(ctx: zmq.asyncio.Context) -> None:
     """F31 with a shared bus: every instance subscribes to the ZeroMQ publisher itself, so SUB
     items go to ``sub_sink`` (the local pipeline) while PULL items go to ``sink`` (the bus)."""
-    local = Sink()
+    local = RecordingSink()
     r = await start_rig(make_config(), sub_sink=local)
     try:
         xpub = await connected_xpub(ctx, r.inputs.config.push_in_sub_specs[0])

@@ -18,33 +18,21 @@ import zmq.asyncio
 
 from gripd.core.config import Config, default_config, load_config
 from gripd.core.errors import ConfigError
-from gripd.core.publish import PublishItem
 from gripd.core.tnetstring import dumps, loads
 from gripd.io.inputs.command import CommandServer
 from gripd.io.inputs.zmq import ZmqInputs
 from tests.support.procs import free_ports
+from tests.support.sinks import RecordingSink
 
 LIMIT = 4096
 BIG = 64 * 1024  # well over LIMIT
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.items: list[PublishItem] = []
-        self.changed = asyncio.Event()
-
-    def publish(self, items: list[PublishItem], *, source: str) -> None:
-        self.items.extend(items)
-        self.changed.set()
-
-    async def wait_channel(self, channel: str, timeout: float = 5.0) -> list[str]:
-        """Every channel received, once ``channel`` was (TimeoutError otherwise)."""
-        async with asyncio.timeout(timeout):
-            while channel not in [i.channel for i in self.items]:
-                self.changed.clear()
-                await self.changed.wait()
-        await asyncio.sleep(0.2)  # anything queued behind it
-        return [i.channel for i in self.items]
+async def wait_channel(sink: RecordingSink, channel: str) -> list[str]:
+    """Every channel received, once ``channel`` was (TimeoutError otherwise)."""
+    await sink.wait_until(lambda: channel in [i.channel for i in sink.items])
+    await asyncio.sleep(0.2)  # anything queued behind it
+    return [i.channel for i in sink.items]
 
 
 def make_config(**kw: object) -> Config:
@@ -74,8 +62,8 @@ def ctx() -> Iterator[zmq.asyncio.Context]:
 
 
 @pytest.fixture
-async def inputs() -> AsyncIterator[tuple[ZmqInputs, Sink]]:
-    sink = Sink()
+async def inputs() -> AsyncIterator[tuple[ZmqInputs, RecordingSink]]:
+    sink = RecordingSink()
     z = ZmqInputs(make_config(), sink)
     await z.start()
     yield z, sink
@@ -97,7 +85,7 @@ def test_setting_default_and_parse() -> None:
     assert "zmq_max_message_size" in ei.value.message
 
 
-async def test_sockets_carry_the_limit(inputs: tuple[ZmqInputs, Sink]) -> None:
+async def test_sockets_carry_the_limit(inputs: tuple[ZmqInputs, RecordingSink]) -> None:
     z, _ = inputs
     assert z.pull is not None and z.sub is not None
     assert z.pull.getsockopt(zmq.MAXMSGSIZE) == LIMIT
@@ -108,7 +96,7 @@ async def test_sockets_carry_the_limit(inputs: tuple[ZmqInputs, Sink]) -> None:
 
 
 async def test_pull_refuses_oversized_message(
-    inputs: tuple[ZmqInputs, Sink], ctx: zmq.asyncio.Context
+    inputs: tuple[ZmqInputs, RecordingSink], ctx: zmq.asyncio.Context
 ) -> None:
     """An oversized PUSH message is not delivered; the same socket, after ZeroMQ reconnects it,
     and a fresh socket both publish normally."""
@@ -123,15 +111,15 @@ async def test_pull_refuses_oversized_message(
     b.linger = 1000
     b.connect(spec)
     await b.send(json_item("fresh", 100))
-    assert await sink.wait_channel("fresh") == ["fresh"]
+    assert await wait_channel(sink, "fresh") == ["fresh"]
     await a.send(json_item("again", 100))
-    assert await sink.wait_channel("again") == ["fresh", "again"]
+    assert await wait_channel(sink, "again") == ["fresh", "again"]
     a.close()
     b.close()
 
 
 async def test_sub_refuses_oversized_message(
-    inputs: tuple[ZmqInputs, Sink], ctx: zmq.asyncio.Context
+    inputs: tuple[ZmqInputs, RecordingSink], ctx: zmq.asyncio.Context
 ) -> None:
     z, sink = inputs
     z.gained("c")
@@ -165,7 +153,7 @@ async def test_sub_refuses_oversized_message(
 async def test_command_refuses_oversized_request(ctx: zmq.asyncio.Context) -> None:
     """An oversized ``publish`` request gets no answer (its connection is dropped) and
     publishes nothing; a fresh client is answered and publishes."""
-    sink = Sink()
+    sink = RecordingSink()
     server = CommandServer(
         make_config(), sink=sink, recover=lambda: None, is_connected=lambda _id: False
     )
@@ -194,7 +182,7 @@ async def test_command_refuses_oversized_request(ctx: zmq.asyncio.Context) -> No
         await b.send(publish_req("small", 10))
         reply = loads(await asyncio.wait_for(b.recv(), 5))
         assert reply == {b"id": b"1", b"success": True, b"value": None}
-        assert await sink.wait_channel("small") == ["small"]
+        assert await wait_channel(sink, "small") == ["small"]
         b.close()
     finally:
         await server.stop()
