@@ -38,7 +38,8 @@ async def test_partial_requests_time_out_among_complete_ones() -> None:
     """F28: complete publishes before, between and after partial ones are answered (and not
     timed out later); each partial head or body gets 408 at the timeout."""
     sink = RecordingSink()
-    srv = await start_control_server(sink, "127.0.0.1", 0, header_timeout=0.5)
+    limits = ControlLimits(10000, 1_000_000, 0.5)
+    srv = await start_control_server(sink, "127.0.0.1", 0, limits=limits)
     port = srv.sockets[0].getsockname()[1]
     try:
         done = [await _reply(*await _send(port, REQUEST)) for _ in range(20)]

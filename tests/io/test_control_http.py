@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gripd.core.publish import PublishItem
-from gripd.io.inputs.control_http import start_control_server
+from gripd.io.inputs.control_http import ControlLimits, start_control_server
 
 
 class FakeSink:
@@ -34,9 +34,7 @@ class FakeSink:
 @pytest.fixture
 async def server() -> AsyncIterator[tuple[int, FakeSink]]:
     sink = FakeSink()
-    srv = await start_control_server(
-        sink, "127.0.0.1", 0, max_headers_size=10000, max_body_size=1000
-    )
+    srv = await start_control_server(sink, "127.0.0.1", 0, limits=ControlLimits(10000, 1000, 0.0))
     port = srv.sockets[0].getsockname()[1]
     yield port, sink
     srv.close()

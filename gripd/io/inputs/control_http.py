@@ -630,9 +630,6 @@ async def start_control_server(
     host: str,
     port: int,
     *,
-    max_headers_size: int = 10000,
-    max_body_size: int = 1_000_000,
-    header_timeout: float = 0.0,
     logger: logging.Logger | None = None,
     history: HistoryReader | None = None,
     history_timeout: float = HISTORY_READ_TIMEOUT,
@@ -640,17 +637,17 @@ async def start_control_server(
     limits: ControlLimits | None = None,
     lines: TickLog | None = None,
 ) -> asyncio.Server:
-    """Listen for control API requests on ``host:port`` (``push_in_http_addr``/``_port``);
-    ``header_timeout`` > 0 bounds the time to receive a whole request. ``history`` answers
+    """Listen for control API requests on ``host:port`` (``push_in_http_addr``/``_port``).
+    ``history`` answers
     ``GET /channels/<channel>/items`` (None: nothing is stored, every read is empty); its
     ``done`` callback must run on this event loop, within ``history_timeout`` seconds (else
     503; 0 waits without limit). ``auth`` (``publish_key``) refuses requests without a valid
-    ``Authorization: Bearer <JWT>`` with 401/403. ``limits``, when given, replaces the three
-    bounds and is read again for each connection. ``lines`` takes the request lines of
+    ``Authorization: Bearer <JWT>`` with 401/403. ``limits`` (default: Pushpin's sizes, no
+    header timeout) is read again for each connection. ``lines`` takes the request lines of
     publishes (one write per batch rather than per request)."""
     log = logger or _LOG
     loop = asyncio.get_running_loop()
-    lim = limits or ControlLimits(max_headers_size, max_body_size, header_timeout)
+    lim = limits or ControlLimits(10000, 1_000_000, 0.0)
     deadlines = _Deadlines(loop)
     return await loop.create_server(
         lambda: ControlProtocol(
