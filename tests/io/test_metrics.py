@@ -231,3 +231,70 @@ async def test_port_in_use_raises(make: MakeFn, tmp_path: Path) -> None:
     other = Metrics(cfg, stats=StatsState(instance_id="x"))
     with pytest.raises(OSError, match=r"cannot listen on 127\.0\.0\.1:\d+ \(prometheus_port\)"):
         await other.start()
+
+
+def test_event_series_expose_as_prometheus_client_objects_would() -> None:
+    """gripd's per-event series are plain numbers turned into families at scrape time; the text
+    is what prometheus_client's Counter/Gauge objects give for the same events (creation times
+    aside), including a label value first seen late."""
+    import re
+
+    from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+    m = Metrics(default_config("/tmp"), stats=StatsState(instance_id="x"))
+    ref = CollectorRegistry(auto_describe=True)
+    conns = Gauge("gripd_connections", "Open client connections", ["transport"], registry=ref)
+    subs = Gauge(
+        "gripd_subscriptions", "Subscriptions held (subscriber x channel)", ["mode"], registry=ref
+    )
+    chans = Gauge("gripd_channels", "Channels with local subscribers", registry=ref)
+    pubs = Counter(
+        "gripd_publish_received", "Publish items received, by input", ["source"], registry=ref
+    )
+    dels = Counter(
+        "gripd_delivered",
+        "Items delivered to subscribers, by transport",
+        ["transport"],
+        registry=ref,
+    )
+    for t in ("http", "ws"):
+        conns.labels(t)
+    for mode in ("response", "stream", "ws"):
+        subs.labels(mode)
+    for src in ("http", "zmq-pull", "zmq-sub", "command"):
+        pubs.labels(src)
+    for d in ("http-response", "http-stream", "ws-message"):
+        dels.labels(d)
+
+    m.connection_opened("1", "p", "http")
+    m.connection_opened("2", "p", "ws")
+    m.connection_opened("2", "p", "http")  # upgraded the other way: moves
+    m.connection_closed("1")
+    conns.labels("http").inc(), conns.labels("ws").inc(), conns.labels("ws").dec()
+    conns.labels("http").inc(), conns.labels("http").dec()
+    m.subscribed("a", "stream", True)
+    m.subscribed("a", "response", False)
+    m.unsubscribed("a", "response", False)
+    subs.labels("stream").inc(), chans.inc()
+    subs.labels("response").inc(), subs.labels("response").dec()
+    m.message_received("a", "http")
+    m.message_received("a", "later-input")
+    pubs.labels("http").inc(), pubs.labels("later-input").inc()
+    m.delivered("a", None, "http-stream", 5)
+    dels.labels("http-stream").inc(5)
+
+    def text(reg: CollectorRegistry, names: tuple[str, ...]) -> str:
+        body = generate_latest(reg).decode()
+        blocks = [b for b in body.split("# HELP ") if b.startswith(names)]
+        return re.sub(r"(_created(\{[^}]*\})?) \S+", r"\1 T", "# HELP ".join(["", *blocks]))
+
+    names = (
+        "gripd_connections",
+        "gripd_subscriptions",
+        "gripd_channels",
+        "gripd_publish_received",
+        "gripd_delivered",
+    )
+    got, want = text(m.registry, names), text(ref, names)
+    assert got == want
+    assert 'gripd_publish_received_total{source="later-input"} 1.0' in got
