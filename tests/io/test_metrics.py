@@ -298,3 +298,30 @@ def test_event_series_expose_as_prometheus_client_objects_would() -> None:
     got, want = text(m.registry, names), text(ref, names)
     assert got == want
     assert 'gripd_publish_received_total{source="later-input"} 1.0' in got
+
+
+def test_origin_latency_exposes_as_a_prometheus_client_histogram_would() -> None:
+    """The origin latency histogram is plain counts made into a family at scrape time; the
+    text is a prometheus_client Histogram's for the same observations (creation time aside),
+    bounds included (a value equal to a bound counts in that bucket)."""
+    import re
+
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from gripd.io.observe.metrics import LATENCY_BUCKETS, LATENCY_HELP
+
+    m = Metrics(default_config("/tmp"), stats=StatsState(instance_id="x"))
+    ref = CollectorRegistry(auto_describe=True)
+    name = "gripd_origin_request_duration_seconds"
+    h = Histogram(name, LATENCY_HELP, buckets=LATENCY_BUCKETS, registry=ref)
+    for v in (0.0, 0.001, 0.005, 0.0051, 0.3, 1.0, 59.9, 61.0, 200.0):
+        m.observe_origin_latency(v)
+        h.observe(v)
+
+    def text(reg: CollectorRegistry) -> str:
+        body = generate_latest(reg).decode()
+        blocks = [b for b in body.split("# HELP ") if b.startswith(name)]
+        return re.sub(r"_created \S+", "_created T", "# HELP ".join(["", *blocks]))
+
+    assert text(m.registry) == text(ref)
+    assert f'{name}_bucket{{le="0.005"}} 3.0' in text(m.registry)

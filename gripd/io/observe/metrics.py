@@ -32,8 +32,10 @@ connection to watch), so an alert on ``gripd_bus_connected == 0`` never fires fo
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
+import math
 import os
 import re
 import time
@@ -42,7 +44,13 @@ from typing import Protocol
 from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.samples import Sample
 
 from gripd.core.config import Config
 from gripd.core.http import HttpResponse, encode_full
@@ -127,6 +135,7 @@ STATUS_PATHS = frozenset({"/status", "/status.html", "/status/slowest"})
 SLOWEST_DEFAULT = 20  # connections /status/slowest lists without ?n=
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LATENCY_HELP = "Time from sending a request to an origin until its response head"
 
 
 def _metric_name_prefix(prefix: str) -> str:
@@ -194,6 +203,37 @@ class StatusSource(Protocol):
     def json(self) -> bytes: ...
     def page(self) -> bytes: ...
     def slowest_json(self, n: int) -> bytes: ...
+
+
+class _LatencyHistogram:
+    """The origin latency histogram as plain counts, made into a family at scrape time: it is
+    observed once per proxied request, and prometheus_client's Histogram takes a lock per
+    observation (1.2 % of gripd's CPU on pass-through). Same exposition, ``_created`` included."""
+
+    def __init__(self, name: str, buckets: tuple[float, ...], now: float) -> None:
+        self.name = name
+        self.bounds = buckets
+        self.counts = [0] * (len(buckets) + 1)  # per bucket, the last one +Inf
+        self.sum = 0.0
+        self.created = now
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # le: value <= bound
+        self.sum += value
+
+    def describe(self) -> list[Metric]:
+        return self.collect()
+
+    def collect(self) -> list[Metric]:
+        buckets: list[tuple[str, float]] = []
+        total = 0
+        for bound, n in zip((*self.bounds, math.inf), self.counts, strict=True):
+            total += n
+            # ``le`` as prometheus_client writes these bounds ("0.005", "1.0", "+Inf")
+            buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), total))
+        family = HistogramMetricFamily(self.name, LATENCY_HELP, buckets=buckets, sum_value=self.sum)
+        family.samples.append(Sample(self.name + "_created", {}, self.created))
+        return [family]
 
 
 class _EventCounts:
@@ -303,12 +343,10 @@ class Metrics(Events):
             registry=reg,
         )
         self._slow_routes: set[str] = set()  # route label values in use (bounded)
-        self.origin_latency = Histogram(
-            p + "origin_request_duration_seconds",
-            "Time from sending a request to an origin until its response head",
-            buckets=LATENCY_BUCKETS,
-            registry=reg,
+        self.origin_latency = _LatencyHistogram(
+            p + "origin_request_duration_seconds", LATENCY_BUCKETS, time.time()
         )
+        reg.register(self.origin_latency)
         reg.register(BusCollector(p, lambda: self.bus))
         self._conn_transport: dict[str, str] = {}
         # Open connections by transport (the connections gauge; read by the status page too).
