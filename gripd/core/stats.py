@@ -379,10 +379,17 @@ class StatsState:
             c = self.conns[conn_id] = _Conn(conn_id, type, peer, ssl, now, route)
             per = self._per_route
             per[route] = per.get(route, 0) + 1
-            self._schedule(conn_id, c, now + self._conn_interval)
+            # as _schedule, without the unschedule a new connection does not need
+            k = c.due = -int(-(now + self.connection_ttl * 0.75) // 1)
+            bucket = self._buckets.get(k)
+            if bucket is None:
+                bucket = self._buckets[k] = {}
+            bucket[conn_id] = c
             if self.report_interval > 0:
                 self._update_connections_max(now, route)
-                self._add_minutes(1, now, route)  # minutes are rounded up: count one now
+                # minutes are rounded up: count one now (the report exists after the update)
+                self.reports[route].minutes += 1
+                self.totals.connection_minute += 1
             return [self._conn_packet(c)] if packet else []
         old = self._pop_conn(conn_id)
         c = _Conn(conn_id, type, peer, ssl, old.last_report if old else now, route=route)
