@@ -7,6 +7,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gripd.core.errors import PublishError
 from gripd.core.publish import parse_publish_body
@@ -88,3 +90,26 @@ def test_publish_body_json() -> None:
     for bad in [b"\xef\xbb\xbf\xef\xbb\xbf" + PUB, b"\xff" + PUB, PUB.replace(b'"x"', b"NaN")]:
         with pytest.raises(PublishError, match=r"^Body is not valid JSON\.$"):
             parse_publish_body(bad)
+
+
+_LINE_BYTES = st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"").replace(b":", b""))
+
+
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.sampled_from(NAMES), _LINE_BYTES),
+            st.one_of(st.sampled_from(VALUES), st.binary(max_size=12)),
+        ),
+        max_size=6,
+    )
+)
+def test_short_cut_block_for_generated_heads(pairs: list[tuple[bytes, bytes]]) -> None:
+    """As above, for generated names and values (any bytes but LF in a name; a value may hold
+    CR, colons and bytes over 0x7f): whenever a head takes the short cut, its block is the
+    rebuilt one."""
+    lines = b"".join(n + b":" + v.replace(b"\n", b"") + b"\r\n" for n, v in pairs) + b"\r\n"
+    if ch._PLAIN_HEADER_LINES.fullmatch(lines) is None:
+        return
+    assert ch._REQUEST_LINE + ch._rename_framing(lines) == ch._header_block(lines)
