@@ -106,6 +106,7 @@ class StubApp:
         t.tag = "app"
         try:
             conn.send_response(HttpResponse(200, "OK", [], b"ok\n"), method=req.method)
+            conn.flush()  # writes go out at the end of the tick: these bytes are the app's
         finally:
             t.tag = "conn"
         if t.closed:

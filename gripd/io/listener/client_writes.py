@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ClientWrites"]
 
+#: Bytes written (not queued) for a client in one loop tick that are sent at once.
+WRITE_NOW = 64 * 1024
+
 
 class ClientWrites(asyncio.Protocol):
     """Buffers and writes one client connection's response bytes.
@@ -50,6 +53,10 @@ class ClientWrites(asyncio.Protocol):
         sends made back to back find it awake more often."""
         if self.transport is not None and not self.closed:
             self.queue(data)
+            if self._pending_size >= WRITE_NOW:
+                # A large body goes out now: the transport's flow control (pause_writing, and
+                # with it the origin's reading) must see the bytes as they come, not per tick.
+                self.flush()
 
     def queue(self, data: bytes) -> None:
         """Write at the end of this loop tick, coalesced with other queued data (fan-out)."""
