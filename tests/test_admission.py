@@ -3,6 +3,7 @@ check and count are one step, so racing workers never take more places than the 
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
 import os
 import time
@@ -27,6 +28,18 @@ def shared() -> Iterator[Admission]:
     os.close(hub.fd)
 
 
+def _locked(fd: int, read: Callable[[], int]) -> int:
+    """``read()`` under the admission lock. No place is taken meanwhile and releases only
+    lower the slots, so the sum read is at most what was held when the lock was taken. An
+    unlocked read can add one worker's slot from before its release to another's from after
+    the take that release allowed, and see more than was ever held."""
+    fcntl.lockf(fd, fcntl.LOCK_EX)
+    try:
+        return read()
+    finally:
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+
+
 def _churn(fd: int, index: int, go: Event, out: multiprocessing.Queue[tuple[int, int]]) -> None:
     """Take and give back places as fast as possible; record the most seen held at once."""
     a = Admission(fd, WORKERS, index)
@@ -36,10 +49,10 @@ def _churn(fd: int, index: int, go: Event, out: multiprocessing.Queue[tuple[int,
     while time.monotonic() < end:
         if a.try_open(LIMIT):
             taken += 1
-            worst = max(worst, a.open_requests())
+            worst = max(worst, _locked(fd, a.open_requests))
             a.release_open()
         if a.try_connect(LIMIT):
-            worst = max(worst, a.connections())
+            worst = max(worst, _locked(fd, a.connections))
             a.release_connection()
     out.put((taken, worst))
 
