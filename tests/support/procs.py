@@ -489,7 +489,7 @@ def _start_server_once(
     routes: list[str],
     *,
     conf: dict[str, dict[str, str]] | None = None,
-    timeout: float = 20.0,
+    timeout: float = 40.0,  # Pushpin (five processes) took over 20 s on a loaded 2-core host
     extra_args: list[str] | None = None,
     probe: bool = True,
     nofile: int | None = None,
