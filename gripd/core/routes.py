@@ -136,6 +136,12 @@ class Route:
     filename: str = ""
     line: int = 0
 
+    @property
+    def stats_route(self) -> str:
+        """Pushpin's ``statsRoute`` (F43): the route's own ``id``, or "" when the line has
+        none (an id made up from the line's position is not reported)."""
+        return self.id if self.explicit_id else ""
+
 
 @dataclass(frozen=True, slots=True)
 class RouteWarning:

@@ -690,5 +690,6 @@ def request_stats_started(
     if not requests_observed(app.config):
         return
     peer = logical_client_address(req.headers, conn.peer, app.forward, trusted)
-    rid = route.id if route.explicit_id else ""
-    events.request_started(conn.id, peer, transport, rid, app.client_tls(req.headers, req.tls))
+    events.request_started(
+        conn.id, peer, transport, route.stats_route, app.client_tls(req.headers, req.tls)
+    )

@@ -388,7 +388,7 @@ class WsSession:
             self._write_frame(self.ka_frame)
             delay = self.ka_timeout
             # stats (F43): a keep-alive is activity on the WebSocket's route
-            self.app.events.activity(self.route.id if self.route.explicit_id else "")
+            self.app.events.activity(self.route.stats_route)
         delay -= random.random() * 0.999
         self.ka_timer = loop.call_later(max(delay, 0.05), self._on_keep_alive)
 
