@@ -13,7 +13,7 @@ channel's length, not by the number of patterns held.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Generic, TypeVar
 
 WILDCARD = "*"
@@ -50,6 +50,20 @@ def first_match(names: Iterable[str], channel: str) -> str | None:
         if is_pattern(name) and channel.startswith(stem(name)):
             return name
     return None
+
+
+def item_filters(
+    channels: Sequence[str], filters: Mapping[str, list[str]], channel: str, wildcard: bool
+) -> list[str] | None:
+    """The filters (F35) of a subscriber holding ``channels`` for an item on ``channel``:
+    those given with ``channel`` itself when it is held, else (``wildcard``) those of the first
+    held pattern covering it. ``filters`` holds only channels that have some, so it is never
+    searched for a pattern itself: that would take a pattern's filters for a channel the
+    subscriber holds plainly, or a later pattern's filters over an earlier one without any."""
+    if channel in channels or not wildcard:
+        return filters.get(channel)
+    key = first_match(channels, channel)
+    return filters.get(key) if key is not None else None
 
 
 class PrefixIndex(Generic[T]):

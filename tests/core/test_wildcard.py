@@ -238,3 +238,23 @@ def test_first_match() -> None:
     assert first_match(["news.*"], "news") is None
     assert first_match(["x", "sport.*", "news.*", "news.a.*"], "news.a.b") == "news.*"
     assert first_match(["news.a"], "news.a") is None  # exact names are not patterns
+
+
+def test_item_filters() -> None:
+    """F35 with wildcard_channels: a channel held plainly keeps its own filters (none is none,
+    even under a pattern with filters); an item reaching the subscriber through a pattern gets
+    the filters of the first held pattern covering it, none if that pattern has none."""
+    from gripd.core.wildcard import item_filters
+
+    f = {"news.*": ["skip-self"], "news.a*": ["require-sub"], "x": ["build-id"]}
+    held = ["news.a", "news.*", "news.a*", "x"]
+    assert item_filters(held, f, "news.a", True) is None  # held itself, no filters of its own
+    assert item_filters(held, f, "news.b", True) == ["skip-self"]
+    assert item_filters(held, f, "x", True) == ["build-id"]
+    assert item_filters(["news.*", "news.a*"], {"news.a*": ["skip-self"]}, "news.ab", True) is None
+    assert item_filters(["news.a*", "news.*"], f, "news.ab", True) == ["require-sub"]
+    # a pattern no longer held (a WebSocket unsubscribed) gives nothing, wherever its entry is
+    assert item_filters(["x"], f, "news.b", True) is None
+    # without wildcard_channels "*" is a plain character
+    assert item_filters(["news.*"], f, "news.b", False) is None
+    assert item_filters(["news.*"], f, "news.*", False) == ["skip-self"]

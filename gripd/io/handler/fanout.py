@@ -28,7 +28,7 @@ from gripd.core.filters import (
 from gripd.core.http import encode_chunk, encode_full
 from gripd.core.jsonp import wrap_held_response
 from gripd.core.publish import PublishItem, apply_body_patch, apply_http_response
-from gripd.core.wildcard import first_match
+from gripd.core.wildcard import first_match, item_filters
 from gripd.io.handler.holds import ResponseHold, StreamHold
 from gripd.io.handler.ws_session import WsSession
 from gripd.io.ws_endpoint import OPCODES, encode_message
@@ -65,11 +65,7 @@ def filters_for(s: Sub, channel: str) -> list[str] | None:
     f = s.filters
     if not f:
         return None
-    fl = f.get(channel)
-    if fl is None and _wildcard(s):
-        key = first_match(f, channel)
-        return f[key] if key is not None else None
-    return fl
+    return item_filters(s.channels, f, channel, _wildcard(s))
 
 
 def holds_channel(s: Sub, channel: str) -> bool:
