@@ -112,8 +112,9 @@ RESTART: frozenset[str] = frozenset(
 #: Not settings: where the file is, and what reading it produced.
 NOT_SETTINGS: frozenset[str] = frozenset({"config_path", "config_dir", "extra", "warnings"})
 
-# ``publish_key`` may hold the secret itself: a reload names it, never shows it.
-_SECRET = frozenset({"publish_key", "sig_key", "upstream_key"})
+# Values that may hold a secret (a key itself, or a password in the Redis URL of ``bus``): a
+# reload names them, never shows them.
+_SECRET = frozenset({"publish_key", "sig_key", "upstream_key", "bus"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +127,7 @@ class ReloadPlan:
     needs_restart: tuple[str, ...]
 
     def describe(self, old: Config) -> list[str]:
-        """Log lines: one per changed live setting (``name: old -> new``), one per setting
-        that needs a restart."""
+        """Log lines, one per changed live setting (``name: old -> new``)."""
         lines = []
         for name in self.changed:
             if name in _SECRET:
@@ -136,6 +136,16 @@ class ReloadPlan:
                 before, after = getattr(old, name), getattr(self.config, name)
                 lines.append(f"{name}: {show(before)} -> {show(after)}")
         return lines
+
+    def restart_lines(self, old: Config) -> list[str]:
+        """Log lines, one per setting that changed but needs a restart (its value in force
+        is shown unless it may hold a secret)."""
+        return [
+            f"{name} changed, needs restart"
+            if name in _SECRET
+            else f"{name} changed, needs restart; keeping {show(getattr(old, name))}"
+            for name in self.needs_restart
+        ]
 
 
 def show(value: object) -> str:

@@ -22,7 +22,7 @@ from gripd.core.config import Config
 from gripd.core.errors import ConfigError
 from gripd.core.forward import ForwardSettings
 from gripd.core.history import HistoryPolicy
-from gripd.core.reload import plan_reload, show
+from gripd.core.reload import plan_reload
 from gripd.core.sig import parse_key
 from gripd.io.filestamp import file_stamp
 from gripd.io.handler.history import LocalHistory
@@ -71,12 +71,8 @@ class ConfigReloader:
             log.error("config not reloaded: %s; keeping the previous configuration", e)
             return False
         plan = plan_reload(old, new)
-        for name in plan.needs_restart:
-            log.warning(
-                "config reload: %s changed, needs restart; keeping %s",
-                name,
-                show(getattr(old, name)),
-            )
+        for line in plan.restart_lines(old):
+            log.warning("config reload: %s", line)
         if not plan.changed:
             if not plan.needs_restart:
                 log.info("config reloaded: no change")

@@ -44,3 +44,16 @@ def test_live_settings_change_and_others_keep_old_values() -> None:
 def test_nothing_changed() -> None:
     plan = plan_reload(conf(), conf())
     assert (plan.changed, plan.needs_restart) == ((), ())
+
+
+def test_restart_lines_keep_secrets_out() -> None:
+    """A changed ``bus`` URL may carry a Redis password: the reload names it and never shows
+    either value; other restart settings show the value kept."""
+    old = dataclasses.replace(conf(), bus="redis://user:oldpass@127.0.0.1:6379")
+    new = dataclasses.replace(old, bus="redis://user:newpass@127.0.0.1:6379", workers=7)
+    plan = plan_reload(old, new)
+    assert set(plan.needs_restart) == {"bus", "workers"}
+    lines = plan.restart_lines(old)
+    assert "bus changed, needs restart" in lines
+    assert f"workers changed, needs restart; keeping {old.workers!r}" in lines
+    assert not any("pass" in line for line in lines)
