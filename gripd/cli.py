@@ -35,7 +35,7 @@ from gripd.core.config import (
     parse_log_level,
 )
 from gripd.core.errors import ConfigError
-from gripd.runtime.reload import LEVELS
+from gripd.runtime.reload import set_log_level
 
 # Pushpin's level names (src/corelib/log.cpp): [ERR] [WARN] [INFO] [DEBUG].
 _LEVEL_NAMES = {"CRITICAL": "ERR", "ERROR": "ERR", "WARNING": "WARN"}
@@ -205,7 +205,7 @@ def setup_logging(level: int, logfile: str | None, log_format: str = "text") -> 
     handler.setFormatter(JsonFormatter() if log_format == "json" else _Formatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(LEVELS.get(max(0, min(level, 3)), logging.INFO))
+    set_log_level(level)
 
 
 def _raise_nofile_limit() -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
 import zmq.asyncio
 
@@ -31,6 +30,7 @@ from gripd.io.observe.metrics import Metrics
 from gripd.io.observe.stats import StatsPublisher
 from gripd.io.observe.status import StatusBoard
 from gripd.io.observe.ticklog import TickLog
+from gripd.runtime.reload import read_bytes
 
 log = logging.getLogger("gripd")
 
@@ -95,7 +95,7 @@ class Services:
             config.publish_key,
             config.publish_iss,
             base_dir=config.config_dir,
-            read_file=lambda path: Path(path).read_bytes(),
+            read_file=read_bytes,
         )
 
     def reconfigure(self, config: Config, auth: PublishAuth | None) -> None:

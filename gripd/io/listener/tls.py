@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from gripd.core.config import Listen
 from gripd.core.errors import ConfigError
-from gripd.io.filestamp import Stamp, stamp_of
+from gripd.io.filestamp import Stamp, file_stamp, stamp_of
 from gripd.io.listener.tcp import serve_tcp
 
 log = logging.getLogger("gripd.tls")
@@ -344,11 +344,10 @@ class CertStore:
         rename in progress; the next scan looks again)."""
         out: list[Stamp] = []
         for ext in (".crt", ".key"):
-            try:
-                st = os.stat(os.path.join(self.certs_dir, name + ext))
-            except OSError:
+            s = file_stamp(os.path.join(self.certs_dir, name + ext))
+            if s is None:
                 return None
-            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            out.append(s)
         return (out[0], out[1])
 
     def apply(self, table: dict[str, Identity]) -> None:
