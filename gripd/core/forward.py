@@ -191,8 +191,7 @@ def _xff_values(headers: Headers) -> list[str]:
 
 def _split_xff(value: str) -> list[str]:
     """One non-empty X-Forwarded-For value's items (see :func:`_xff_values`)."""
-    # Without a double quote nothing is quoted, and split_unquoted is str.split.
-    parts = value.split(",") if '"' not in value else split_unquoted(value, ",")
+    parts = split_unquoted(value, ",")
     if parts[-1] == "":
         parts.pop()  # a comma ending the value starts no new value ("a," is one)
     return [p.strip() for p in parts]

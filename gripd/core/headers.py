@@ -65,6 +65,10 @@ def set_header(headers: Headers, name: str, value: str) -> Headers:
 
 def split_unquoted(value: str, sep: str) -> list[str]:
     """Split ``value`` on ``sep`` where it is outside double quotes (backslash escapes)."""
+    if '"' not in value:
+        # nothing is quoted (a backslash escapes only inside quotes): a plain split, and the
+        # common case for header values
+        return value.split(sep)
     parts: list[str] = []
     cur: list[str] = []
     quoted = False

@@ -189,9 +189,7 @@ def _header_split(value: str) -> list[str]:
     but nothing follows a final comma."""
     if value == "":
         return []
-    # Only double quotes can hide a comma (a backslash escapes only inside quotes), so without
-    # one a plain str.split gives the same parts as the character-by-character splitter.
-    parts = split_unquoted(value, ",") if '"' in value else value.split(",")
+    parts = split_unquoted(value, ",")
     if parts[-1] == "":
         parts.pop()
     return [_trim(p) for p in parts]
