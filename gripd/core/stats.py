@@ -300,6 +300,12 @@ class StatsState:
         """Due at ``due`` (rounded up: never early, at most one refresh tick late), or with
         ``soon`` at the next tick."""
         self._unschedule(key, obj)
+        self._bucket_add(key, obj, due, soon)
+
+    def _bucket_add(
+        self, key: str | tuple[str, str], obj: _Conn | _Sub, due: float, soon: bool = False
+    ) -> None:
+        """:meth:`_schedule` for an object that has no timer yet."""
         k = obj.due = int(due) if soon else -int(-due // 1)
         bucket = self._buckets.get(k)
         if bucket is None:
@@ -326,14 +332,19 @@ class StatsState:
             r = self.reports[route] = Report(start=now)
         return r
 
+    def _route_count(self, route: str, delta: int) -> None:
+        """Open connections on ``route`` change by ``delta`` (a route at 0 has no entry)."""
+        per = self._per_route
+        n = per.get(route, 0) + delta
+        if n:
+            per[route] = n
+        else:
+            del per[route]
+
     def _pop_conn(self, conn_id: str) -> _Conn | None:
         c = self.conns.pop(conn_id, None)
         if c is not None:
-            left = self._per_route[c.route] - 1
-            if left:
-                self._per_route[c.route] = left
-            else:
-                del self._per_route[c.route]
+            self._route_count(c.route, -1)
         return c
 
     def _update_connections_max(self, now: float, route: str = "") -> None:
@@ -375,29 +386,13 @@ class StatsState:
         """A connection opened: its ``conn`` packet (none with ``packet`` False: nobody reads
         it); counts its first minute at once. An open ``conn_id`` is replaced (Pushpin: a
         request handed back for a retry)."""
-        if conn_id not in self.conns:  # a new one (per request: the hot path, kept short)
-            c = self.conns[conn_id] = _Conn(conn_id, type, peer, ssl, now, route)
-            per = self._per_route
-            per[route] = per.get(route, 0) + 1
-            # as _schedule, without the unschedule a new connection does not need
-            k = c.due = -int(-(now + self.connection_ttl * 0.75) // 1)
-            bucket = self._buckets.get(k)
-            if bucket is None:
-                bucket = self._buckets[k] = {}
-            bucket[conn_id] = c
-            if self.report_interval > 0:
-                self._update_connections_max(now, route)
-                # minutes are rounded up: count one now (the report exists after the update)
-                self.reports[route].minutes += 1
-                self.totals.connection_minute += 1
-            return [self._conn_packet(c)] if packet else []
         old = self._pop_conn(conn_id)
-        c = _Conn(conn_id, type, peer, ssl, old.last_report if old else now, route=route)
         if old is not None:
             self._unschedule(conn_id, old)
+        c = _Conn(conn_id, type, peer, ssl, old.last_report if old else now, route)
         self.conns[conn_id] = c
-        self._per_route[route] = self._per_route.get(route, 0) + 1
-        self._schedule(conn_id, c, now + self._conn_interval)
+        self._route_count(route, 1)
+        self._bucket_add(conn_id, c, now + self._conn_interval)
         if self._reporting:
             if old is not None and old.route != route:
                 self._update_connections_max(now, old.route)
@@ -414,13 +409,9 @@ class StatsState:
         c = self.conns.get(conn_id)
         if c is None or c.route == route:
             return []
-        per, old = self._per_route, c.route
-        left = per[old] - 1
-        if left:
-            per[old] = left
-        else:
-            del per[old]
-        per[route] = per.get(route, 0) + 1
+        old = c.route
+        self._route_count(old, -1)
+        self._route_count(route, 1)
         c.route = route
         if self._reporting:
             r = self.reports.get(old)

@@ -264,12 +264,13 @@ class StatsPublisher(Events):
         self.request_ended(conn_id)
 
     def current_stats_id(self, conn_id: str) -> str | None:
-        """The stats id of connection ``conn_id``'s open request (for ``conncheck``)."""
+        """The stats id of connection ``conn_id``'s open request (the id ``conncheck`` is
+        asked with; read by tests, which have no stats subscriber to learn it from)."""
         return self._open.get(conn_id)
 
     def request_received(self) -> None:
-        self.state.request_received(self.loop.time())
-        self._arm_activity()
+        if self.state.request_received(self.loop.time()):
+            self._arm_activity()
 
     def _arm_activity(self) -> None:
         if self._running and self._activity_timer is None:
