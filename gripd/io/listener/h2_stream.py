@@ -64,7 +64,6 @@ class H2Stream:
         "req",
         "response_done",
         "sid",
-        "tls",
     )
 
     raw_sink: Callable[[bytes], None] | None = None  # never upgraded
@@ -75,7 +74,6 @@ class H2Stream:
         self.req = req
         self.id = conn.app.next_conn_id()
         self.peer = conn.peer
-        self.tls = True
         self.handler: RequestHandler | None = None
         self.closed = False  # the stream is over (response done, reset, or connection lost)
         self.response_done = False

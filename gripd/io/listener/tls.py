@@ -62,7 +62,6 @@ class CertLoadError(Exception):
 class Identity:
     """One loaded certificate pair and the stamps of the files it was loaded from."""
 
-    name: str
     context: ssl.SSLContext
     stamp: tuple[Stamp, Stamp]
 
@@ -151,7 +150,7 @@ def load_identity(certs_dir: str, name: str, alpn: list[str]) -> Identity:
         raise CertLoadError(crt, f"cannot read: {e.strerror or e}") from None
     # The files may have changed while being read: the stamp taken before the read makes the
     # next scan load them again in that case.
-    return Identity(name, ctx, (stamps[0], stamps[1]))
+    return Identity(ctx, (stamps[0], stamps[1]))
 
 
 def scan_names(certs_dir: str) -> tuple[list[str], list[str]]:
