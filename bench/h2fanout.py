@@ -35,7 +35,6 @@ import datetime as dt
 import json
 import math
 import re
-import shutil
 import signal
 import ssl
 import struct
@@ -463,9 +462,8 @@ def start_gripd(
 ) -> tuple[Server, int]:
     """A fresh gripd with an https port whose default certificate comes from ``cafile_ca``."""
     (https_port,) = free_ports(1)
-    # start_server retries in "<workdir>-retry<k>" when a port was taken: certificates there too.
-    for d in [workdir, *(Path(f"{workdir}-retry{k}") for k in range(1, 4))]:
-        install_default_cert(cafile_ca, d, https_port)
+    # (a start retried on a taken port carries the certificates along: start_server copies them)
+    install_default_cert(cafile_ca, workdir, https_port)
     # Streams and connections are split per client process, so the busiest connection carries
     # ceil(streams of a client / its connections). gripd treats a stream over the limit as a
     # connection error (GOAWAY), which would drop every stream of that connection.
@@ -487,10 +485,6 @@ def start_gripd(
         },
     )
     server = start_server("gripd", workdir, [f"* 127.0.0.1:{origin_port}"], conf=conf, timeout=30)
-    for k in range(1, 4):  # the retry directories start_server did not use
-        retry = Path(f"{workdir}-retry{k}")
-        if retry != server.workdir and not (retry / "pushpin.conf").exists():
-            shutil.rmtree(retry, ignore_errors=True)
     return server, https_port
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -34,6 +33,7 @@ from gripd.core.forward import (
     origin_request_headers,
 )
 from gripd.core.headers import Headers, split_unquoted
+from tests.core.test_forward import FakeRoute, FakeTarget
 
 # --- Reference: the implementation before the one-pass rewrite (and the helpers it used) -------
 
@@ -210,21 +210,6 @@ def ref_origin_request_headers(
 
 
 # --- Generated inputs ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FakeRoute:
-    as_host: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()
-    no_grip: bool = False
-    orig_headers: bool = False
-    sig_iss: str | None = None
-    sig_key: str | None = None
-
-
-@dataclass(frozen=True)
-class FakeTarget:
-    host_header: str | None = None
 
 
 SPECIAL_NAMES = (
