@@ -1,7 +1,7 @@
 """CPU per HTTP publish request on the control API (F28), one POST per connection.
 
 Usage: ``python bench/control_publish.py [--requests M] [--concurrency C] [--runs R]
-[--workers W] [--profile out.txt [--native] [--profile-seconds S]]``.
+[--workers W] [--keep-alive [--pipeline K]] [--profile out.txt [--native] [--profile-seconds S]]``.
 
 Starts a real gripd (``tests.support.procs.start_server``, Debian's pushpin.conf values, rate
 limiter off) with no subscribers: publishing to channels nobody holds still runs the whole
@@ -11,6 +11,9 @@ the publish sink). ``C`` concurrent raw asyncio clients each open a connection, 
 server closes, ``Connection: close``) and start over, until ``M`` requests are done. gripd's CPU
 time (utime+stime of its process tree, from /proc) over the run divided by ``M`` is printed as
 CPU-µs per request (user and system apart too); the best of ``R`` runs is the result.
+``--keep-alive`` turns on ``[gripd] control_keep_alive`` and each client keeps one connection
+for all its requests, sending ``K`` at a time (``--pipeline``, default 1) and reading their
+answers by Content-Length before the next ones.
 ``--profile`` then samples the server with py-spy (``record -r 250 -f raw``; ``--native`` adds
 C frames and leaves idle samples out) while requests keep coming, and prints the top self-time
 functions and the inclusive share of a few frames on the request path. ``--runs 0`` only
@@ -45,6 +48,7 @@ from tests.support.procs import (  # noqa: E402
 
 PY_SPY = Path(sys.executable).parent / "py-spy"  # next to the interpreter: the venv's
 REQUEST_TIMEOUT = 10.0  # seconds for one request; a run is also bounded as a whole
+_CONTENT_LENGTH = re.compile(rb"(?i)\ncontent-length: *(\d+)")
 
 
 def request_bytes(port: int, i: int) -> bytes:
@@ -75,12 +79,50 @@ async def _client(
         writer.close()
 
 
+async def _kept_client(
+    port: int,
+    reqs: list[bytes],
+    next_i: list[int],
+    codes: collections.Counter[str],
+    pipeline: int,
+) -> None:
+    """One persistent connection: ``pipeline`` requests at a time, then their answers."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection("127.0.0.1", port), REQUEST_TIMEOUT
+    )
+    try:
+        while next_i[0] < len(reqs):
+            batch = reqs[next_i[0] : next_i[0] + pipeline]
+            next_i[0] += len(batch)
+            writer.write(b"".join(batch))
+            for _ in batch:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+                m = _CONTENT_LENGTH.search(head)
+                if m is None:
+                    raise RuntimeError(f"an answer without Content-Length: {head!r}")
+                length = int(m.group(1))
+                await asyncio.wait_for(reader.readexactly(length), REQUEST_TIMEOUT)
+                codes[head[9:12].decode("latin-1", "replace")] += 1
+                if b"\nConnection: close" in head:
+                    raise RuntimeError("the server closes: is control_keep_alive on?")
+    finally:
+        writer.close()
+
+
 async def _drive(
-    port: int, reqs: list[bytes], concurrency: int, limit: float
+    port: int, reqs: list[bytes], concurrency: int, limit: float, pipeline: int = 0
 ) -> collections.Counter[str]:
+    """``pipeline`` 0: a connection per request; else persistent connections."""
     codes: collections.Counter[str] = collections.Counter()
     next_i = [0]
-    tasks = [asyncio.create_task(_client(port, reqs, next_i, codes)) for _ in range(concurrency)]
+    tasks = [
+        asyncio.create_task(
+            _kept_client(port, reqs, next_i, codes, pipeline)
+            if pipeline
+            else _client(port, reqs, next_i, codes)
+        )
+        for _ in range(concurrency)
+    ]
     await asyncio.wait_for(asyncio.gather(*tasks), limit)
     return codes
 
@@ -115,13 +157,14 @@ class Run:
         return self.user_us + self.system_us
 
 
-def one_run(server: Server, m: int, concurrency: int) -> Run:
-    """Send ``m`` requests and measure the server's CPU time over them."""
+def one_run(server: Server, m: int, concurrency: int, pipeline: int = 0) -> Run:
+    """Send ``m`` requests and measure the server's CPU time over them (``pipeline``: see
+    :func:`_drive`)."""
     reqs = [request_bytes(server.control_port, i) for i in range(m)]
     time.sleep(0.5)  # let start-up work settle
     u0, s0 = tree_times(server.proc.pid)
     t0 = time.monotonic()
-    codes = asyncio.run(_drive(server.control_port, reqs, concurrency, limit=120.0))
+    codes = asyncio.run(_drive(server.control_port, reqs, concurrency, 120.0, pipeline))
     wall = time.monotonic() - t0
     time.sleep(0.3)  # the batched log lines and the hand-off finish
     u1, s1 = tree_times(server.proc.pid)
@@ -129,7 +172,13 @@ def one_run(server: Server, m: int, concurrency: int) -> Run:
 
 
 def profile(
-    server: Server, m: int, concurrency: int, out: Path, seconds: int, native: bool
+    server: Server,
+    m: int,
+    concurrency: int,
+    out: Path,
+    seconds: int,
+    native: bool,
+    pipeline: int = 0,
 ) -> list[tuple[str, int]]:
     """Run py-spy on the server's main process while requests are sent; top self-time frames."""
     cmd = [str(PY_SPY), "record", "-p", str(server.proc.pid), "-d", str(seconds), "-r", "250"]
@@ -142,7 +191,7 @@ def profile(
     time.sleep(1.0)
     deadline = time.monotonic() + seconds - 1.5
     while time.monotonic() < deadline:
-        one_run(server, m, concurrency)
+        one_run(server, m, concurrency, pipeline)
     _, err = spy.communicate(timeout=seconds + 30)
     if not out.exists():
         raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')}")
@@ -208,29 +257,45 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", type=Path, default=None, help="py-spy raw output path")
     ap.add_argument("--profile-seconds", type=int, default=8)
     ap.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
+    ap.add_argument(
+        "--keep-alive", action="store_true", help="control_keep_alive on, a connection per client"
+    )
+    ap.add_argument("--pipeline", type=int, default=1, help="with --keep-alive: requests at once")
     args = ap.parse_args(argv)
+    pipeline = max(1, args.pipeline) if args.keep_alive else 0
 
     with tempfile.TemporaryDirectory(prefix="gp-ctl-") as tmp:
-        conf = merge_conf(NO_RATE_LIMIT, {"gripd": {"workers": args.workers}})
+        gripd = {"workers": args.workers}
+        if args.keep_alive:
+            gripd["control_keep_alive"] = "true"
+        conf = merge_conf(NO_RATE_LIMIT, {"gripd": gripd})
         server = start_server("gripd", Path(tmp) / "w", [], conf=conf, probe=False)
         try:
             results = []
             for r in range(args.runs):
-                run = one_run(server, args.requests, args.concurrency)
+                run = one_run(server, args.requests, args.concurrency, pipeline)
                 results.append(run.us)
                 print(
                     f"run {r + 1}: {run.us:.1f} CPU-us/request (user {run.user_us:.1f}, "
                     f"system {run.system_us:.1f}), {args.requests / run.wall:.0f} req/s, "
                     f"codes {dict(run.codes)}"
                 )
+            mode = f"keep-alive, pipeline {pipeline}" if pipeline else "one per connection"
             if results:
                 print(
                     f"best of {args.runs}: {min(results):.1f} CPU-us per publish request "
-                    f"(nproc {os.cpu_count()}, workers {args.workers})"
+                    f"(nproc {os.cpu_count()}, workers {args.workers}, "
+                    f"{mode})"
                 )
             if args.profile is not None:
                 profile(
-                    server, 2000, args.concurrency, args.profile, args.profile_seconds, args.native
+                    server,
+                    2000,
+                    args.concurrency,
+                    args.profile,
+                    args.profile_seconds,
+                    args.native,
+                    pipeline,
                 )
         finally:
             server.stop()

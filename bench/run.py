@@ -48,8 +48,9 @@ from tests.support.procs import (  # noqa: E402
     start_server,
 )
 
-SCENARIOS = ("fanout", "rss", "longpoll", "passthrough", "wsoh", "wsgrip", "zmq")
-#: What a plain run (no --only) runs; the WebSocket and ZeroMQ scenarios are asked for by name.
+SCENARIOS = ("fanout", "rss", "longpoll", "passthrough", "wsoh", "wsgrip", "zmq", "channels")
+#: What a plain run (no --only) runs; the WebSocket, ZeroMQ and channels scenarios are asked
+#: for by name.
 DEFAULT_SCENARIOS = ("fanout", "rss", "longpoll", "passthrough")
 Row = tuple[str, str]  # (metric, value)
 
@@ -71,6 +72,10 @@ class Settings:
     zmq_items: int = 50_000
     zmq_fan_items: int = 200
     zmq_format: str = "J"
+    ch_clients: int = 10_000
+    ch_items: int = 30_000
+    ch_concurrency: int = 16
+    control_keep_alive: bool = False  # gripd only: [gripd] control_keep_alive
     quick: bool = False
     extra_conf: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -354,28 +359,15 @@ def run_held(
     return rows
 
 
-def zmq_push(port: int, count: int, channels: int, fmt: str) -> dict[str, Any]:
-    """Run bench/zmqpush.py (its own process) and return its JSON result plus its CPU."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "zmqpush.py"),
-            "--port",
-            str(port),
-            "--count",
-            str(count),
-            "--channels",
-            str(channels),
-            "--format",
-            fmt,
-        ],
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
+def run_push(script: str, *args: object, timeout: float = 150) -> dict[str, Any]:
+    """Run a publisher (``bench/<script>``, its own process, ``--name value`` pairs in
+    ``args``) and return the JSON line it prints last (its counts and its CPU)."""
+    cmd = [sys.executable, str(BENCH / script), *(str(a) for a in args)]
+    proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
     lines = proc.stdout.decode().strip().splitlines()
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"zmqpush failed ({proc.returncode}): {proc.stderr.decode()[-300:]}")
+        tail = proc.stderr.decode()[-300:]
+        raise RuntimeError(f"{script} failed ({proc.returncode}): {tail}")
     out: dict[str, Any] = json.loads(lines[-1])
     return out
 
@@ -394,7 +386,11 @@ def run_zmq(server: Server, workers: Workers, st: Settings, origin_pid: int) -> 
         workers.all({"op": "reset"})
         cpu1 = server.cpu_seconds()
         workers.mark()
-        push = zmq_push(server.zmq_pull_port, count, channels, st.zmq_format)
+        push = run_push(
+            "zmqpush.py",
+            *("--port", server.zmq_pull_port, "--count", count, "--channels", channels),
+            *("--format", st.zmq_format),
+        )
         expected = push["sent"] * (ok if channels == 0 else 1)
         if channels:
             # Only items whose channel has a connected client can arrive.
@@ -423,6 +419,46 @@ def run_zmq(server: Server, workers: Workers, st: Settings, origin_pid: int) -> 
         rows.append((f"[{phase}] server CPU s", f"{server.cpu_seconds() - cpu1:.2f}"))
         rows.append((f"[{phase}] loadgen CPU s", f"{workers.cpu():.2f}"))
         rows.append((f"[{phase}] pusher CPU s", f"{push['cpu']:.2f}"))
+    return rows
+
+
+def run_channels(server: Server, workers: Workers, st: Settings) -> list[Row]:
+    """Many channels, one HTTP publish per item (F28): ``ch_clients`` SSE streams, each on its
+    own ``c<i>`` (and ``fan`` for the warm-up); ``ch_items`` items round-robin over them, one
+    ``POST /publish/`` each from ``ch_concurrency`` connections of a separate process
+    (connections reused when the server keeps them open)."""
+    n = st.ch_clients
+    rows, ok = connect_held(server, workers, st, "sse", "/stream/fan,c{i}", n, "http-stream")
+    workers.all({"op": "reset"})
+    cpu1 = server.cpu_seconds()
+    workers.mark()
+    push = run_push(
+        "httppush.py",
+        *("--port", server.control_port, "--count", st.ch_items, "--channels", n),
+        *("--concurrency", st.ch_concurrency),
+    )
+    expected = sum(1 for j in range(push["ok"]) if j % n < ok)
+    d = drain(workers, expected)
+    cpu = server.cpu_seconds() - cpu1
+    received = d["received"]
+    t0 = push["first_ns"]
+    span = (d["last_ns"] - t0) / 1e9 if d["last_ns"] else float("nan")
+    rows.append(("items published → channels", f"{push['sent']} → {n}"))
+    rows.append(
+        ("publisher connections (concurrent)", f"{push['connections']} ({st.ch_concurrency})")
+    )
+    rows.append(("publish answers", json.dumps(push["statuses"], sort_keys=True)))
+    if push.get("error"):
+        rows.append(("publisher error", str(push["error"])))
+    rows.append(("publisher send time s", f"{(push['last_ns'] - t0) / 1e9:.2f}"))
+    rows.append(("deliveries received / expected", f"{received} / {expected}"))
+    rows.append(("messages lost", str(expected - received)))
+    rows.append(("deliveries/s (first publish → last receive)", f"{received / span:,.0f}"))
+    rows.extend(latency_rows(d["lat"]))
+    rows.append(("server CPU s", f"{cpu:.2f}"))
+    rows.append(("server CPU s per 1k items", f"{cpu * 1000 / max(1, push['sent']):.4f}"))
+    rows.append(("loadgen CPU s", f"{workers.cpu():.2f}"))
+    rows.append(("publisher CPU s", f"{push['cpu']:.2f}"))
     return rows
 
 
@@ -532,6 +568,8 @@ def run_impl(
     conf = merge_conf(NO_RATE_LIMIT, st.extra_conf)
     if gripd_workers is not None:
         conf = merge_conf(conf, {"gripd": {"workers": str(gripd_workers)}})
+    if impl == "gripd" and st.control_keep_alive:
+        conf = merge_conf(conf, {"gripd": {"control_keep_alive": "true"}})
     label = label or impl
     results: dict[str, list[Row]] = {}
     routes = [f"* 127.0.0.1:{origin_port}"]
@@ -553,6 +591,9 @@ def run_impl(
             elif name == "zmq":
                 assert workers is not None
                 results[name] = run_zmq(server, workers, st, origin_pid)
+            elif name == "channels":
+                assert workers is not None
+                results[name] = run_channels(server, workers, st)
             elif name == "longpoll":
                 assert workers is not None
                 results[name] = run_longpoll(server, workers, st, origin_pid)
@@ -632,6 +673,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zmq-items", type=int, help="zmq: items spread over the clients' channels")
     ap.add_argument("--zmq-fan-items", type=int, help="zmq: items to the shared channel")
     ap.add_argument("--zmq-format", choices=("J", "T"), help="zmq: J+JSON or T+tnetstring")
+    ap.add_argument("--ch-clients", type=int, help="channels: SSE subscribers, one channel each")
+    ap.add_argument("--ch-items", type=int, help="channels: items, one HTTP publish each")
+    ap.add_argument("--ch-concurrency", type=int, help="channels: publisher connections (16)")
+    ap.add_argument(
+        "--control-keep-alive",
+        action="store_true",
+        help="gripd: [gripd] control_keep_alive = true (publishers reuse connections)",
+    )
     args = ap.parse_args(argv)
     st = Settings()
     if args.quick:
@@ -644,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
             zmq_clients=200,
             zmq_items=5000,
             zmq_fan_items=50,
+            ch_clients=1000,
+            ch_items=5000,
             quick=True,
         )
         if args.only and set(args.only) <= {"wsoh", "wsgrip", "zmq"}:
@@ -652,6 +703,10 @@ def main(argv: list[str] | None = None) -> int:
     st.zmq_items = args.zmq_items or st.zmq_items
     st.zmq_fan_items = args.zmq_fan_items or st.zmq_fan_items
     st.zmq_format = args.zmq_format or st.zmq_format
+    st.ch_clients = args.ch_clients or st.ch_clients
+    st.ch_items = args.ch_items or st.ch_items
+    st.ch_concurrency = args.ch_concurrency or st.ch_concurrency
+    st.control_keep_alive = args.control_keep_alive
     st.connections = args.connections or st.connections
     st.messages = args.messages or st.messages
     st.interval = args.interval if args.interval is not None else st.interval
@@ -711,7 +766,9 @@ def main(argv: list[str] | None = None) -> int:
         f"## {started:%Y-%m-%d %H:%M} UTC — `{cmd.strip()}`\n\n{machine()}; "
         f"connections={st.connections}, messages={st.messages}, interval={st.interval}, "
         f"lp_clients={st.lp_clients}, zmq clients/items/fan items="
-        f"{st.zmq_clients}/{st.zmq_items}/{st.zmq_fan_items}, loadgen workers={st.workers}, "
+        f"{st.zmq_clients}/{st.zmq_items}/{st.zmq_fan_items}, channels clients/items/"
+        f"publishers={st.ch_clients}/{st.ch_items}/{st.ch_concurrency}, control_keep_alive="
+        f"{st.control_keep_alive}, loadgen workers={st.workers}, "
         f"gripd workers={args.gripd_workers}\n"
     )
     text = header + table(results, labels)

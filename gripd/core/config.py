@@ -198,6 +198,8 @@ class Config:
       head, counted from its first byte (or from accept); past it: 408 and close. 0 = off.
     - ``client_idle_timeout``: seconds a keep-alive connection may sit idle between requests
       before it is closed (held connections are not idle). 0 = off.
+    - ``control_keep_alive``: the HTTP control API keeps connections open for more requests
+      (Pushpin closes after each answer, the default).
     - ``client_pipeline_max`` / ``client_pipeline_bytes_max``: pipelined requests, and their bytes,
       read and queued behind an unfinished one before reading from that connection pauses.
     - ``origin_response_head_max``: largest origin response head; past it the request gets 502.
@@ -303,6 +305,7 @@ class Config:
     wildcard_channels: bool = False  # channel names ending in "*" are prefix patterns
     tls_reload_interval: float = 5.0  # seconds between looks at the https_ports certificates
     http2: bool = True  # offer HTTP/2 (ALPN h2) on the https_ports listeners
+    control_keep_alive: bool = False  # persistent control API connections (Pushpin: closes)
     http2_max_streams: int = 100  # concurrent requests on one HTTP/2 connection
     http2_reset_budget: int = 200  # early stream resets before GOAWAY; a quarter refills per s
     http2_control_budget: int = 1000  # PING/SETTINGS/... frames; a fifth refills per second
@@ -750,6 +753,7 @@ def load_config(
         wildcard_channels=_wildcard_channels(r),
         tls_reload_interval=_tls_reload_interval(r),
         http2=r.bool_("gripd", "http2", True),
+        control_keep_alive=r.bool_("gripd", "control_keep_alive", False),
         # SETTINGS values are 32-bit; beyond these bounds the budgets would protect nothing.
         http2_max_streams=r.int_("gripd", "http2_max_streams", 100, minimum=1, maximum=10_000),
         http2_reset_budget=r.int_("gripd", "http2_reset_budget", 200, minimum=4, maximum=1_000_000),

@@ -67,6 +67,7 @@ LIVE: frozenset[str] = frozenset(
         "http2_max_streams",
         "http2_reset_budget",
         "http2_control_budget",
+        "control_keep_alive",
     }
 )
 

@@ -86,6 +86,7 @@ class Services:
             config.push_in_http_max_headers_size,
             config.push_in_http_max_body_size,
             config.client_header_timeout,
+            config.control_keep_alive,
         )
         self.history: HistoryReader | None = None  # for the control API's history read
 
@@ -108,6 +109,7 @@ class Services:
         lim.max_headers_size = config.push_in_http_max_headers_size
         lim.max_body_size = config.push_in_http_max_body_size
         lim.header_timeout = config.client_header_timeout
+        lim.keep_alive = config.control_keep_alive
 
     async def bind(self, *, ipc: bool) -> None:
         """One start phase: TCP endpoints (``ipc`` False) or ``ipc://`` paths (True)."""

@@ -7,6 +7,7 @@ import pytest
 from gripd.core.config import load_config
 from gripd.core.config_gripd import WORKERS_MAX, parse_bus_url
 from gripd.core.errors import ConfigError
+from gripd.core.reload import LIVE
 
 
 def _no_file(path: str) -> str:
@@ -70,3 +71,15 @@ def test_bad_bus_url_does_not_echo_a_password() -> None:
     with pytest.raises(ConfigError) as e:
         _load("bus=redis://:hunter2@h/notanumber")
     assert "hunter2" not in str(e.value)
+
+
+def test_control_keep_alive_is_off_unless_set() -> None:
+    """Off by default (every control API answer closes, as in Pushpin's F28); a boolean;
+    anything else names the setting and its line; a reload applies it (new connections)."""
+    assert load_config("", path="/p.conf", read_file=_no_file).control_keep_alive is False
+    cfg = load_config("[gripd]\ncontrol_keep_alive=true\n", path="/p.conf", read_file=_no_file)
+    assert cfg.control_keep_alive is True
+    with pytest.raises(ConfigError) as ei:
+        load_config("[gripd]\n\ncontrol_keep_alive=sometimes\n", path="/p.conf", read_file=_no_file)
+    assert "/p.conf:3" in str(ei.value) and "control_keep_alive" in str(ei.value)
+    assert "control_keep_alive" in LIVE

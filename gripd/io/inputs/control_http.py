@@ -3,8 +3,13 @@ gripd's own history read API, ``GET /channels/<channel>/items`` (see docs/histor
 
 A thin asyncio adapter mirroring Pushpin's ``SimpleHttpServer`` (src/corelib/simplehttpserver.cpp):
 one request per connection, every reply with ``Connection: close`` and ``Content-Length``, then
-the connection is closed. The header block ends at the first blank line (LF or CRLF) and must fit
-in ``max_headers_size`` bytes; it is parsed by ``httptools``. The body is framed by
+the connection is closed. With ``[gripd] control_keep_alive`` (off by default) a connection may
+carry many requests instead, pipelined or one after another (HTTP/1.1 unless the request says
+``Connection: close``; HTTP/1.0 with ``Connection: keep-alive``); the answers then come in order
+and omit ``Connection: close``, and an error in a request's framing still closes.
+
+The header block ends at the first blank line (LF or CRLF) and must fit in ``max_headers_size``
+bytes; it is parsed by ``httptools``. The body is framed by
 ``Content-Length`` only: a request that needs a body and has no Content-Length, or that uses
 ``Transfer-Encoding``, is refused with 411 as Pushpin does (so chunked bodies are refused).
 Routing and validation are pure (``gripd.core.publish.handle_control_request``); the reply is
@@ -12,9 +17,10 @@ written before items are handed to the sink. The history read API is answered he
 ``HistoryReader`` (possibly later, when the store is remote; bounded by ``history_timeout``).
 
 ``header_timeout`` (``client_header_timeout``) bounds the whole request, head and body, from
-accept: a peer that has not sent it all by then gets ``408`` and a close, so slow or stalled
-peers cannot hold connections open. The deadlines share one loop timer per server
-(``_Deadlines``): no task and no timer per connection.
+accept (on a persistent connection, from the previous answer; one that receives nothing in that
+time is closed without an answer): a peer that has not sent it all by then gets ``408`` and a
+close, so slow or stalled peers cannot hold connections open. The deadlines share one loop
+timer per server (``_Deadlines``): no task and no timer per connection.
 
 Publishers open one connection per publish, so this path is kept short: the head is searched
 where it arrived, the fixed 200 answers are encoded once, and headers are read in one pass.
@@ -70,7 +76,7 @@ class _HeadParser:
     ``X-Gripd-`` prefix ``_parse_head`` adds (or a client sent) removed, and on the way the
     first Content-Length and Expect values and whether a Transfer-Encoding was sent."""
 
-    __slots__ = ("content_length", "done", "expect", "has_te", "headers")
+    __slots__ = ("connection", "content_length", "done", "expect", "has_te", "headers")
 
     def __init__(self) -> None:
         self.headers: Headers = []
@@ -78,6 +84,7 @@ class _HeadParser:
         self.content_length: str | None = None
         self.has_te = False
         self.expect: str | None = None
+        self.connection = ""  # the Connection values, lower-cased, comma-joined
 
     def on_header(self, name: bytes, value: bytes) -> None:
         k = name.decode("latin-1")
@@ -94,39 +101,62 @@ class _HeadParser:
             self.has_te = True
         elif lk == "expect" and self.expect is None:
             self.expect = v
+        elif lk == "connection":
+            self.connection = f"{self.connection},{v.lower()}" if self.connection else v.lower()
 
     def on_headers_complete(self) -> None:
         self.done = True
 
 
-def _encode(code: int, reason: str, headers: Headers, body: bytes, http10: bool) -> bytes:
-    """Pushpin's reply framing: given headers, then ``Connection: close``, ``Content-Length``."""
+def _encode(
+    code: int, reason: str, headers: Headers, body: bytes, http10: bool, keep: bool = False
+) -> bytes:
+    """Pushpin's reply framing: given headers, then ``Connection: close``, ``Content-Length``.
+    ``keep`` (a persistent connection): no ``Connection: close``; ``Connection: keep-alive``
+    for HTTP/1.0, where closing is the default."""
     lines = [f"HTTP/{'1.0' if http10 else '1.1'} {code} {reason}\r\n"]
     for k, v in headers:
         if k.lower() not in ("connection", "transfer-encoding", "content-length"):
             lines.append(f"{k}: {v}\r\n")
-    lines.append(f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n")
+    if not keep:
+        lines.append("Connection: close\r\n")
+    elif http10:
+        lines.append("Connection: keep-alive\r\n")
+    lines.append(f"Content-Length: {len(body)}\r\n\r\n")
     return "".join(lines).encode("latin-1", "replace") + body
 
 
+def _persists(version: bytes, connection: str) -> bool:
+    """Whether a connection stays open after this request's answer (RFC 9112 9.3), when
+    persistent connections are on: HTTP/1.1 unless ``Connection: close``, HTTP/1.0 only with
+    ``Connection: keep-alive``, any other version never."""
+    if version == b"HTTP/1.1":
+        return not connection or "close" not in (t.strip() for t in connection.split(","))
+    if version == b"HTTP/1.0":
+        return "keep-alive" in (t.strip() for t in connection.split(","))
+    return False
+
+
 # The few fixed answers (``Published``, ``Updated``, ``Pushpin API``, ``Not Found``, in text or
-# JSON) are encoded once: (code, reason, Content-Type, body, HTTP/1.0) -> the reply's bytes.
-_ENCODED: dict[tuple[int, str, str, bytes, bool], bytes] = {}
+# JSON) are encoded once: (code, reason, Content-Type, body, HTTP/1.0, keep) -> the bytes.
+_ENCODED: dict[tuple[int, str, str, bytes, bool, bool], bytes] = {}
 _ENCODED_MAX = 32  # entries; bodies that vary (error texts) are not cached
 _ENCODED_BODY_MAX = 64  # bytes
 
 
-def _encode_cached(code: int, reason: str, headers: Headers, body: bytes, http10: bool) -> bytes:
+def _encode_cached(
+    code: int, reason: str, headers: Headers, body: bytes, http10: bool, keep: bool = False
+) -> bytes:
     """:func:`_encode`, from :data:`_ENCODED` for one Content-Type and a short body."""
     if len(headers) != 1 or len(body) > _ENCODED_BODY_MAX:
-        return _encode(code, reason, headers, body, http10)
+        return _encode(code, reason, headers, body, http10, keep)
     name, value = headers[0]
     if name != "Content-Type":
-        return _encode(code, reason, headers, body, http10)
-    key = (code, reason, value, body, http10)
+        return _encode(code, reason, headers, body, http10, keep)
+    key = (code, reason, value, body, http10, keep)
     out = _ENCODED.get(key)
     if out is None:
-        out = _encode(code, reason, headers, body, http10)
+        out = _encode(code, reason, headers, body, http10, keep)
         if len(_ENCODED) < _ENCODED_MAX:
             _ENCODED[key] = out
     return out
@@ -182,8 +212,10 @@ class _Deadlines:
     deadlines come in order: only the earliest needs a timer. A connection that completes is
     only marked (``_queued`` False; no timer to cancel, which per connection cost more than
     the rest of a short request's bookkeeping); marked entries are dropped when the timer
-    fires, or in one sweep when they pile up. :meth:`add` refuses a deadline earlier than
-    the last one queued: that connection keeps its own timer.
+    fires, or in one sweep when they pile up. A persistent connection is queued again for each
+    request: an entry counts only while its generation is the connection's ``_gen``.
+    :meth:`add` refuses a deadline earlier than the last one queued: that connection keeps its
+    own timer.
     """
 
     __slots__ = ("_live", "_loop", "_queue", "_timer")
@@ -192,7 +224,7 @@ class _Deadlines:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._queue: collections.deque[tuple[float, ControlProtocol]] = collections.deque()
+        self._queue: collections.deque[tuple[float, ControlProtocol, int]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
         self._live = 0  # queued entries still waiting for their deadline
 
@@ -202,12 +234,13 @@ class _Deadlines:
         queue = self._queue
         if queue and queue[-1][0] > deadline:
             return False
-        queue.append((deadline, proto))
+        proto._gen += 1
+        queue.append((deadline, proto, proto._gen))
         self._live += 1
         if self._timer is None:
             self._timer = self._loop.call_at(deadline, self._fire)
         elif len(queue) > 2 * self._live + self.SWEEP_SLACK:
-            self._queue = collections.deque(e for e in queue if e[1]._queued)
+            self._queue = collections.deque(e for e in queue if e[1]._queued and e[1]._gen == e[2])
         return True
 
     def finished(self) -> None:
@@ -220,8 +253,8 @@ class _Deadlines:
         # The loop may run a timer up to its clock resolution early; count those as due.
         now = self._loop.time() + 0.001
         while queue:
-            deadline, proto = queue[0]
-            if not proto._queued:
+            deadline, proto, gen = queue[0]
+            if not proto._queued or proto._gen != gen:
                 queue.popleft()
                 continue
             if deadline > now:
@@ -239,18 +272,26 @@ class _Deadlines:
 class ControlLimits:
     """The control API's bounds, read by each new connection (a config reload changes them:
     ``push_in_http_max_headers_size``, ``push_in_http_max_body_size``,
-    ``client_header_timeout``)."""
+    ``client_header_timeout``, ``[gripd] control_keep_alive``)."""
 
-    __slots__ = ("header_timeout", "max_body_size", "max_headers_size")
+    __slots__ = ("header_timeout", "keep_alive", "max_body_size", "max_headers_size")
 
-    def __init__(self, max_headers_size: int, max_body_size: int, header_timeout: float) -> None:
+    def __init__(
+        self,
+        max_headers_size: int,
+        max_body_size: int,
+        header_timeout: float,
+        keep_alive: bool = False,
+    ) -> None:
         self.max_headers_size = max_headers_size
         self.max_body_size = max_body_size
         self.header_timeout = header_timeout
+        self.keep_alive = keep_alive
 
 
 class ControlProtocol(asyncio.Protocol):
-    """One control API connection: read one request, answer it, close."""
+    """One control API connection: read one request, answer it, close (or, persistent, read
+    the next one)."""
 
     __slots__ = (
         "_auth",
@@ -258,12 +299,15 @@ class ControlProtocol(asyncio.Protocol):
         "_content_length",
         "_deadlines",
         "_expect",
+        "_gen",
         "_has_te",
         "_header_timeout",
         "_headers",
+        "_held",
         "_history",
         "_history_timeout",
         "_http10",
+        "_keep_alive",
         "_length",
         "_lines",
         "_log",
@@ -271,9 +315,12 @@ class ControlProtocol(asyncio.Protocol):
         "_max_body",
         "_max_headers",
         "_method",
+        "_next",
         "_peer",
+        "_persist",
         "_queued",
         "_replied",
+        "_served",
         "_sink",
         "_state",
         "_timer",
@@ -295,11 +342,13 @@ class ControlProtocol(asyncio.Protocol):
         auth: PublishGate | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         deadlines: _Deadlines | None = None,
+        keep_alive: bool = False,
     ) -> None:
         self._sink = sink
         self._loop = loop  # None: the running loop, looked up when needed
         self._deadlines = deadlines  # the server's shared header_timeout timer, if any
         self._queued = False  # waiting in self._deadlines
+        self._gen = 0  # which of this connection's entries in self._deadlines counts
         self._auth = auth
         self._history = history
         self._history_timeout = history_timeout
@@ -324,12 +373,24 @@ class ControlProtocol(asyncio.Protocol):
         self._http10 = False
         self._length = 0
         self._replied = False
+        # Persistent connections ([gripd] control_keep_alive): whether this request's answer
+        # leaves the connection open, how many were answered, the bytes after this request
+        # (pipelined) and those received while an answer is still to come (a history read).
+        self._keep_alive = keep_alive
+        self._persist = False
+        self._served = 0
+        self._next = b""
+        self._held = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = typing.cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if peer else ""
+        self._arm()
+
+    def _arm(self) -> None:
+        """Start the ``client_header_timeout`` deadline of the next request."""
         if self._header_timeout > 0:
             deadlines = self._deadlines
             if deadlines is not None and deadlines.add(self, self._header_timeout):
@@ -355,6 +416,10 @@ class ControlProtocol(asyncio.Protocol):
         self._timer = None
         if self._state == "done" or self._transport is None:
             return
+        if self._served and self._state == "head" and not self._buf:
+            self._state = "done"  # an idle persistent connection: closed without an answer
+            self._transport.close()
+            return
         self._log.info(
             "control: request not complete within client_header_timeout (%gs) in state %s, "
             "408; peer %s",
@@ -366,16 +431,51 @@ class ControlProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._state == "done":
+            if self._persist and not self._replied and self._transport is not None:
+                # A persistent connection's answer is still to come: later requests wait.
+                self._held += data
+                self._transport.pause_reading()
             return  # anything after the request is ignored, as in Pushpin
         try:
-            if self._state == "head":
-                self._read_head(data)
-            else:
-                self._read_body(data)
+            self._feed(data)
+            while self._next:  # pipelined requests, after the previous one's answer
+                data, self._next = self._next, b""
+                if self._state == "done":  # that answer is still to come
+                    self._held += data
+                    if self._transport is not None:
+                        self._transport.pause_reading()
+                    return
+                self._feed(data)
         except Exception:  # never let one bad client take the server down
             self._log.exception("control: error handling request")
             if not self._replied:
                 self._error(500, "Internal Server Error", "Internal error.")
+
+    def _feed(self, data: bytes) -> None:
+        if self._state == "head":
+            self._read_head(data)
+        else:
+            self._read_body(data)
+
+    def _resume_held(self) -> None:
+        """Read the requests that arrived while an answer was awaited (persistent)."""
+        transport = self._transport
+        if transport is None or self._state == "done":
+            return
+        data = bytes(self._held)
+        self._held.clear()
+        transport.resume_reading()
+        if data:
+            self.data_received(data)
+
+    def pause_writing(self) -> None:
+        # Answers pile up (a pipelining peer that does not read them): stop reading requests.
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and not self._held:
+            self._transport.resume_reading()
 
     def _read_head(self, data: bytes) -> None:
         # Only the first max_headers_size bytes may hold the header block (Pushpin reads no more).
@@ -456,24 +556,31 @@ class ControlProtocol(asyncio.Protocol):
         self._content_length = collector.content_length
         self._has_te = collector.has_te
         self._expect = collector.expect
+        if self._keep_alive:
+            self._persist = _persists(parts[2], collector.connection)
         return True
 
     def _read_body(self, data: bytes) -> None:
-        if not self._buf and len(data) >= self._length:
-            # The whole body in one piece (the usual case): no copy.
-            if len(data) > self._length:
+        length = self._length
+        buf = self._buf
+        if buf:
+            buf += data
+            if len(buf) < length:
+                return
+            data = bytes(buf)
+            buf.clear()
+        elif len(data) < length:
+            buf += data
+            return
+        # else the whole body in one piece (the usual case): no copy.
+        if len(data) > length:
+            if not self._persist:
                 self._error(400, "Bad Request", "Request body exceeded Content-Length.")
                 return
-            self._state = "done"
-            self._dispatch(data)
-            return
-        self._buf += data
-        if len(self._buf) > self._length:
-            self._error(400, "Bad Request", "Request body exceeded Content-Length.")
-            return
-        if len(self._buf) == self._length:
-            self._state = "done"
-            self._dispatch(bytes(self._buf))
+            self._next = data[length:]  # the next request (pipelined)
+            data = data[:length]
+        self._state = "done"
+        self._dispatch(data)
 
     def _refused(self, gate: PublishGate) -> bool:
         """``publish_key``: answer 401/403 and return True unless the request carries a valid
@@ -547,13 +654,14 @@ class ControlProtocol(asyncio.Protocol):
             self._answer_items(Replay("off"), asked_after)
             return
         done = False
+        served = self._served  # a persistent connection may be on a later request by then
 
         def answer(replay: Replay) -> None:
             nonlocal done
             if done:
                 return
             done = True
-            if not self._replied:
+            if not self._replied and self._served == served:
                 self._answer_items(replay, asked_after)
 
         self._cancel_timer()  # the request is complete: from here the store's time counts
@@ -608,6 +716,7 @@ class ControlProtocol(asyncio.Protocol):
 
     def _error(self, code: int, reason: str, message: str) -> None:
         self._state = "done"
+        self._persist = False  # the request's framing failed: nothing after it can be read
         self._write(code, reason, [("Content-Type", "text/plain")], (message + "\n").encode())
 
     def _write(
@@ -621,8 +730,21 @@ class ControlProtocol(asyncio.Protocol):
         if transport is None:
             return
         encode = _encode_cached if cache else _encode
-        transport.write(encode(code, reason, headers, body, self._http10))
-        transport.close()  # flushes the reply first
+        keep = self._persist
+        transport.write(encode(code, reason, headers, body, self._http10, keep))
+        if not keep:
+            self._next = b""
+            transport.close()  # flushes the reply first
+            return
+        # Persistent: ready for the next request (its fields are set when its head is parsed).
+        self._served += 1
+        self._state = "head"
+        self._replied = False
+        self._length = 0
+        self._persist = False
+        self._arm()
+        if self._held:  # requests that arrived while this answer was awaited
+            (self._loop or asyncio.get_running_loop()).call_soon(self._resume_held)
 
 
 async def start_control_server(
@@ -662,6 +784,7 @@ async def start_control_server(
             auth=auth,
             loop=loop,
             deadlines=deadlines,
+            keep_alive=lim.keep_alive,
         ),
         host,
         port,
