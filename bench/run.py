@@ -75,6 +75,7 @@ class Settings:
     ch_clients: int = 10_000
     ch_items: int = 30_000
     ch_concurrency: int = 16
+    ch_batch: int = 1
     control_keep_alive: bool = False  # gripd only: [gripd] control_keep_alive
     quick: bool = False
     extra_conf: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -435,15 +436,16 @@ def run_channels(server: Server, workers: Workers, st: Settings) -> list[Row]:
     push = run_push(
         "httppush.py",
         *("--port", server.control_port, "--count", st.ch_items, "--channels", n),
-        *("--concurrency", st.ch_concurrency),
+        *("--concurrency", st.ch_concurrency, "--batch", st.ch_batch),
     )
-    expected = sum(1 for j in range(push["ok"]) if j % n < ok)
+    expected = sum(1 for j in range(push["ok_items"]) if j % n < ok)
     d = drain(workers, expected)
     cpu = server.cpu_seconds() - cpu1
     received = d["received"]
     t0 = push["first_ns"]
     span = (d["last_ns"] - t0) / 1e9 if d["last_ns"] else float("nan")
     rows.append(("items published → channels", f"{push['sent']} → {n}"))
+    rows.append(("items per publish request", str(st.ch_batch)))
     rows.append(
         ("publisher connections (concurrent)", f"{push['connections']} ({st.ch_concurrency})")
     )
@@ -676,6 +678,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ch-clients", type=int, help="channels: SSE subscribers, one channel each")
     ap.add_argument("--ch-items", type=int, help="channels: items, one HTTP publish each")
     ap.add_argument("--ch-concurrency", type=int, help="channels: publisher connections (16)")
+    ap.add_argument("--ch-batch", type=int, help="channels: items per publish request (1)")
     ap.add_argument(
         "--control-keep-alive",
         action="store_true",
@@ -706,6 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     st.ch_clients = args.ch_clients or st.ch_clients
     st.ch_items = args.ch_items or st.ch_items
     st.ch_concurrency = args.ch_concurrency or st.ch_concurrency
+    st.ch_batch = args.ch_batch or st.ch_batch
     st.control_keep_alive = args.control_keep_alive
     st.connections = args.connections or st.connections
     st.messages = args.messages or st.messages
@@ -767,7 +771,8 @@ def main(argv: list[str] | None = None) -> int:
         f"connections={st.connections}, messages={st.messages}, interval={st.interval}, "
         f"lp_clients={st.lp_clients}, zmq clients/items/fan items="
         f"{st.zmq_clients}/{st.zmq_items}/{st.zmq_fan_items}, channels clients/items/"
-        f"publishers={st.ch_clients}/{st.ch_items}/{st.ch_concurrency}, control_keep_alive="
+        f"publishers/batch={st.ch_clients}/{st.ch_items}/{st.ch_concurrency}/{st.ch_batch}, "
+        "control_keep_alive="
         f"{st.control_keep_alive}, loadgen workers={st.workers}, "
         f"gripd workers={args.gripd_workers}\n"
     )

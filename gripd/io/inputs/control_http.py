@@ -46,6 +46,7 @@ from gripd.core.publish import (
     PublishItem,
     handle_control_request,
 )
+from gripd.io.listener.flusher import Flusher
 from gripd.io.observe.ticklog import TickLog
 
 if typing.TYPE_CHECKING:
@@ -296,9 +297,11 @@ class ControlProtocol(asyncio.Protocol):
     __slots__ = (
         "_auth",
         "_buf",
+        "_close_after",
         "_content_length",
         "_deadlines",
         "_expect",
+        "_flusher",
         "_gen",
         "_has_te",
         "_header_timeout",
@@ -316,6 +319,7 @@ class ControlProtocol(asyncio.Protocol):
         "_max_headers",
         "_method",
         "_next",
+        "_out",
         "_peer",
         "_persist",
         "_queued",
@@ -343,8 +347,14 @@ class ControlProtocol(asyncio.Protocol):
         loop: asyncio.AbstractEventLoop | None = None,
         deadlines: _Deadlines | None = None,
         keep_alive: bool = False,
+        flusher: Flusher | None = None,
     ) -> None:
         self._sink = sink
+        # Answers are written at the end of the loop tick through ``flusher`` (None: at once),
+        # together with the deliveries of the items they publish; a close waits for them.
+        self._flusher = flusher
+        self._out: list[bytes] | None = None
+        self._close_after = False
         self._loop = loop  # None: the running loop, looked up when needed
         self._deadlines = deadlines  # the server's shared header_timeout timer, if any
         self._queued = False  # waiting in self._deadlines
@@ -401,6 +411,7 @@ class ControlProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._out = None
         self._state = "done"
         self._cancel_timer()
 
@@ -513,7 +524,7 @@ class ControlProtocol(asyncio.Protocol):
                 return
             if self._expect == "100-continue" and self._transport is not None:
                 ver = "1.0" if self._http10 else "1.1"
-                self._transport.write(f"HTTP/{ver} 100 Continue\r\n\r\n".encode())
+                self._send(f"HTTP/{ver} 100 Continue\r\n\r\n".encode(), close=False)
         self._state = "body"
         self._read_body(rest)
 
@@ -731,10 +742,9 @@ class ControlProtocol(asyncio.Protocol):
             return
         encode = _encode_cached if cache else _encode
         keep = self._persist
-        transport.write(encode(code, reason, headers, body, self._http10, keep))
+        self._send(encode(code, reason, headers, body, self._http10, keep), close=not keep)
         if not keep:
             self._next = b""
-            transport.close()  # flushes the reply first
             return
         # Persistent: ready for the next request (its fields are set when its head is parsed).
         self._served += 1
@@ -745,6 +755,39 @@ class ControlProtocol(asyncio.Protocol):
         self._arm()
         if self._held:  # requests that arrived while this answer was awaited
             (self._loop or asyncio.get_running_loop()).call_soon(self._resume_held)
+
+    def _send(self, data: bytes, *, close: bool) -> None:
+        """Write ``data`` (then close, with ``close``): on a persistent connection, at the end
+        of the tick with a flusher, after any earlier answer still queued (pipelined ones go out
+        in one write). A last answer with nothing queued before it is written and closed at
+        once: deferring that measured no gain (bench/RESULTS.md, "Control API answers")."""
+        transport = self._transport
+        if transport is None:
+            return
+        flusher = self._flusher
+        if flusher is None or (close and self._out is None):
+            transport.write(data)
+            if close:
+                transport.close()  # flushes the reply first
+            return
+        if self._out is None:
+            self._out = [data]
+            flusher.mark(self)
+        else:
+            self._out.append(data)
+        if close:
+            self._close_after = True
+
+    def flush(self) -> None:
+        """The flusher's end-of-tick call: write the queued answers, then close if asked."""
+        out, self._out = self._out, None
+        transport = self._transport
+        if transport is None:
+            return
+        if out:
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if self._close_after:
+            transport.close()  # flushes the reply first
 
 
 async def start_control_server(
@@ -771,6 +814,7 @@ async def start_control_server(
     loop = asyncio.get_running_loop()
     lim = limits or ControlLimits(10000, 1_000_000, 0.0)
     deadlines = _Deadlines(loop)
+    flusher = Flusher(loop)
     return await loop.create_server(
         lambda: ControlProtocol(
             sink,
@@ -785,6 +829,7 @@ async def start_control_server(
             loop=loop,
             deadlines=deadlines,
             keep_alive=lim.keep_alive,
+            flusher=flusher,
         ),
         host,
         port,
