@@ -528,9 +528,11 @@ class StatsState:
         *,
         route: str = "",
         blocks: int = -1,
+        packet: bool = True,
     ) -> list[Packet]:
         """An item went to ``count`` subscribers (of ``route``) over ``transport``: its
-        ``message`` packet, whose ``blocks`` is ``blocks * count`` when blocks are counted."""
+        ``message`` packet, whose ``blocks`` is ``blocks * count`` when blocks are counted
+        (none without ``packet``: nobody listens to the stats socket)."""
         if self._reporting and count > 0:
             r = self._get_report(now, route)
             r.sent += count
@@ -539,6 +541,8 @@ class StatsState:
             if blocks > 0:
                 r.blocks_sent = max(r.blocks_sent, 0) + blocks * count
             self.totals.message_sent += count
+        if not packet:
+            return []
         total = blocks * count if blocks != -1 else -1
         return [message_packet(self.instance_id, channel, item_id, transport, count, blocks=total)]
 

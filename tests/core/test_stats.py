@@ -521,3 +521,12 @@ def test_parse_prometheus_port(value: str, want: PrometheusListen) -> None:
 def test_parse_prometheus_port_rejects(value: str) -> None:
     with pytest.raises(ConfigError):
         parse_prometheus_port(value)
+
+
+def test_delivered_without_a_listener_counts_but_makes_no_packet() -> None:
+    """F43: the ``message`` packet is made only when the stats socket has a listener; the
+    report's counts are kept either way."""
+    s = _state()
+    assert s.delivered("a", "i1", "http-stream", 2, 0.0, packet=False) == []
+    assert len(s.delivered("a", "i2", "http-stream", 3, 0.0)) == 1
+    assert s.totals.message_sent == 5

@@ -296,11 +296,18 @@ class StatsPublisher(Events):
         route: str = "",
     ) -> None:
         now = self.loop.time()
-        self._send(
-            self.state.delivered(
-                channel, item_id, transport, count, now, route=route, blocks=blocks
-            )
+        packets = self.state.delivered(
+            channel,
+            item_id,
+            transport,
+            count,
+            now,
+            route=route,
+            blocks=blocks,
+            packet=self._listened(now),  # a packet only for a listener (the usual: none)
         )
+        if packets:
+            self._send(packets)
 
     def activity(self, route: str, count: int = 1) -> None:
         if self.state.add_activity(route, count):
