@@ -4,6 +4,7 @@ JSON reading (a BOM, a second BOM, NaN)."""
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
@@ -11,8 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gripd.core.errors import PublishError
-from gripd.core.publish import parse_publish_body
+from gripd.core.publish import PublishItem, parse_publish_body
 from gripd.io.inputs import control_http as ch
+from gripd.io.inputs import control_wire as cw
+
+_LOG = logging.getLogger("test.control")
 
 NAMES = [
     b"Host",
@@ -45,9 +49,9 @@ def test_plain_heads_take_the_short_cut_with_the_same_block() -> None:
     matched = 0
     for _ in range(3000):
         lines = _random_lines(rng)
-        assert ch._PLAIN_HEADER_LINES.fullmatch(lines) is not None, lines
-        assert ch._REQUEST_LINE + ch._rename_framing(lines) == ch._header_block(lines), lines
-        matched += b"X-Gripd-" in ch._rename_framing(lines)
+        assert cw.PLAIN_HEADER_LINES.fullmatch(lines) is not None, lines
+        assert cw.REQUEST_LINE + cw.rename_framing(lines) == cw.header_block(lines), lines
+        matched += b"X-Gripd-" in cw.rename_framing(lines)
     assert matched > 100  # the renaming was exercised
 
 
@@ -63,7 +67,7 @@ def test_plain_heads_take_the_short_cut_with_the_same_block() -> None:
 )
 def test_other_heads_are_rebuilt(lines: bytes) -> None:
     """Heads with a bare LF or a line without ":" do not take the short cut."""
-    assert ch._PLAIN_HEADER_LINES.fullmatch(lines) is None
+    assert cw.PLAIN_HEADER_LINES.fullmatch(lines) is None
 
 
 def test_cached_encoding_is_the_encoding() -> None:
@@ -76,7 +80,7 @@ def test_cached_encoding_is_the_encoding() -> None:
         (200, "OK", [("Content-Type", "text/plain")], b"x" * 100, False),
     ]:
         code, reason, headers, body, http10 = args
-        assert ch._encode_cached(code, reason, headers, body, http10) == ch._encode(
+        assert cw.encode_cached(code, reason, headers, body, http10) == cw.encode(
             code, reason, headers, body, http10
         )
 
@@ -110,6 +114,80 @@ def test_short_cut_block_for_generated_heads(pairs: list[tuple[bytes, bytes]]) -
     CR, colons and bytes over 0x7f): whenever a head takes the short cut, its block is the
     rebuilt one."""
     lines = b"".join(n + b":" + v.replace(b"\n", b"") + b"\r\n" for n, v in pairs) + b"\r\n"
-    if ch._PLAIN_HEADER_LINES.fullmatch(lines) is None:
+    if cw.PLAIN_HEADER_LINES.fullmatch(lines) is None:
         return
-    assert ch._REQUEST_LINE + ch._rename_framing(lines) == ch._header_block(lines)
+    assert cw.REQUEST_LINE + cw.rename_framing(lines) == cw.header_block(lines)
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def close(self) -> None:
+        pass
+
+
+def _parse(proto: ch.ControlProtocol, head: bytes) -> tuple[object, ...]:
+    """What ``_parse_head`` makes of ``head``: its fields, or the error answer written."""
+    transport = _Transport()
+    proto._transport = transport  # type: ignore[assignment]
+    proto._state, proto._replied = "head", False
+    ok = proto._parse_head(head)
+    fields = (proto._method, proto._uri, proto._http10, proto._headers, proto._content_length)
+    return (ok, transport.data, *fields, proto._has_te, proto._expect, proto._persist)
+
+
+PROFILES = [
+    [b"Host: 127.0.0.1:5561", b"Content-Type: application/json"],
+    [b"Host: h", b"Connection: close", b"Expect: 100-continue"],
+    [b"Transfer-Encoding: chunked", b"Accept: application/json"],
+    [b"X-A: Content-Length: 5", b"Authorization: Bearer x"],
+    [b"X-Gripd-Content-Length: 3"],
+    [],
+]
+CL_VALUES = [b"0", b"7", b"12", b"99", b"1234567890", b"12345678901", b" 12", b"1a", b"", b"-1"]
+
+
+def test_head_cache_gives_what_parsing_gives() -> None:
+    """F28: heads parsed through a server's cache of header blocks (the same headers, another
+    Content-Length) give exactly what parsing each one gives: fields, or the 400 answer;
+    duplicate Content-Length lines, one inside another header's value, other spellings and
+    values that are not plain digits included."""
+    rng = random.Random(11)
+    cache = cw.HeadCache()
+    cached = ch.ControlProtocol(
+        _Sink(),
+        max_headers_size=10000,
+        max_body_size=10**6,
+        logger=_LOG,
+        keep_alive=True,
+        heads=cache,
+    )
+    plain = ch.ControlProtocol(
+        _Sink(), max_headers_size=10000, max_body_size=10**6, logger=_LOG, keep_alive=True
+    )
+    hits = 0
+    for _ in range(3000):
+        lines = list(rng.choice(PROFILES))
+        for _ in range(rng.choice([0, 1, 1, 1, 2])):
+            name = rng.choice([b"Content-Length", b"Content-Length", b"content-length"])
+            sep = rng.choice([b": ", b": ", b":"])
+            lines.insert(rng.randrange(len(lines) + 1), name + sep + rng.choice(CL_VALUES))
+        version = rng.choice([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0"])
+        head = b"POST /publish/ " + version + b"\r\n" + b"".join(ln + b"\r\n" for ln in lines)
+        head += b"\r\n"
+        key = cw.HeadCache.key(head[head.find(b"\n") + 1 :])
+        hits += key is not None and cache.get(key[0]) is not None
+        assert _parse(cached, head) == _parse(plain, head), head
+    assert hits > 200  # the cache was used
+
+
+class _Sink:
+    def publish(self, items: list[PublishItem], *, source: str) -> None:
+        pass
+
+    def recover(self) -> None:
+        pass

@@ -46,6 +46,18 @@ from gripd.core.publish import (
     PublishItem,
     handle_control_request,
 )
+from gripd.io.inputs.control_wire import (
+    PLAIN_HEADER_LINES,
+    REQUEST_LINE,
+    HeadCache,
+    HeadParser,
+    ParsedHead,
+    encode,
+    encode_cached,
+    header_block,
+    persists,
+    rename_framing,
+)
 from gripd.io.listener.flusher import Flusher
 from gripd.io.observe.ticklog import TickLog
 
@@ -55,10 +67,6 @@ if typing.TYPE_CHECKING:
 _LOG = logging.getLogger("gripd.control")
 _HEAD_END = re.compile(rb"\n\r?\n")
 _CL_RE = re.compile(rb"[ \t\n\r\v\f]*([+-]?[0-9]+)[ \t\n\r\v\f]*\Z")
-# Header lines that _parse_head passes on unchanged: each has a ":" and ends in CRLF.
-_PLAIN_HEADER_LINES = re.compile(rb"(?:[^\n:]*:[^\n]*\r\n)*\r\n")
-# Framing header lines (lower-cased, after their line's LF), whose names become X-Gripd-<name>.
-_FRAMING_LINES = (b"\ncontent-length:", b"\ntransfer-encoding:")
 _NO_BODY_METHODS = frozenset({"HEAD", "GET", "DELETE", "OPTIONS"})
 
 HISTORY_READ_TIMEOUT: typing.Final = 5.0  # seconds to wait for the store before a 503
@@ -72,151 +80,17 @@ class PublishSink(typing.Protocol):
     def recover(self) -> None: ...
 
 
-class _HeadParser:
-    """Collects what httptools reports for one request head: the headers, with the
-    ``X-Gripd-`` prefix ``_parse_head`` adds (or a client sent) removed, and on the way the
-    first Content-Length and Expect values and whether a Transfer-Encoding was sent."""
-
-    __slots__ = ("connection", "content_length", "done", "expect", "has_te", "headers")
-
-    def __init__(self) -> None:
-        self.headers: Headers = []
-        self.done = False
-        self.content_length: str | None = None
-        self.has_te = False
-        self.expect: str | None = None
-        self.connection = ""  # the Connection values, lower-cased, comma-joined
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        k = name.decode("latin-1")
-        v = value.decode("latin-1")
-        lk = k.lower()
-        if lk.startswith("x-gripd-"):
-            k = k[8:]
-            lk = lk[8:]
-        self.headers.append((k, v))
-        if lk == "content-length":
-            if self.content_length is None:
-                self.content_length = v
-        elif lk == "transfer-encoding":
-            self.has_te = True
-        elif lk == "expect" and self.expect is None:
-            self.expect = v
-        elif lk == "connection":
-            self.connection = f"{self.connection},{v.lower()}" if self.connection else v.lower()
-
-    def on_headers_complete(self) -> None:
-        self.done = True
-
-
-def _encode(
-    code: int, reason: str, headers: Headers, body: bytes, http10: bool, keep: bool = False
-) -> bytes:
-    """Pushpin's reply framing: given headers, then ``Connection: close``, ``Content-Length``.
-    ``keep`` (a persistent connection): no ``Connection: close``; ``Connection: keep-alive``
-    for HTTP/1.0, where closing is the default."""
-    lines = [f"HTTP/{'1.0' if http10 else '1.1'} {code} {reason}\r\n"]
-    for k, v in headers:
-        if k.lower() not in ("connection", "transfer-encoding", "content-length"):
-            lines.append(f"{k}: {v}\r\n")
-    if not keep:
-        lines.append("Connection: close\r\n")
-    elif http10:
-        lines.append("Connection: keep-alive\r\n")
-    lines.append(f"Content-Length: {len(body)}\r\n\r\n")
-    return "".join(lines).encode("latin-1", "replace") + body
-
-
-def _persists(version: bytes, connection: str) -> bool:
-    """Whether a connection stays open after this request's answer (RFC 9112 9.3), when
-    persistent connections are on: HTTP/1.1 unless ``Connection: close``, HTTP/1.0 only with
-    ``Connection: keep-alive``, any other version never."""
-    if version == b"HTTP/1.1":
-        return not connection or "close" not in (t.strip() for t in connection.split(","))
-    if version == b"HTTP/1.0":
-        return "keep-alive" in (t.strip() for t in connection.split(","))
-    return False
-
-
-# The few fixed answers (``Published``, ``Updated``, ``Pushpin API``, ``Not Found``, in text or
-# JSON) are encoded once: (code, reason, Content-Type, body, HTTP/1.0, keep) -> the bytes.
-_ENCODED: dict[tuple[int, str, str, bytes, bool, bool], bytes] = {}
-_ENCODED_MAX = 32  # entries; bodies that vary (error texts) are not cached
-_ENCODED_BODY_MAX = 64  # bytes
-
-
-def _encode_cached(
-    code: int, reason: str, headers: Headers, body: bytes, http10: bool, keep: bool = False
-) -> bytes:
-    """:func:`_encode`, from :data:`_ENCODED` for one Content-Type and a short body."""
-    if len(headers) != 1 or len(body) > _ENCODED_BODY_MAX:
-        return _encode(code, reason, headers, body, http10, keep)
-    name, value = headers[0]
-    if name != "Content-Type":
-        return _encode(code, reason, headers, body, http10, keep)
-    key = (code, reason, value, body, http10, keep)
-    out = _ENCODED.get(key)
-    if out is None:
-        out = _encode(code, reason, headers, body, http10, keep)
-        if len(_ENCODED) < _ENCODED_MAX:
-            _ENCODED[key] = out
-    return out
-
-
-_REQUEST_LINE = b"GET / HTTP/1.1\r\n"  # what httptools is fed before the header lines
-
-
-def _header_block(lines: bytes) -> bytes:
-    """The head fed to httptools for the header ``lines`` (what follows the request line, up
-    to and with the blank line): the fixed request line, then each line that has a ``:``,
-    without its CR, ending in CRLF, Content-Length and Transfer-Encoding renamed
-    ``X-Gripd-<name>``; then the blank line."""
-    out = [_REQUEST_LINE[:-2]]
-    for ln in lines.split(b"\n"):
-        if ln.endswith(b"\r"):
-            ln = ln[:-1]
-        if b":" not in ln:
-            continue
-        name, _, value = ln.partition(b":")
-        if name.lower() in (b"content-length", b"transfer-encoding"):
-            name = b"X-Gripd-" + name
-        out.append(name + b":" + value)
-    return b"\r\n".join(out) + b"\r\n\r\n"
-
-
-def _rename_framing(lines: bytes) -> bytes:
-    """``lines`` (header lines) with each Content-Length or Transfer-Encoding header's name
-    (any case) prefixed by ``X-Gripd-``, as :func:`_header_block` does line by line."""
-    low = b"\n" + lines.lower()
-    at: list[int] = []
-    for pattern in _FRAMING_LINES:
-        i = low.find(pattern)
-        while i >= 0:
-            at.append(i)  # where the name starts in ``lines`` (``low`` has one byte more)
-            i = low.find(pattern, i + 1)
-    if not at:
-        return lines
-    at.sort()
-    parts: list[bytes] = []
-    prev = 0
-    for i in at:
-        parts += (lines[prev:i], b"X-Gripd-")
-        prev = i
-    parts.append(lines[prev:])
-    return b"".join(parts)
-
-
 class _Deadlines:
     """The ``client_header_timeout`` deadlines of one server's connections, on one loop timer.
 
     Connections arrive in order and (until a reload lowers it) have the same timeout, so their
-    deadlines come in order: only the earliest needs a timer. A connection that completes is
-    only marked (``_queued`` False; no timer to cancel, which per connection cost more than
-    the rest of a short request's bookkeeping); marked entries are dropped when the timer
-    fires, or in one sweep when they pile up. A persistent connection is queued again for each
-    request: an entry counts only while its generation is the connection's ``_gen``.
-    :meth:`add` refuses a deadline earlier than the last one queued: that connection keeps its
-    own timer.
+    deadlines come in order: only the earliest needs a timer. Nothing is cancelled when a
+    request completes (a timer per connection cost more than the rest of a short request's
+    bookkeeping): the connection's entry stays until it is due, and the connection then looks
+    at its own current deadline (``_deadline``: none, or a later request's, for which it is
+    queued again). A closed connection is only marked (``_queued`` False); marked entries are
+    dropped when the timer fires, or in one sweep when they pile up. :meth:`add` refuses a
+    deadline earlier than the last one queued: that connection keeps its own timer.
     """
 
     __slots__ = ("_live", "_loop", "_queue", "_timer")
@@ -225,23 +99,21 @@ class _Deadlines:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._queue: collections.deque[tuple[float, ControlProtocol, int]] = collections.deque()
+        self._queue: collections.deque[tuple[float, ControlProtocol]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
         self._live = 0  # queued entries still waiting for their deadline
 
-    def add(self, proto: ControlProtocol, timeout: float) -> bool:
-        """Queue ``proto`` to time out ``timeout`` seconds from now; False if out of order."""
-        deadline = self._loop.time() + timeout
+    def add(self, proto: ControlProtocol, deadline: float) -> bool:
+        """Queue ``proto`` to be called at ``deadline`` (loop time); False if out of order."""
         queue = self._queue
         if queue and queue[-1][0] > deadline:
             return False
-        proto._gen += 1
-        queue.append((deadline, proto, proto._gen))
+        queue.append((deadline, proto))
         self._live += 1
         if self._timer is None:
             self._timer = self._loop.call_at(deadline, self._fire)
         elif len(queue) > 2 * self._live + self.SWEEP_SLACK:
-            self._queue = collections.deque(e for e in queue if e[1]._queued and e[1]._gen == e[2])
+            self._queue = collections.deque(e for e in queue if e[1]._queued)
         return True
 
     def finished(self) -> None:
@@ -254,8 +126,8 @@ class _Deadlines:
         # The loop may run a timer up to its clock resolution early; count those as due.
         now = self._loop.time() + 0.001
         while queue:
-            deadline, proto, gen = queue[0]
-            if not proto._queued or proto._gen != gen:
+            deadline, proto = queue[0]
+            if not proto._queued:
                 queue.popleft()
                 continue
             if deadline > now:
@@ -299,16 +171,18 @@ class ControlProtocol(asyncio.Protocol):
         "_buf",
         "_close_after",
         "_content_length",
+        "_deadline",
         "_deadlines",
         "_expect",
         "_flusher",
-        "_gen",
         "_has_te",
         "_header_timeout",
         "_headers",
+        "_heads",
         "_held",
         "_history",
         "_history_timeout",
+        "_history_timer",
         "_http10",
         "_keep_alive",
         "_length",
@@ -348,8 +222,10 @@ class ControlProtocol(asyncio.Protocol):
         deadlines: _Deadlines | None = None,
         keep_alive: bool = False,
         flusher: Flusher | None = None,
+        heads: HeadCache | None = None,
     ) -> None:
         self._sink = sink
+        self._heads = heads  # the server's parsed header blocks (None: parse each)
         # Answers are written at the end of the loop tick through ``flusher`` (None: at once),
         # together with the deliveries of the items they publish; a close waits for them.
         self._flusher = flusher
@@ -358,12 +234,13 @@ class ControlProtocol(asyncio.Protocol):
         self._loop = loop  # None: the running loop, looked up when needed
         self._deadlines = deadlines  # the server's shared header_timeout timer, if any
         self._queued = False  # waiting in self._deadlines
-        self._gen = 0  # which of this connection's entries in self._deadlines counts
+        self._deadline = 0.0  # when the request being read times out (loop time); 0: none
         self._auth = auth
         self._history = history
         self._history_timeout = history_timeout
         self._header_timeout = header_timeout
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # when not in self._deadlines
+        self._history_timer: asyncio.TimerHandle | None = None
         self._peer = ""
         self._max_headers = max_headers_size
         self._max_body = max_body_size
@@ -400,32 +277,50 @@ class ControlProtocol(asyncio.Protocol):
         self._arm()
 
     def _arm(self) -> None:
-        """Start the ``client_header_timeout`` deadline of the next request."""
+        """Start the ``client_header_timeout`` deadline of the next request (a timer already
+        waiting, for an earlier deadline, is kept: it finds this one when it fires)."""
         if self._header_timeout > 0:
-            deadlines = self._deadlines
-            if deadlines is not None and deadlines.add(self, self._header_timeout):
-                self._queued = True
-                return
             loop = self._loop or asyncio.get_running_loop()
-            self._timer = loop.call_at(loop.time() + self._header_timeout, self._on_timeout)
+            self._deadline = loop.time() + self._header_timeout
+            if not self._queued and self._timer is None:
+                self._wait_until(self._deadline)
+
+    def _wait_until(self, deadline: float) -> None:
+        deadlines = self._deadlines
+        if deadlines is not None and deadlines.add(self, deadline):
+            self._queued = True
+        else:
+            loop = self._loop or asyncio.get_running_loop()
+            self._timer = loop.call_at(deadline, self._on_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._out = None
         self._state = "done"
         self._cancel_timer()
-
-    def _cancel_timer(self) -> None:
-        if self._queued:
+        if self._queued:  # its entry is dropped when reached
             self._queued = False
             typing.cast(_Deadlines, self._deadlines).finished()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
+    def _cancel_timer(self) -> None:
+        """The request is complete: no deadline (the timers are left to find that out)."""
+        self._deadline = 0.0
+        if self._history_timer is not None:
+            self._history_timer.cancel()
+            self._history_timer = None
+
     def _on_timeout(self) -> None:
         self._timer = None
-        if self._state == "done" or self._transport is None:
+        deadline = self._deadline
+        if deadline == 0.0 or self._state == "done" or self._transport is None:
+            return
+        loop = self._loop or asyncio.get_running_loop()
+        # The loop may run a timer up to its clock resolution early; count that as due.
+        if deadline > loop.time() + 0.001:  # a later request's deadline: wait for it
+            self._wait_until(deadline)
             return
         if self._served and self._state == "head" and not self._buf:
             self._state = "done"  # an idle persistent connection: closed without an answer
@@ -544,12 +439,23 @@ class ControlProtocol(asyncio.Protocol):
             self._error(400, "Bad Request", "Failed to parse request header.")
             return False
         rest = head[nl + 1 :]
-        if _PLAIN_HEADER_LINES.fullmatch(rest) is not None:
-            # Every line ends in CRLF and has a ":": _header_block would rebuild ``rest`` itself.
-            block = _REQUEST_LINE + _rename_framing(rest)
+        heads = self._heads
+        key = HeadCache.key(rest) if heads is not None else None
+        if key is not None:
+            known = typing.cast(HeadCache, heads).get(key[0])
+            if known is not None:
+                headers = known.headers.copy()
+                name = headers[known.cl_index][0]
+                cl = key[1].decode("latin-1")
+                headers[known.cl_index] = (name, cl)
+                self._set_head(parts, headers, cl, known.has_te, known.expect, known.connection)
+                return True
+        if PLAIN_HEADER_LINES.fullmatch(rest) is not None:
+            # Every line ends in CRLF and has a ":": header_block would rebuild ``rest`` itself.
+            block = REQUEST_LINE + rename_framing(rest)
         else:
-            block = _header_block(rest)
-        collector = _HeadParser()
+            block = header_block(rest)
+        collector = HeadParser()
         parser = httptools.HttpRequestParser(collector)
         try:
             parser.feed_data(block)
@@ -560,16 +466,33 @@ class ControlProtocol(asyncio.Protocol):
         if not collector.done:
             self._error(400, "Bad Request", "Failed to parse request header.")
             return False
+        c = collector
+        if key is not None and c.cl_count == 1:
+            at = next(i for i, (k, _) in enumerate(c.headers) if k.lower() == "content-length")
+            typing.cast(HeadCache, heads).put(
+                key[0], ParsedHead(c.headers.copy(), at, c.has_te, c.expect, c.connection)
+            )
+        self._set_head(parts, c.headers, c.content_length, c.has_te, c.expect, c.connection)
+        return True
+
+    def _set_head(
+        self,
+        parts: list[bytes],
+        headers: Headers,
+        content_length: str | None,
+        has_te: bool,
+        expect: str | None,
+        connection: str,
+    ) -> None:
         self._method = parts[0].decode("latin-1")
         self._uri = parts[1].decode("latin-1")
         self._http10 = parts[2] == b"HTTP/1.0"
-        self._headers = collector.headers
-        self._content_length = collector.content_length
-        self._has_te = collector.has_te
-        self._expect = collector.expect
+        self._headers = headers
+        self._content_length = content_length
+        self._has_te = has_te
+        self._expect = expect
         if self._keep_alive:
-            self._persist = _persists(parts[2], collector.connection)
-        return True
+            self._persist = persists(parts[2], connection)
 
     def _read_body(self, data: bytes) -> None:
         length = self._length
@@ -678,7 +601,7 @@ class ControlProtocol(asyncio.Protocol):
         self._cancel_timer()  # the request is complete: from here the store's time counts
         if self._history_timeout > 0:
             loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._history_timeout, self._on_history_timeout)
+            self._history_timer = loop.call_later(self._history_timeout, self._on_history_timeout)
         try:
             reader.read(q.channel, q.after, q.limit, answer)
         except Exception:
@@ -688,7 +611,7 @@ class ControlProtocol(asyncio.Protocol):
                 self._answer(500, "Internal Server Error", "Internal error.")
 
     def _on_history_timeout(self) -> None:
-        self._timer = None
+        self._history_timer = None
         if not self._replied:
             self._log.warning(
                 "control: history not read within %gs; 503 for %s", self._history_timeout, self._uri
@@ -740,9 +663,9 @@ class ControlProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        encode = _encode_cached if cache else _encode
+        encoder = encode_cached if cache else encode
         keep = self._persist
-        self._send(encode(code, reason, headers, body, self._http10, keep), close=not keep)
+        self._send(encoder(code, reason, headers, body, self._http10, keep), close=not keep)
         if not keep:
             self._next = b""
             return
@@ -815,6 +738,7 @@ async def start_control_server(
     lim = limits or ControlLimits(10000, 1_000_000, 0.0)
     deadlines = _Deadlines(loop)
     flusher = Flusher(loop)
+    heads = HeadCache()
     return await loop.create_server(
         lambda: ControlProtocol(
             sink,
@@ -830,6 +754,7 @@ async def start_control_server(
             deadlines=deadlines,
             keep_alive=lim.keep_alive,
             flusher=flusher,
+            heads=heads,
         ),
         host,
         port,
