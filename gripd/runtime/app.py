@@ -172,6 +172,7 @@ class App:
             connect_timeout=config.origin_connect_timeout,
             response_timeout=config.origin_response_timeout,
             response_head_max=config.origin_response_head_max,
+            flusher=self.flusher,
         )
         self.forward = forward_settings(config)
         self.tokens = TokenCache()

@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 
 from gripd.core.errors import OriginConnectError, OriginError
 from gripd.core.headers import Headers
+from gripd.io.listener.flusher import Flusher
 from gripd.io.origin import connection as origin_conn
 from gripd.io.origin import http as origin_mod
 from gripd.io.origin.endpoint import Endpoint
@@ -753,6 +754,23 @@ async def test_scenario_asyncio(case: Scenario) -> None:
 
 @pytest.mark.parametrize("case", SCENARIOS, ids=lambda f: f.__name__)
 def test_scenario_uvloop(case: Scenario) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(case())
+
+
+@pytest.mark.parametrize("case", SCENARIOS, ids=lambda f: f.__name__)
+def test_scenario_uvloop_writes_at_tick_end(
+    case: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every scenario again with the request bytes sent at the end of the loop tick, through
+    a flusher, as gripd's pool does (bodies past WRITE_NOW in a tick go out at once)."""
+    init = OriginPool.__init__
+
+    def with_flusher(self: OriginPool, **kw: Any) -> None:
+        kw.setdefault("flusher", Flusher(asyncio.get_running_loop()))
+        init(self, **kw)
+
+    monkeypatch.setattr(OriginPool, "__init__", with_flusher)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(case())
 

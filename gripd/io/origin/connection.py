@@ -29,6 +29,7 @@ import httptools
 from gripd.core.errors import OriginError
 from gripd.core.headers import Headers
 from gripd.core.http import interim_head_problem
+from gripd.io.listener.client_writes import WRITE_NOW
 
 if TYPE_CHECKING:
     from gripd.io.origin.endpoint import Endpoint
@@ -112,6 +113,8 @@ class OriginConnection(asyncio.Protocol):
         "_msg_done",
         "_no_body",
         "_parser",
+        "_pending",
+        "_pending_size",
         "_pool",
         "_reading_paused",
         "_reason",
@@ -131,6 +134,8 @@ class OriginConnection(asyncio.Protocol):
         self._reading_paused = False
         self._body_seen = False
         self._parser: httptools.HttpResponseParser | None = None
+        self._pending: list[bytes] | None = None  # request bytes queued for the tick's end
+        self._pending_size = 0
         self._reset_response()
 
     def _reset_response(self) -> None:
@@ -158,8 +163,30 @@ class OriginConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self._closed:
+        """Send request bytes: at the end of the loop tick through the pool's flusher (a
+        large body at once, past ``WRITE_NOW`` in a tick, so flow control sees it), else now.
+        Sends made back to back find their reader awake more often (bench/RESULTS.md)."""
+        if self.transport is None or self._closed:
+            return
+        flusher = self._pool.flusher
+        if flusher is None:
             self.transport.write(data)
+            return
+        if self._pending is None:
+            self._pending = [data]
+            self._pending_size = len(data)
+            flusher.mark(self)
+        else:
+            self._pending.append(data)
+            self._pending_size += len(data)
+        if self._pending_size >= WRITE_NOW:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, None
+        self._pending_size = 0
+        if pending and self.transport is not None and not self._closed:
+            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def pause(self) -> None:
         if not self._reading_paused and self.transport is not None and not self._closed:
@@ -174,6 +201,7 @@ class OriginConnection(asyncio.Protocol):
     def close(self) -> None:
         """Close now: unsent request bytes are dropped (a peer that stopped reading can't block)."""
         self._closed = True
+        self._pending = None
         self._pool.forget(self)
         if self.transport is not None:
             self.transport.abort()

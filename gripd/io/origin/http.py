@@ -30,6 +30,7 @@ from typing import Literal
 
 from gripd.core.errors import OriginConnectError, OriginError
 from gripd.core.headers import Headers
+from gripd.io.listener.flusher import Flusher
 from gripd.io.origin.connection import OriginConnection
 from gripd.io.origin.endpoint import Endpoint
 
@@ -351,8 +352,12 @@ class OriginPool:
         idle_timeout: float = 60.0,
         response_head_max: int = 65_536,
         logger: logging.Logger | None = None,
+        flusher: Flusher | None = None,
     ) -> None:
         self.connect_timeout = connect_timeout
+        # Request bytes go out at the end of the loop tick through ``flusher`` (None: at once),
+        # with the other connections' writes of that tick.
+        self.flusher = flusher
         self.response_head_max = response_head_max
         self.response_timeout = response_timeout
         self.max_idle_per_endpoint = max_idle_per_endpoint
