@@ -87,7 +87,7 @@ class Reader:
         self.writer: asyncio.StreamWriter | None = None
 
     async def open(self, port: int, path: str) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), WAIT)
         self.writer = writer
         writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)

@@ -29,7 +29,11 @@ under exactly that name (``has_channel``); others are counted in ``filtered``.
 
 Receive loops await one message, then drain up to ``DRAIN_MAX`` more without blocking and hand
 them to the sink as one batch (research §3.6: 3-4x the throughput of awaiting each message),
-then yield to the event loop, so a large burst reaches clients progressively.
+then yield to the event loop, so a large burst reaches clients progressively. While batches
+come out full (a backlog), each may take twice as many as the last, up to ``DRAIN_BACKLOG_MAX``:
+a client's deliveries of one batch go out in one write, so under a backlog spread over many
+channels the writes per item fall (bench/RESULTS.md, "ZeroMQ bursts"); the first batch of a
+burst stays small, so its first items go out as soon as before.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ _LOG = logging.getLogger("gripd.zmq")
 
 PULL_HWM = 101000  # Pushpin's DEFAULT_HWM for the PULL socket (F31)
 DRAIN_MAX = 256  # messages taken per wake-up before yielding to the loop
+DRAIN_BACKLOG_MAX = 4096  # the most taken at once while the previous batches came out full
 _KEEPALIVE = (30, 6, 5)  # idle, count, interval: Pushpin's SUB settings in connect mode
 
 
@@ -382,7 +387,8 @@ class ZmqInputs:
         parse = parse_pull_message if source == "zmq-pull" else parse_sub_message
         # A synchronous view of the same socket, for the non-blocking drain.
         shadow: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
-        more = False  # the last batch stopped at DRAIN_MAX: messages may be waiting
+        more = False  # the last batch stopped at its limit: messages may be waiting
+        limit = DRAIN_MAX  # doubles while batches come out full, back to DRAIN_MAX when not
         while True:
             try:
                 if more:
@@ -412,7 +418,7 @@ class ZmqInputs:
                 self._take(frames, parse, source, label, batch)
                 n += 1
                 frames = None
-                if n < DRAIN_MAX:
+                if n < limit:
                     try:
                         frames = shadow.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
@@ -420,7 +426,8 @@ class ZmqInputs:
                     except zmq.ZMQError as e:
                         if e.errno not in (zmq.ETERM, zmq.ENOTSOCK):
                             self.log.error("%s: receive failed: %s", label, e)
-            more = n >= DRAIN_MAX
+            more = n >= limit
+            limit = min(limit * 2, DRAIN_BACKLOG_MAX) if more else DRAIN_MAX
             if batch:
                 self.received[source] += len(batch)
                 try:
