@@ -67,6 +67,11 @@ async def serve(sock: socket.socket, admission_fd: int) -> int:
     setup = init.result()
 
     setup_logging(setup["log_level"], setup["logfile"], setup["config"].log_format)
+    ports = setup["config"].local_ports
+    if len(unix) != len(ports):  # the hub sends one listening socket per local_ports entry
+        link.send(("ready", f"received {len(unix)} local_ports sockets for {len(ports)} ports"))
+        link.flush()
+        return 1
     admission = Admission(admission_fd, setup["count"], setup["index"])
     app = App(
         setup["config"],
@@ -77,7 +82,7 @@ async def serve(sock: socket.socket, admission_fd: int) -> int:
             link,
             admission,
             setup.get("generation", 0),
-            tuple(zip(setup["config"].local_ports, unix, strict=False)),
+            tuple(zip(ports, unix, strict=True)),
         ),
     )
     handler.append(app.on_hub_message)
