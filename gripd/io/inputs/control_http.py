@@ -194,7 +194,6 @@ class ControlProtocol(asyncio.Protocol):
         "_method",
         "_next",
         "_out",
-        "_peer",
         "_persist",
         "_queued",
         "_replied",
@@ -241,7 +240,6 @@ class ControlProtocol(asyncio.Protocol):
         self._header_timeout = header_timeout
         self._timer: asyncio.TimerHandle | None = None  # when not in self._deadlines
         self._history_timer: asyncio.TimerHandle | None = None
-        self._peer = ""
         self._max_headers = max_headers_size
         self._max_body = max_body_size
         self._log = logger
@@ -272,8 +270,6 @@ class ControlProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = typing.cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self._transport = transport
-        peer = transport.get_extra_info("peername")
-        self._peer = str(peer[0]) if peer else ""
         self._arm()
 
     def _arm(self) -> None:
@@ -305,6 +301,11 @@ class ControlProtocol(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
+    def _peer(self) -> str:
+        """The peer's address, for log lines (looked up only then: a syscall per connection)."""
+        peer = self._transport.get_extra_info("peername") if self._transport is not None else None
+        return str(peer[0]) if peer else ""
+
     def _cancel_timer(self) -> None:
         """The request is complete: no deadline (the timers are left to find that out)."""
         self._deadline = 0.0
@@ -331,7 +332,7 @@ class ControlProtocol(asyncio.Protocol):
             "408; peer %s",
             self._header_timeout,
             self._state,
-            self._peer,
+            self._peer(),
         )
         self._error(408, "Request Timeout", "Request not complete in time.")
 
@@ -532,7 +533,7 @@ class ControlProtocol(asyncio.Protocol):
             self._uri,
             refused.code,
             refused.message,
-            self._peer,
+            self._peer(),
         )
         headers: Headers = [("WWW-Authenticate", "Bearer")] if refused.code == 401 else []
         headers.append(("Content-Type", "text/plain"))
