@@ -22,8 +22,10 @@ time is closed without an answer): a peer that has not sent it all by then gets 
 close, so slow or stalled peers cannot hold connections open. The deadlines share one loop
 timer per server (``_Deadlines``): no task and no timer per connection.
 
-Publishers open one connection per publish, so this path is kept short: the head is searched
-where it arrived, the fixed 200 answers are encoded once, and headers are read in one pass.
+Publishers send one request per published item all day, so this path is kept short: the head
+is searched where it arrived, a header block seen before is not parsed again (``HeadCache``),
+the fixed 200 answers are encoded once, and on a persistent connection the answer goes out at
+the end of the loop tick, with the deliveries of what it published.
 """
 
 from __future__ import annotations
