@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -17,7 +18,13 @@ import pytest
 
 from gripd.core.history import HistoryPolicy, Replay
 from gripd.io.handler.history import ReplayDone
-from gripd.io.inputs.control_http import ControlLimits, start_control_server
+from gripd.io.inputs.control_http import (
+    ControlLimits,
+    ControlProtocol,
+    _Deadlines,
+    start_control_server,
+)
+from gripd.io.listener.flusher import Flusher
 from tests.support.sinks import RecordingSink
 
 
@@ -290,3 +297,93 @@ def _publish_20(pub: Any) -> None:
     for i in range(20):
         pub.publish_http_stream(f"c{i}", "x", blocking=True)
     pub.clients[0].requests_session.close()  # its kept connection too
+
+
+class _Transport(asyncio.Transport):
+    """Records writes and whether reading is paused (for the protocol without a socket)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+        self.paused = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert not self.closed, "write after close"
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+def _protocol(**kw: Any) -> tuple[ControlProtocol, _Transport]:
+    loop = asyncio.get_running_loop()
+    proto = ControlProtocol(
+        RecordingSink(),
+        max_headers_size=10000,
+        max_body_size=100_000,
+        logger=logging.getLogger("test.control"),
+        loop=loop,
+        keep_alive=True,
+        flusher=Flusher(loop),
+        **kw,
+    )
+    transport = _Transport()
+    proto.connection_made(transport)
+    return proto, transport
+
+
+async def test_one_deadline_timer_for_a_busy_persistent_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A persistent publisher sending every 10 ms with a 50 ms header timeout: the server's
+    deadline timer fires about once per timeout period (a connection queued again from the
+    timer's own callback must not start a second timer, which then multiply)."""
+    fires = 0
+    fire = _Deadlines._fire
+
+    def counting(self: _Deadlines) -> None:
+        nonlocal fires
+        fires += 1
+        fire(self)
+
+    monkeypatch.setattr(_Deadlines, "_fire", counting)
+    loop = asyncio.get_running_loop()
+    proto, transport = _protocol(header_timeout=0.05, deadlines=_Deadlines(loop))
+    end = loop.time() + 1.5
+    sent = 0
+    while loop.time() < end:
+        await asyncio.sleep(0.01)
+        proto.data_received(pub(sent))
+        sent += 1
+    await asyncio.sleep(0)  # the last answer goes out at the end of the tick
+    assert not transport.closed  # never timed out: each request came in time
+    assert transport.written.count(b"HTTP/1.1 200 OK") == sent
+    assert fires < 100, fires  # about 30 with one timer; hundreds when timers multiply
+
+
+async def test_a_later_answer_does_not_resume_reading_while_writes_are_paused() -> None:
+    """A history read answered while the peer does not read its answers (writing paused):
+    the requests held behind it are answered, and reading stays paused until writing
+    resumes."""
+    history = LaterHistory()
+    proto, transport = _protocol(history=history, history_timeout=0)
+    read = b"GET /channels/a/items HTTP/1.1\r\nAccept: application/json\r\n\r\n"
+    proto.data_received(read + pub(1) + pub(2))
+    assert transport.paused and history.waiting
+    proto.pause_writing()
+    history.waiting.pop()(Replay("off"))
+    await asyncio.sleep(0.05)
+    assert transport.written.count(b"HTTP/1.1 200 OK") == 3
+    assert transport.paused, "reading resumed while writing is paused"
+    proto.resume_writing()
+    assert not transport.paused
