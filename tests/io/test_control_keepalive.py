@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from gripd.core.history import HistoryPolicy, Replay
+from gripd.io.deadlines import DeadlineQueue
 from gripd.io.handler.history import ReplayDone
 from gripd.io.inputs.control_http import (
     ControlLimits,
     ControlProtocol,
-    _Deadlines,
     start_control_server,
 )
 from gripd.io.listener.flusher import Flusher
@@ -349,16 +349,16 @@ async def test_one_deadline_timer_for_a_busy_persistent_connection(
     deadline timer fires about once per timeout period (a connection queued again from the
     timer's own callback must not start a second timer, which then multiply)."""
     fires = 0
-    fire = _Deadlines._fire
+    fire = DeadlineQueue._fire
 
-    def counting(self: _Deadlines) -> None:
+    def counting(self: DeadlineQueue) -> None:
         nonlocal fires
         fires += 1
         fire(self)
 
-    monkeypatch.setattr(_Deadlines, "_fire", counting)
+    monkeypatch.setattr(DeadlineQueue, "_fire", counting)
     loop = asyncio.get_running_loop()
-    proto, transport = _protocol(header_timeout=0.05, deadlines=_Deadlines(loop))
+    proto, transport = _protocol(header_timeout=0.05, deadlines=DeadlineQueue(loop))
     end = loop.time() + 1.5
     sent = 0
     while loop.time() < end:

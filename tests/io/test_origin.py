@@ -446,6 +446,39 @@ async def response_timeout_ends_at_head_even_if_request_ends_later() -> None:
 
 
 @scenario
+async def response_timeout_waits_while_the_upload_moves() -> None:
+    """A chunked upload sending a chunk every 60 ms for 0.4 s with a 0.15 s response timeout:
+    not timed out while it moves; the head that comes 0.1 s after the end is in time."""
+
+    async def after_upload(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        while not (await reader.readline()).startswith(b"0\r\n"):
+            pass
+        await asyncio.sleep(0.1)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await reader.read()
+
+    async with RawOrigin(after_upload) as srv:
+        pool = OriginPool(response_timeout=0.15)
+        rec = Recorder()
+        hdrs = [("Transfer-Encoding", "chunked")]
+        ex = await pool.open(
+            [Endpoint(LOCAL, srv.port)], "POST", "/", hdrs, rec, body_framing="chunked"
+        )
+        for _ in range(7):
+            await asyncio.sleep(0.06)
+            ex.send_body(b"x")
+        ex.end_body()
+        await asyncio.wait_for(rec.done, 5)
+        assert (rec.status, bytes(rec.body), rec.error) == (200, b"ok", None)
+        silent = Recorder()  # and a request nobody answers still times out
+        await pool.open([Endpoint(LOCAL, srv.port)], "GET", "/", [], silent, body_framing="none")
+        await asyncio.wait_for(silent.done, 5)
+        assert str(silent.error) == "timeout"
+        await pool.close()
+
+
+@scenario
 async def connect_timeout_fails_over_then_gives_up() -> None:
     # A TCP server that never answers the TLS ClientHello: the connect (with handshake) times out.
     async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -20,7 +20,8 @@ written before items are handed to the sink. The history read API is answered he
 accept (on a persistent connection, from the previous answer; one that receives nothing in that
 time is closed without an answer): a peer that has not sent it all by then gets ``408`` and a
 close, so slow or stalled peers cannot hold connections open. The deadlines share one loop
-timer per server (``_Deadlines``): no task and no timer per connection.
+timer per server (:class:`~gripd.io.deadlines.DeadlineQueue`): no task and no timer per
+connection.
 
 Publishers send one request per published item all day, so this path is kept short: the head
 is searched where it arrived, a header block seen before is not parsed again (``HeadCache``),
@@ -31,7 +32,6 @@ the end of the loop tick, with the deliveries of what it published.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import re
 import time
@@ -48,6 +48,7 @@ from gripd.core.publish import (
     PublishItem,
     handle_control_request,
 )
+from gripd.io.deadlines import DeadlineQueue
 from gripd.io.inputs.control_wire import (
     PLAIN_HEADER_LINES,
     REQUEST_LINE,
@@ -80,78 +81,6 @@ class PublishSink(typing.Protocol):
     def publish(self, items: list[PublishItem], *, source: str) -> None: ...
 
     def recover(self) -> None: ...
-
-
-class _Deadlines:
-    """The ``client_header_timeout`` deadlines of one server's connections, on one loop timer.
-
-    Connections arrive in order and (until a reload lowers it) have the same timeout, so their
-    deadlines come in order: only the earliest needs a timer. Nothing is cancelled when a
-    request completes (a timer per connection cost more than the rest of a short request's
-    bookkeeping): the connection's entry stays until it is due, and the connection then looks
-    at its own current deadline (``_deadline``: none, or a later request's, for which it is
-    queued again). A closed connection is only marked (``_queued`` False); marked entries are
-    dropped when the timer fires, or in one sweep when they pile up. :meth:`add` refuses a
-    deadline earlier than the last one queued: that connection keeps its own timer.
-    """
-
-    __slots__ = ("_firing", "_live", "_loop", "_queue", "_timer")
-
-    SWEEP_SLACK: typing.Final = 1024  # marked entries tolerated beyond twice the live ones
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._queue: collections.deque[tuple[float, ControlProtocol]] = collections.deque()
-        self._timer: asyncio.TimerHandle | None = None
-        self._live = 0  # queued entries still waiting for their deadline
-        # In _fire: a connection queued again from its _on_timeout is only appended (the one
-        # timer is set when _fire is done, and the queue is not swept under it).
-        self._firing = False
-
-    def add(self, proto: ControlProtocol, deadline: float) -> bool:
-        """Queue ``proto`` to be called at ``deadline`` (loop time); False if out of order."""
-        queue = self._queue
-        if queue and queue[-1][0] > deadline:
-            return False
-        queue.append((deadline, proto))
-        self._live += 1
-        if self._firing:
-            return True
-        if self._timer is None:
-            self._timer = self._loop.call_at(deadline, self._fire)
-        elif len(queue) > 2 * self._live + self.SWEEP_SLACK:
-            self._queue = collections.deque(e for e in queue if e[1]._queued)
-        return True
-
-    def finished(self) -> None:
-        """One queued connection no longer waits (its ``_queued`` was cleared)."""
-        self._live -= 1
-
-    def _fire(self) -> None:
-        self._timer = None
-        queue = self._queue
-        # The loop may run a timer up to its clock resolution early; count those as due.
-        now = self._loop.time() + 0.001
-        self._firing = True
-        try:
-            while queue:
-                deadline, proto = queue[0]
-                if not proto._queued:
-                    queue.popleft()
-                    continue
-                if deadline > now:
-                    break
-                queue.popleft()
-                proto._queued = False
-                self._live -= 1
-                try:
-                    proto._on_timeout()
-                except Exception:  # one connection's failure must not stop the others' timeouts
-                    _LOG.exception("control: timing out a request failed")
-        finally:
-            self._firing = False
-        if queue:
-            self._timer = self._loop.call_at(queue[0][0], self._fire)
 
 
 class ControlLimits:
@@ -208,7 +137,6 @@ class ControlProtocol(asyncio.Protocol):
         "_next_pos",
         "_out",
         "_persist",
-        "_queued",
         "_replied",
         "_served",
         "_sink",
@@ -217,6 +145,7 @@ class ControlProtocol(asyncio.Protocol):
         "_transport",
         "_uri",
         "_write_paused",
+        "deadline_queued",
     )
 
     def __init__(
@@ -232,7 +161,7 @@ class ControlProtocol(asyncio.Protocol):
         history_timeout: float = HISTORY_READ_TIMEOUT,
         auth: PublishGate | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
-        deadlines: _Deadlines | None = None,
+        deadlines: DeadlineQueue | None = None,
         keep_alive: bool = False,
         flusher: Flusher | None = None,
         heads: HeadCache | None = None,
@@ -246,7 +175,7 @@ class ControlProtocol(asyncio.Protocol):
         self._close_after = False
         self._loop = loop  # None: the running loop, looked up when needed
         self._deadlines = deadlines  # the server's shared header_timeout timer, if any
-        self._queued = False  # waiting in self._deadlines
+        self.deadline_queued = False  # waiting in self._deadlines
         self._deadline = 0.0  # when the request being read times out (loop time); 0: none
         self._auth = auth
         self._history = history
@@ -294,14 +223,12 @@ class ControlProtocol(asyncio.Protocol):
         if self._header_timeout > 0:
             loop = self._loop or asyncio.get_running_loop()
             self._deadline = loop.time() + self._header_timeout
-            if not self._queued and self._timer is None:
+            if not self.deadline_queued and self._timer is None:
                 self._wait_until(self._deadline)
 
     def _wait_until(self, deadline: float) -> None:
         deadlines = self._deadlines
-        if deadlines is not None and deadlines.add(self, deadline):
-            self._queued = True
-        else:
+        if deadlines is None or not deadlines.add(self, deadline):
             loop = self._loop or asyncio.get_running_loop()
             self._timer = loop.call_at(deadline, self._on_timeout)
 
@@ -310,9 +237,9 @@ class ControlProtocol(asyncio.Protocol):
         self._out = None
         self._state = "done"
         self._cancel_timer()
-        if self._queued:  # its entry is dropped when reached
-            self._queued = False
-            typing.cast(_Deadlines, self._deadlines).finished()
+        if self.deadline_queued:  # its entry is dropped when reached
+            self.deadline_queued = False
+            typing.cast(DeadlineQueue, self._deadlines).finished()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -328,6 +255,9 @@ class ControlProtocol(asyncio.Protocol):
         if self._history_timer is not None:
             self._history_timer.cancel()
             self._history_timer = None
+
+    def on_deadline(self) -> None:
+        self._on_timeout()
 
     def _on_timeout(self) -> None:
         self._timer = None
@@ -766,7 +696,7 @@ async def start_control_server(
     log = logger or _LOG
     loop = asyncio.get_running_loop()
     lim = limits or ControlLimits(10000, 1_000_000, 0.0)
-    deadlines = _Deadlines(loop)
+    deadlines = DeadlineQueue(loop)
     flusher = Flusher(loop)
     heads = HeadCache()
     return await loop.create_server(
