@@ -173,6 +173,26 @@ class StatsReader:
             await asyncio.sleep(0.02)
         raise TimeoutError(f"no matching stats packet in {self.packets}")
 
+    async def wait_report_sums(
+        self, done: Callable[[dict[str, int]], bool], timeout: float = 10.0
+    ) -> tuple[dict[str, int], Frame]:
+        """The counts of every ``report`` packet so far summed (each covers one interval, so
+        two publishes may land in two reports), once ``done`` holds for them; and the last
+        report."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout * TIME_SCALE
+        while loop.time() < deadline:
+            reports = [p for p in self.packets if p[0] == "report"]
+            sums: dict[str, int] = {}
+            for _, fields in reports:
+                for k, v in fields.items():
+                    if isinstance(v, int):
+                        sums[k] = sums.get(k, 0) + v
+            if reports and done(sums):
+                return sums, reports[-1]
+            await asyncio.sleep(0.02)
+        raise TimeoutError(f"report sums never matched in {self.packets}")
+
     async def close(self) -> None:
         self._task.cancel()
         self.sock.close(0)
@@ -270,8 +290,8 @@ async def test_stats_and_metrics(proxy: Callable[[str], Awaitable[Proxy]], fmt: 
         assert (m[1]["count"], m[1]["transport"]) == (1, "http-response")
         await reader.wait(_is("activity"))
 
-        report = await reader.wait(lambda f: f[0] == "report" and f[1].get("sent", 0) >= 2)
-        assert report[1]["received"] == 2 and report[1]["http-response-sent"] == 1
+        sums, report = await reader.wait_report_sums(lambda s: s.get("sent", 0) >= 2)
+        assert sums["received"] == 2 and sums["http-response-sent"] == 1
         report_keys = set(report[1])
 
         stream.close()
