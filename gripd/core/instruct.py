@@ -202,6 +202,12 @@ def _parse_params(s: str, parse_first: bool = False) -> list[_Param] | None:
     ignored; an unterminated quote or dangling escape makes the whole element invalid (None)."""
     if '"' not in s:
         return _parse_unquoted_params(s, parse_first)
+    return _parse_params_full(s, parse_first)
+
+
+def _parse_params_full(s: str, parse_first: bool = False) -> list[_Param] | None:
+    """:func:`_parse_params` by the whole grammar, for any text (the reference of the
+    unquoted shortcut)."""
     out: list[_Param] = []
     n = len(s)
     start = 0
