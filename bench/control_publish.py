@@ -42,8 +42,8 @@ from tests.support.procs import (  # noqa: E402
     NO_RATE_LIMIT,
     Server,
     merge_conf,
-    process_tree,
     start_server,
+    tree_cpu_times,
 )
 
 PY_SPY = Path(sys.executable).parent / "py-spy"  # next to the interpreter: the venv's
@@ -127,22 +127,6 @@ async def _drive(
     return codes
 
 
-def tree_times(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of ``pid`` and its live descendants, from /proc/<pid>/stat
-    (the same fields as ``tests.support.procs.tree_cpu_seconds``, kept apart)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    user = system = 0
-    for p in process_tree(pid):
-        try:
-            stat = Path(f"/proc/{p}/stat").read_text()
-        except OSError:
-            continue
-        rest = stat[stat.rfind(")") + 2 :].split()
-        user += int(rest[11])
-        system += int(rest[12])
-    return user / tick, system / tick
-
-
 @dataclasses.dataclass
 class Run:
     """One run's result: server CPU-µs per request (user, system), wall seconds, statuses."""
@@ -162,12 +146,12 @@ def one_run(server: Server, m: int, concurrency: int, pipeline: int = 0) -> Run:
     :func:`_drive`)."""
     reqs = [request_bytes(server.control_port, i) for i in range(m)]
     time.sleep(0.5)  # let start-up work settle
-    u0, s0 = tree_times(server.proc.pid)
+    u0, s0 = tree_cpu_times(server.proc.pid)
     t0 = time.monotonic()
     codes = asyncio.run(_drive(server.control_port, reqs, concurrency, 120.0, pipeline))
     wall = time.monotonic() - t0
     time.sleep(0.3)  # the batched log lines and the hand-off finish
-    u1, s1 = tree_times(server.proc.pid)
+    u1, s1 = tree_cpu_times(server.proc.pid)
     return Run((u1 - u0) * 1e6 / m, (s1 - s0) * 1e6 / m, wall, codes)
 
 

@@ -12,15 +12,13 @@ measured one after the other on the same machine. In-process only: no sockets, n
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
+from bench.microbench import best_us, load_module  # noqa: E402
 from gripd.core.headers import Headers  # noqa: E402
 
 _ORDINARY: Headers = [
@@ -62,34 +60,6 @@ CASES: dict[str, Headers] = {
     ],
 }
 
-ParseFn = Callable[..., object]
-
-
-def load_parse(impl: str | None) -> ParseFn:
-    """``parse_instruct`` from the tree, or from the module file at ``impl``."""
-    if impl is None:
-        from gripd.core.instruct import parse_instruct
-
-        return parse_instruct
-    spec = importlib.util.spec_from_file_location("instruct_impl", impl)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["instruct_impl"] = mod  # dataclasses look their module up by name
-    spec.loader.exec_module(mod)
-    fn: ParseFn = mod.parse_instruct
-    return fn
-
-
-def per_parse_us(parse: ParseFn, headers: Headers, n: int, rounds: int) -> float:
-    """Best of ``rounds`` rounds of ``n`` parses, in microseconds per parse."""
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            parse(200, "OK", headers, b"")
-        best = min(best, time.perf_counter() - t0)
-    return best / n * 1e6
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
@@ -97,13 +67,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--impl", help="path of another instruct.py to time instead of the tree's")
     args = ap.parse_args()
-    parse = load_parse(args.impl)
+    parse = load_module("gripd.core.instruct", args.impl).parse_instruct
     print(f"parse_instruct, best of {args.rounds} rounds of {args.n} parses")
     print(f"implementation: {args.impl or 'gripd.core.instruct'}\n")
     print("| headers | µs per parse |")
     print("|---|---|")
     for name, headers in CASES.items():
-        print(f"| {name} | {per_parse_us(parse, headers, args.n, args.rounds):.2f} |")
+        us = best_us(parse, (200, "OK", headers, b""), args.n, args.rounds)
+        print(f"| {name} | {us:.2f} |")
 
 
 if __name__ == "__main__":

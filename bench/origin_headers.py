@@ -15,9 +15,7 @@ only: no sockets, no server.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
+from bench.microbench import best_us, load_module  # noqa: E402
 from gripd.core.headers import Headers  # noqa: E402
 from gripd.core.routes import Route, Target  # noqa: E402
 from gripd.core.sig import SigningKey  # noqa: E402
@@ -79,20 +78,6 @@ ROUTE = Route(
 OrhFn = Callable[..., Any]
 
 
-def load_module(impl: str | None) -> Any:
-    """``gripd.core.forward`` from the tree, or the module file at ``impl``."""
-    if impl is None:
-        import gripd.core.forward as mod
-
-        return mod
-    spec = importlib.util.spec_from_file_location("forward_impl", impl)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["forward_impl"] = mod  # dataclasses look their module up by name
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def cases(mod: Any) -> dict[str, Callable[[], object]]:
     """One zero-argument call per case, arguments bound as the proxy handler passes them."""
 
@@ -129,30 +114,19 @@ def cases(mod: Any) -> dict[str, Callable[[], object]]:
     }
 
 
-def per_call_us(call: Callable[[], object], n: int, rounds: int) -> float:
-    """Best of ``rounds`` rounds of ``n`` calls, in microseconds per call."""
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            call()
-        best = min(best, time.perf_counter() - t0)
-    return best / n * 1e6
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--n", type=int, default=50000, help="calls per round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--impl", help="path of another forward.py to time instead of the tree's")
     args = ap.parse_args()
-    mod = load_module(args.impl)
+    mod = load_module("gripd.core.forward", args.impl)
     print(f"origin_request_headers, best of {args.rounds} rounds of {args.n} calls")
     print(f"implementation: {args.impl or 'gripd.core.forward'}\n")
     print("| case | µs per call |")
     print("|---|---|")
     for name, call in cases(mod).items():
-        print(f"| {name} | {per_call_us(call, args.n, args.rounds):.2f} |")
+        print(f"| {name} | {best_us(call, (), args.n, args.rounds):.2f} |")
 
 
 if __name__ == "__main__":

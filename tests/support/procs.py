@@ -239,18 +239,25 @@ def tree_rss_bytes(pid: int) -> int:
     return total
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User+system CPU seconds used so far by ``pid`` and its live descendants."""
+def tree_cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds used so far by ``pid`` and its live descendants."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    user = system = 0
     for p in process_tree(pid):
         try:
             stat = Path(f"/proc/{p}/stat").read_text()
         except OSError:
             continue
         rest = stat[stat.rfind(")") + 2 :].split()
-        total += int(rest[11]) + int(rest[12])  # utime, stime (fields 14, 15)
-    return total / tick
+        user += int(rest[11])  # utime (field 14)
+        system += int(rest[12])  # stime (field 15)
+    return user / tick, system / tick
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User+system CPU seconds used so far by ``pid`` and its live descendants."""
+    user, system = tree_cpu_times(pid)
+    return user + system
 
 
 def cmdline(pid: int) -> str:
