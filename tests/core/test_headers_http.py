@@ -13,6 +13,7 @@ from gripd.core.http import (
     encode_chunk,
     encode_full,
     interim_head_problem,
+    persistent,
     reason_phrase,
     text_response,
 )
@@ -149,3 +150,21 @@ def test_show_escapes_controls() -> None:
 def test_interim_head_problem(status: int, headers: hdr.Headers, problem: str | None) -> None:
     # Pushpin 1.36 answers 502 to each refused head (checked by running it).
     assert interim_head_problem(status, headers) == problem
+
+
+@pytest.mark.parametrize(
+    ("version", "tokens", "expected"),
+    [
+        ("1.1", [], True),
+        ("1.1", ["close"], False),
+        ("1.1", ["foo", "close"], False),
+        ("1.0", [], False),
+        ("1.0", ["keep-alive"], True),
+        ("1.0", ["keep-alive", "close"], False),  # close wins
+        ("1.2", [], False),
+        ("", ["keep-alive"], False),
+    ],
+)
+def test_persistent(version: str, tokens: list[str], expected: bool) -> None:
+    """RFC 9112 9.3, for the control API's requests and the origin's HEAD responses."""
+    assert persistent(version, tokens) is expected

@@ -41,6 +41,7 @@ import httptools
 
 from gripd.core.headers import Headers
 from gripd.core.history import Replay
+from gripd.core.http import persistent
 from gripd.core.itemjson import accepts_json, history_body, items_channel, parse_items_query
 from gripd.core.pubauth import PublishGate
 from gripd.core.publish import (
@@ -58,7 +59,6 @@ from gripd.io.inputs.control_wire import (
     encode,
     encode_cached,
     header_block,
-    persists,
     rename_framing,
 )
 from gripd.io.listener.flusher import Flusher
@@ -450,7 +450,10 @@ class ControlProtocol(asyncio.Protocol):
         self._has_te = has_te
         self._expect = expect
         if self._keep_alive:
-            self._persist = persists(parts[2], connection)
+            version = parts[2][5:] if parts[2].startswith(b"HTTP/") else b""
+            self._persist = persistent(
+                version.decode("latin-1"), (t.strip() for t in connection.split(","))
+            )
 
     def _read_body(self, data: bytes, pos: int) -> None:
         """The body from ``data[pos:]``; what follows it is the next request (pipelined)."""

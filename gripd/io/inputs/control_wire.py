@@ -74,17 +74,6 @@ def encode(
     return "".join(lines).encode("latin-1", "replace") + body
 
 
-def persists(version: bytes, connection: str) -> bool:
-    """Whether a connection stays open after this request's answer (RFC 9112 9.3), when
-    persistent connections are on: HTTP/1.1 unless ``Connection: close``, HTTP/1.0 only with
-    ``Connection: keep-alive``, any other version never."""
-    if version == b"HTTP/1.1":
-        return not connection or "close" not in (t.strip() for t in connection.split(","))
-    if version == b"HTTP/1.0":
-        return "keep-alive" in (t.strip() for t in connection.split(","))
-    return False
-
-
 # The few fixed answers (``Published``, ``Updated``, ``Pushpin API``, ``Not Found``, in text or
 # JSON) are encoded once: (code, reason, Content-Type, body, HTTP/1.0, keep) -> the bytes.
 _ENCODED: dict[tuple[int, str, str, bytes, bool, bool], bytes] = {}

@@ -28,7 +28,7 @@ import httptools
 
 from gripd.core.errors import OriginError
 from gripd.core.headers import Headers
-from gripd.core.http import interim_head_problem
+from gripd.core.http import interim_head_problem, persistent
 from gripd.io.listener.client_writes import WRITE_NOW
 
 if TYPE_CHECKING:
@@ -391,6 +391,4 @@ def _keep_alive(version: str, headers: Headers) -> bool:
     for k, v in headers:
         if k.lower() == "connection":
             tokens.update(t.strip().lower() for t in v.split(","))
-    if "close" in tokens:
-        return False
-    return version != "1.0" or "keep-alive" in tokens
+    return persistent(version, tokens)
