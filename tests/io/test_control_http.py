@@ -102,6 +102,15 @@ CASES: list[tuple[bytes, bytes]] = [
         b"POST /recover HTTP/1.1\r\n\r\n",
         err("411 Length Required", "Request requires Content-Length."),
     ),
+    # A header named X-Gripd-* is the client's own, not a Content-Length (or Accept) in disguise
+    (
+        b"POST /publish HTTP/1.1\r\nX-Gripd-Content-Length: 2\r\n\r\n{}",
+        err("411 Length Required", "Request requires Content-Length."),
+    ),
+    (
+        b"GET / HTTP/1.1\r\nX-Gripd-Accept: application/json\nx-gripd-x-gripd-a: b\r\n\r\n",
+        reply("200 OK", b"Pushpin API\n"),
+    ),
     (
         b"POST /publish HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
         err("411 Length Required", "Request requires Content-Length."),

@@ -13,14 +13,16 @@ from gripd.core.headers import Headers
 
 # Header lines passed on unchanged (after REQUEST_LINE): each has a ":" and ends in CRLF.
 PLAIN_HEADER_LINES = re.compile(rb"(?:[^\n:]*:[^\n]*\r\n)*\r\n")
-# Framing header lines (lower-cased, after their line's LF), whose names become X-Gripd-<name>.
-_FRAMING_LINES = (b"\ncontent-length:", b"\ntransfer-encoding:")
+# Header lines (lower-cased, after their line's LF) whose names become X-Gripd-<name>: the
+# framing headers, so that httptools applies none of its body rules, and any name a client
+# sent with that prefix already, so that taking one prefix off gives every name back as sent.
+_RENAMED_LINES = (b"\ncontent-length:", b"\ntransfer-encoding:", b"\nx-gripd-")
 
 
 class HeadParser:
-    """Collects what httptools reports for one request head: the headers, with the
-    ``X-Gripd-`` prefix :func:`rename_framing` adds (or a client sent) removed, and on the way the
-    first Content-Length and Expect values and whether a Transfer-Encoding was sent."""
+    """Collects what httptools reports for one request head: the headers, with the one
+    ``X-Gripd-`` prefix :func:`rename_framing` added taken off, and on the way the first
+    Content-Length and Expect values and whether a Transfer-Encoding was sent."""
 
     __slots__ = ("cl_count", "connection", "content_length", "done", "expect", "has_te", "headers")
 
@@ -105,8 +107,8 @@ REQUEST_LINE = b"GET / HTTP/1.1\r\n"  # what httptools is fed before the header 
 def header_block(lines: bytes) -> bytes:
     """The head fed to httptools for the header ``lines`` (what follows the request line, up
     to and with the blank line): the fixed request line, then each line that has a ``:``,
-    without its CR, ending in CRLF, Content-Length and Transfer-Encoding renamed
-    ``X-Gripd-<name>``; then the blank line."""
+    without its CR, ending in CRLF, Content-Length, Transfer-Encoding and ``X-Gripd-*`` names
+    renamed ``X-Gripd-<name>``; then the blank line."""
     out = [REQUEST_LINE[:-2]]
     for ln in lines.split(b"\n"):
         if ln.endswith(b"\r"):
@@ -114,18 +116,20 @@ def header_block(lines: bytes) -> bytes:
         if b":" not in ln:
             continue
         name, _, value = ln.partition(b":")
-        if name.lower() in (b"content-length", b"transfer-encoding"):
+        low = name.lower()
+        if low in (b"content-length", b"transfer-encoding") or low.startswith(b"x-gripd-"):
             name = b"X-Gripd-" + name
         out.append(name + b":" + value)
     return b"\r\n".join(out) + b"\r\n\r\n"
 
 
 def rename_framing(lines: bytes) -> bytes:
-    """``lines`` (header lines) with each Content-Length or Transfer-Encoding header's name
-    (any case) prefixed by ``X-Gripd-``, as :func:`header_block` does line by line."""
+    """``lines`` (header lines) with each Content-Length, Transfer-Encoding or ``X-Gripd-*``
+    header's name (any case) prefixed by ``X-Gripd-``, as :func:`header_block` does line by
+    line."""
     low = b"\n" + lines.lower()
     at: list[int] = []
-    for pattern in _FRAMING_LINES:
+    for pattern in _RENAMED_LINES:
         i = low.find(pattern)
         while i >= 0:
             at.append(i)  # where the name starts in ``lines`` (``low`` has one byte more)
