@@ -108,7 +108,7 @@ CASES: list[tuple[bytes, bytes]] = [
         err("411 Length Required", "Request requires Content-Length."),
     ),
     (
-        b"GET / HTTP/1.1\r\nX-Gripd-Accept: application/json\nx-gripd-x-gripd-a: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX-Gripd-Accept: image/png\nx-gripd-x-gripd-a: b\r\n\r\n",
         reply("200 OK", b"Pushpin API\n"),
     ),
     (
