@@ -42,10 +42,10 @@ from run import (
     latency_rows,
     machine,
     publish_item,
+    run_push,
     split,
     start_origin,
     table,
-    zmq_push,
 )
 
 from tests.support.procs import (
@@ -170,7 +170,11 @@ def run_channels(dep: Deployment, workers: Workers, st: Settings) -> list[Row]:
     workers.all({"op": "reset"})
     gripd0, redis0 = dep.gripd_cpu(), dep.redis_cpu()
     workers.mark()
-    push = zmq_push(a.zmq_pull_port, st.zmq_items, n, st.zmq_format)
+    push = run_push(
+        "zmqpush.py",
+        *("--port", a.zmq_pull_port, "--count", st.zmq_items, "--channels", n),
+        *("--format", st.zmq_format),
+    )
     # Only items whose channel has a connected client can arrive (as in run.py's zmq scenario).
     expected = sum(1 for j in range(push["sent"]) if j % n < ok)
     d = drain(workers, expected)
