@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 
 from gripd.core.config_gripd import (
     _bus,
+    _control_keep_alive,
     _gone_event,
     _log_format,
     _publish_iss,
@@ -660,6 +661,7 @@ def load_config(
         return r.str_(first, key) or r.str_(second, key)
 
     extra = {s: {k: r.resolve(e[0]) for k, e in keys.items()} for s, keys in r.merged.items()}
+    header_timeout = r.float_("gripd", "client_header_timeout", 30.0, allow_zero=True)
 
     return Config(
         config_path=path,
@@ -732,7 +734,7 @@ def load_config(
         max_request_body=r.int_("gripd", "max_request_body", 100_000_000, minimum=0),
         ws_max_message_size=r.int_("gripd", "ws_max_message_size", 1_048_576, minimum=125),
         slow_client_policy=_slow_policy(r),
-        client_header_timeout=r.float_("gripd", "client_header_timeout", 30.0, allow_zero=True),
+        client_header_timeout=header_timeout,
         client_idle_timeout=r.float_("gripd", "client_idle_timeout", 60.0, allow_zero=True),
         client_pipeline_max=r.int_("gripd", "client_pipeline_max", 32, minimum=0),
         client_pipeline_bytes_max=r.int_(
@@ -753,7 +755,7 @@ def load_config(
         wildcard_channels=_wildcard_channels(r),
         tls_reload_interval=_tls_reload_interval(r),
         http2=r.bool_("gripd", "http2", True),
-        control_keep_alive=r.bool_("gripd", "control_keep_alive", False),
+        control_keep_alive=_control_keep_alive(r, header_timeout),
         # SETTINGS values are 32-bit; beyond these bounds the budgets would protect nothing.
         http2_max_streams=r.int_("gripd", "http2_max_streams", 100, minimum=1, maximum=10_000),
         http2_reset_budget=r.int_("gripd", "http2_reset_budget", 200, minimum=4, maximum=1_000_000),

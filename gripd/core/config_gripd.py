@@ -140,6 +140,20 @@ def _tls_reload_interval(r: _Reader) -> float:
     return value
 
 
+def _control_keep_alive(r: _Reader, header_timeout: float) -> bool:
+    """``[gripd] control_keep_alive``: persistent control API connections. An idle one is
+    closed by ``client_header_timeout``, so the two go together (else idle connections would
+    stay open without a bound)."""
+    value = r.bool_("gripd", "control_keep_alive", False)
+    if value and header_timeout <= 0:
+        raise r.error(
+            "gripd",
+            "control_keep_alive",
+            "needs client_header_timeout above 0 (it closes idle persistent connections)",
+        )
+    return value
+
+
 def _wildcard_channels(r: _Reader) -> bool:
     """``[gripd] wildcard_channels``: channel names ending in ``*`` are prefix patterns
     (:mod:`gripd.core.wildcard`). Off by default: then ``*`` is an ordinary character."""

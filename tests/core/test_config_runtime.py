@@ -83,3 +83,14 @@ def test_control_keep_alive_is_off_unless_set() -> None:
         load_config("[gripd]\n\ncontrol_keep_alive=sometimes\n", path="/p.conf", read_file=_no_file)
     assert "/p.conf:3" in str(ei.value) and "control_keep_alive" in str(ei.value)
     assert "control_keep_alive" in LIVE
+
+
+def test_control_keep_alive_needs_a_header_timeout() -> None:
+    """Idle persistent control connections are closed by client_header_timeout: turning it off
+    with control_keep_alive on is refused, naming the setting and its line."""
+    text = "[gripd]\nclient_header_timeout=0\ncontrol_keep_alive=true\n"
+    with pytest.raises(ConfigError) as ei:
+        load_config(text, path="/p.conf", read_file=_no_file)
+    assert "/p.conf:3" in str(ei.value) and "client_header_timeout" in str(ei.value)
+    cfg = load_config("[gripd]\nclient_header_timeout=0\n", path="/p.conf", read_file=_no_file)
+    assert cfg.control_keep_alive is False
