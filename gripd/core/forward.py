@@ -233,6 +233,8 @@ def _split_authority(authority: str) -> tuple[str, int | None]:
 
 
 def _port(text: str) -> int:
+    if text.isascii() and text.isdigit():  # what Host headers carry: no regex needed
+        return int(text)
     return int(text) if _QT_INT_RE.fullmatch(text) else 0
 
 
@@ -242,15 +244,6 @@ def origin_host_header(client_authority: str, route: RouteLike, target: TargetLi
     a port drops the port. The host is lower-cased, as QUrl does [verified]."""
     # Only the winning value is split: each later one replaces host and port entirely.
     authority = target.host_header or route.as_host or client_authority
-    if not authority.startswith("["):
-        at = authority.find(":")
-        if at == -1:
-            return authority.lower()
-        port = authority[at + 1 :]
-        # Fast path: a canonical decimal port (what Host headers carry) prints as it is written;
-        # anything else (sign, spaces, leading zeros, non-ASCII digits) goes through _port.
-        if port.isascii() and port.isdigit() and len(port) < 10 and port[0] != "0":
-            return f"{authority[:at].lower()}:{port}"
     host, port_num = _split_authority(authority)
     host = host.lower()
     return host if port_num is None else f"{host}:{port_num}"

@@ -331,12 +331,6 @@ def _as_params(value: str | None) -> list[_Param]:
     return _parse_params(value) or []
 
 
-def _utf8(s: str) -> str:
-    """:func:`gripd.core.qtcompat.from_utf8`, skipping the encode/decode round trip for ASCII
-    text (the usual channel name), which it leaves unchanged."""
-    return s if s.isascii() else _from_utf8(s)
-
-
 def _child(obj: object, pn: str, key: str, required: bool) -> object:
     """``VariantUtil::getChild``: missing/null optional children are None."""
     if not isinstance(obj, dict):
@@ -540,15 +534,15 @@ def _parse_header_form(st: _State, grip: dict[str, list[str]]) -> None:
 
     for params in _all_as_params(grip.get("grip-channel", [])):
         if len(params) == 1:  # a plain name: no prev-id, no filters
-            st.channels.append(Channel(_utf8(params[0][0])))
+            st.channels.append(Channel(_from_utf8(params[0][0])))
             continue
         prev = _pget(params, "prev-id")
         st.channels.append(
             Channel(
-                name=_utf8(params[0][0]),
-                prev_id=_utf8(prev) if prev is not None else None,
+                name=_from_utf8(params[0][0]),
+                prev_id=_from_utf8(prev) if prev is not None else None,
                 # "filter" is matched case-sensitively, unlike other parameter names
-                filters=[_utf8(v or "") for k, v in params[1:] if k == "filter"],
+                filters=[_from_utf8(v or "") for k, v in params[1:] if k == "filter"],
             )
         )
 

@@ -494,13 +494,10 @@ _BOM = b"\xef\xbb\xbf"
 def _loads(data: bytes) -> Any:
     """Strict JSON as Qt reads it: UTF-8 (BOM allowed), no NaN/Infinity."""
     # What ``json.loads(data.decode("utf-8-sig"), ...)`` does, without the codec lookup of
-    # "utf-8-sig": one leading BOM is dropped, a second one is an error (ValueError).
+    # "utf-8-sig": one leading BOM is dropped; a second one fails to decode as JSON.
     if data.startswith(_BOM):
         data = data[3:]
-    text = data.decode("utf-8")
-    if text.startswith("\ufeff"):
-        raise ValueError("Unexpected UTF-8 BOM")
-    return _DECODER.decode(text)
+    return _DECODER.decode(data.decode("utf-8"))  # a second BOM is not valid JSON
 
 
 def parse_publish_body(body: bytes) -> list[PublishItem]:

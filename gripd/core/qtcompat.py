@@ -42,7 +42,10 @@ def raw_bytes(s: str) -> bytes:
 
 
 def from_utf8(s: str) -> str:
-    """Qt ``QString::fromUtf8`` of header bytes: invalid sequences become U+FFFD."""
+    """Qt ``QString::fromUtf8`` of header bytes: invalid sequences become U+FFFD. ASCII text
+    (most header values) is its own decoding: returned as it is, without the round trip."""
+    if s.isascii():
+        return s
     return raw_bytes(s).decode("utf-8", "replace")
 
 

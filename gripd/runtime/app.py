@@ -36,7 +36,7 @@ from gripd.core.sig import SigningKey, TokenCache, parse_key
 from gripd.io.bus.base import Bus
 from gripd.io.bus.hub import FrameLink, WorkerLink
 from gripd.io.context import LatencyObserver
-from gripd.io.filestamp import Stamp, stamp_of
+from gripd.io.filestamp import Stamp, file_stamp, stamp_of
 from gripd.io.handler.channels import ChannelTracker
 from gripd.io.handler.engine import Engine
 from gripd.io.handler.history import HistoryReader
@@ -643,11 +643,8 @@ class App:
             return
         while True:
             await asyncio.sleep(ROUTES_POLL_INTERVAL)
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            if stamp_of(st) != self._routes_stamp:
+            stamp = file_stamp(path)
+            if stamp is not None and stamp != self._routes_stamp:
                 self.load_routes()
 
     # -- lifecycle ---------------------------------------------------------------------------
