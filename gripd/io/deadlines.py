@@ -36,8 +36,8 @@ class Waiter(typing.Protocol):
 
 class DeadlineQueue:
     """Deadlines in the order they are set, on one loop timer. :meth:`add` refuses a deadline
-    earlier than the last one queued (a delay lowered by a reload): that waiter then keeps a
-    timer of its own."""
+    earlier than the last one queued (a delay lowered by a reload, or a waiter queued again
+    behind newer ones): that waiter then keeps a timer of its own."""
 
     __slots__ = ("_firing", "_live", "_loop", "_queue", "_timer")
 

@@ -20,8 +20,9 @@ written before items are handed to the sink. The history read API is answered he
 accept (on a persistent connection, from the previous answer; one that receives nothing in that
 time is closed without an answer): a peer that has not sent it all by then gets ``408`` and a
 close, so slow or stalled peers cannot hold connections open. The deadlines share one loop
-timer per server (:class:`~gripd.io.deadlines.DeadlineQueue`): no task and no timer per
-connection.
+timer per server (:class:`~gripd.io.deadlines.DeadlineQueue`), no task per connection; a
+persistent connection whose later deadline no longer fits the queue's order keeps a loop timer
+of its own, moved as lazily (one call per timeout period, not per request).
 
 Publishers send one request per published item all day, so this path is kept short: the head
 is searched where it arrived, a header block seen before is not parsed again (``HeadCache``),
@@ -230,7 +231,7 @@ class ControlProtocol(asyncio.Protocol):
         deadlines = self._deadlines
         if deadlines is None or not deadlines.add(self, deadline):
             loop = self._loop or asyncio.get_running_loop()
-            self._timer = loop.call_at(deadline, self._on_timeout)
+            self._timer = loop.call_at(deadline, self.on_deadline)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -257,9 +258,7 @@ class ControlProtocol(asyncio.Protocol):
             self._history_timer = None
 
     def on_deadline(self) -> None:
-        self._on_timeout()
-
-    def _on_timeout(self) -> None:
+        """The request deadline may have passed (the server's queue, or the own timer)."""
         self._timer = None
         deadline = self._deadline
         if deadline == 0.0 or self._state == "done" or self._transport is None:
