@@ -14,10 +14,10 @@ CPU-µs per request (user and system apart too); the best of ``R`` runs is the r
 ``--keep-alive`` turns on ``[gripd] control_keep_alive`` and each client keeps one connection
 for all its requests, sending ``K`` at a time (``--pipeline``, default 1) and reading their
 answers by Content-Length before the next ones.
-``--profile`` then samples the server with py-spy (``record -r 250 -f raw``; ``--native`` adds
-C frames and leaves idle samples out) while requests keep coming, and prints the top self-time
-functions and the inclusive share of a few frames on the request path. ``--runs 0`` only
-profiles.
+``--profile`` then samples the server (all its processes) with py-spy (``record -r 250 -f
+raw``; ``--native`` adds C frames and leaves idle samples out) while requests keep coming, and
+prints the top self-time functions and the inclusive share of a few frames on the request path.
+``--runs 0`` only profiles.
 """
 
 from __future__ import annotations
@@ -165,7 +165,8 @@ def profile(
     pipeline: int = 0,
 ) -> list[tuple[str, int]]:
     """Run py-spy on the server's main process while requests are sent; top self-time frames."""
-    cmd = [str(PY_SPY), "record", "-p", str(server.proc.pid), "-d", str(seconds), "-r", "250"]
+    cmd = [str(PY_SPY), "record", "-p", str(server.proc.pid), "--subprocesses"]
+    cmd += ["-d", str(seconds), "-r", "250"]
     cmd += ["-f", "raw", "-o", str(out), *(["--native"] if native else ["--nonblocking"])]
     spy = subprocess.Popen(
         cmd,
