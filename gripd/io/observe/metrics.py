@@ -349,8 +349,6 @@ class Metrics(Events):
         reg.register(self.origin_latency)
         reg.register(BusCollector(p, lambda: self.bus))
         self._conn_transport: dict[str, str] = {}
-        # Open connections by transport (the connections gauge; read by the status page too).
-        self.open_connections = self.counts.connections
         # Answers /status and /status.html when set (by the runtime); else every path scrapes.
         self.status: StatusSource | None = None
         self._server: asyncio.Server | None = None
@@ -467,7 +465,7 @@ class Metrics(Events):
 
     def connection_opened(self, conn_id: str, peer: str, transport: Transport) -> None:
         old = self._conn_transport.get(conn_id)
-        counts = self.open_connections
+        counts = self.counts.connections
         if old is not None:
             counts[old] -= 1
         self._conn_transport[conn_id] = transport
@@ -476,7 +474,7 @@ class Metrics(Events):
     def connection_closed(self, conn_id: str) -> None:
         transport = self._conn_transport.pop(conn_id, None)
         if transport is not None:
-            self.open_connections[transport] -= 1
+            self.counts.connections[transport] -= 1
 
     def subscribed(self, channel: str, mode: Mode, first: bool) -> None:
         subs = self.counts.subscriptions

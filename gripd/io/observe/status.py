@@ -315,7 +315,7 @@ class StatusBoard(Events):
 
     def snapshot(self) -> Snapshot:
         """The whole ``/status`` document, from counters and precomputed samples only."""
-        conns = dict(self.metrics.open_connections)
+        conns = dict(self.metrics.counts.connections)
         slow, backed_up = self._slowest()
         return {
             "version": __version__,
