@@ -200,7 +200,8 @@ class Config:
     - ``client_idle_timeout``: seconds a keep-alive connection may sit idle between requests
       before it is closed (held connections are not idle). 0 = off.
     - ``control_keep_alive``: the HTTP control API keeps connections open for more requests
-      (Pushpin closes after each answer, the default).
+      (Pushpin closes after each answer, the default); needs ``client_header_timeout`` above 0,
+      which closes idle persistent connections.
     - ``client_pipeline_max`` / ``client_pipeline_bytes_max``: pipelined requests, and their bytes,
       read and queued behind an unfinished one before reading from that connection pauses.
     - ``origin_response_head_max``: largest origin response head; past it the request gets 502.
