@@ -7,7 +7,7 @@ chunk is encoded once and the same bytes go to every subscriber.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from gripd.core.headers import Headers
@@ -110,16 +110,15 @@ def encode_head(code: int, reason: str, headers: Headers) -> bytes:
     return "".join(lines).encode("latin-1", "replace")
 
 
-def persistent(version: str, connection: Iterable[str]) -> bool:
+def persistent(version: str, connection: Collection[str]) -> bool:
     """Whether a connection stays open after this message (RFC 9112 9.3): never with a
     ``close`` token, HTTP/1.1 otherwise, HTTP/1.0 only with ``keep-alive``, other versions
     never. ``connection``: the Connection header's tokens, trimmed and lower-cased."""
-    tokens = connection if isinstance(connection, set) else set(connection)
-    if "close" in tokens:
+    if "close" in connection:
         return False
     if version == "1.1":
         return True
-    return version == "1.0" and "keep-alive" in tokens
+    return version == "1.0" and "keep-alive" in connection
 
 
 def encode_full(

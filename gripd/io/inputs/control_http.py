@@ -71,6 +71,7 @@ if typing.TYPE_CHECKING:
 _LOG = logging.getLogger("gripd.control")
 _HEAD_END = re.compile(rb"\n\r?\n")
 _CL_RE = re.compile(rb"[ \t\n\r\v\f]*([+-]?[0-9]+)[ \t\n\r\v\f]*\Z")
+_VERSIONS = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}  # request line -> persistent()'s form
 _NO_BODY_METHODS = frozenset({"HEAD", "GET", "DELETE", "OPTIONS"})
 
 HISTORY_READ_TIMEOUT: typing.Final = 5.0  # seconds to wait for the store before a 503
@@ -449,10 +450,8 @@ class ControlProtocol(asyncio.Protocol):
         self._has_te = has_te
         self._expect = expect
         if self._keep_alive:
-            version = parts[2][5:] if parts[2].startswith(b"HTTP/") else b""
-            self._persist = persistent(
-                version.decode("latin-1"), (t.strip() for t in connection.split(","))
-            )
+            tokens = [t.strip() for t in connection.split(",")] if connection else ()
+            self._persist = persistent(_VERSIONS.get(parts[2], ""), tokens)
 
     def _read_body(self, data: bytes, pos: int) -> None:
         """The body from ``data[pos:]``; what follows it is the next request (pipelined)."""
