@@ -29,6 +29,7 @@ import enum
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from gripd.core.errors import OriginError
 
@@ -275,7 +276,7 @@ class _Fail(Exception):
 
 
 class _Filter:
-    name = ""
+    name: ClassVar[str] = ""
 
     def __init__(self, ctx: FilterContext) -> None:
         self.ctx = ctx

@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from gripd.core.publish import PublishItem
 
 #: Pushpin ``CHANNEL_PENDING_MAX``: waiting items per channel.
@@ -47,6 +49,7 @@ DROP_PENDING_FULL = "seq_pending_full"
 AddResult = tuple[list[PublishItem], str | None]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class LastIds:
     """Channel -> last published id, bounded, evicting the least recently set (LRU on write)."""
 

@@ -104,31 +104,27 @@ class FakeTransport(asyncio.Transport):
         self.paused = False
 
 
-class _Handle:
-    """Stands in for ``asyncio.TimerHandle``."""
+class _Handle(asyncio.TimerHandle):
+    """A real ``asyncio.TimerHandle`` (the compiled build checks the types it is given), run by
+    :class:`FakeLoop`."""
 
-    __slots__ = ("_when", "args", "callback", "cancelled_")
+    __slots__ = ()
 
-    def __init__(self, when: float, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
-        self._when = when
-        self.callback = callback
-        self.args = args
-        self.cancelled_ = False
+    def __init__(
+        self, when: float, callback: Callable[..., object], args: tuple[Any, ...], loop: FakeLoop
+    ) -> None:
+        super().__init__(when, callback, args, loop)
 
-    def when(self) -> float:
-        return self._when
-
-    def cancel(self) -> None:
-        self.cancelled_ = True
-
-    def cancelled(self) -> bool:
-        return self.cancelled_
+    def run(self) -> None:
+        if not self._cancelled:  # type: ignore[attr-defined]
+            self._callback(*self._args)  # type: ignore[attr-defined]
 
 
-class FakeLoop:
+class FakeLoop(asyncio.AbstractEventLoop):
     """The few event-loop calls the adapters make (``time``, ``call_soon``, ``call_at``,
     ``call_later``), run by hand: ``run_ready()`` is one loop tick, ``fire_timers()`` lets the
-    clock jump to each pending timer. Bounded, so a callback storm is a find, not a hang."""
+    clock jump to each pending timer. Bounded, so a callback storm is a find, not a hang. A
+    subclass of the real base class, as the compiled build wants."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -138,39 +134,51 @@ class FakeLoop:
     def time(self) -> float:
         return self.now
 
-    def call_soon(self, callback: Callable[..., object], *args: Any) -> Any:
-        h = _Handle(self.now, callback, args)
+    def get_debug(self) -> bool:
+        return False
+
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        pass
+
+    def call_soon(self, callback: Callable[..., object], *args: Any, context: Any = None) -> Any:
+        h = _Handle(self.now, callback, args, self)
         self.ready.append(h)
         return h
 
-    def call_at(self, when: float, callback: Callable[..., object], *args: Any) -> Any:
-        h = _Handle(when, callback, args)
+    def call_at(
+        self, when: float, callback: Callable[..., object], *args: Any, context: Any = None
+    ) -> Any:
+        h = _Handle(when, callback, args, self)
         self.timers.append(h)
         return h
 
-    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Any:
+    def call_later(
+        self, delay: float, callback: Callable[..., object], *args: Any, context: Any = None
+    ) -> Any:
         return self.call_at(self.now + delay, callback, *args)
+
+    def create_task(self, coro: Any, **kw: Any) -> Any:
+        coro.close()
+        raise AssertionError("a task was started (a replay, or a connect)")
 
     def run_ready(self) -> None:
         for _ in range(10_000):
             if not self.ready:
                 return
-            h = self.ready.pop(0)
-            if not h.cancelled_:
-                h.callback(*h.args)
+            self.ready.pop(0).run()
         raise AssertionError("call_soon callbacks keep rescheduling themselves")
 
     def fire_timers(self) -> None:
         for _ in range(1000):
             self.run_ready()
-            live = [h for h in self.timers if not h.cancelled_]
+            live = [h for h in self.timers if not h.cancelled()]
             if not live:
                 self.timers = []
                 return
-            h = min(live, key=lambda x: x._when)
+            h = min(live, key=lambda x: x.when())
             self.timers = [x for x in live if x is not h]
-            self.now = max(self.now, h._when)
-            h.callback(*h.args)
+            self.now = max(self.now, h.when())
+            h.run()
         raise AssertionError("timers keep rearming")
 
 

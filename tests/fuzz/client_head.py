@@ -23,6 +23,7 @@ from typing import Any
 from gripd.core.config import default_config
 from gripd.core.http import HttpResponse
 from gripd.io.listener.client import RAW_EARLY_MAX, ClientConnection
+from gripd.io.listener.flusher import Flusher
 from gripd.io.listener.request import Request
 from gripd.io.observe.events import Events
 
@@ -31,14 +32,6 @@ from ._common import FakeLoop, FakeTransport, LogTrap, chunked, flags_and_rest
 _CONFIG = default_config("/")
 _SMALL = replace(_CONFIG, client_buffer_size=256)
 _STATUS = re.compile(rb"HTTP/1\.[01] ([0-9]{3}) ")
-
-
-class _Flusher:
-    def __init__(self, loop: FakeLoop) -> None:
-        self.loop = loop
-
-    def mark(self, conn: ClientConnection) -> None:
-        self.loop.call_soon(conn.flush)
 
 
 class _Handler:
@@ -70,7 +63,7 @@ class StubApp:
         self.events = Events()
         self.write_high_water = 256 * 1024
         self.loop = FakeLoop()
-        self.flusher = _Flusher(self.loop)
+        self.flusher = Flusher(self.loop)
         self.dispatched: list[Request] = []
         self.closed_by_app = False
         self._n = 0

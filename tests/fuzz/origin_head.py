@@ -12,36 +12,15 @@ logged by the pool (a handler or callback failure), another event order, or a st
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any, cast
-
 from gripd.core.errors import OriginError
 from gripd.core.headers import Headers
 from gripd.io.origin.connection import OriginConnection
 from gripd.io.origin.endpoint import Endpoint
 from gripd.io.origin.http import OriginExchange, OriginPool
 
-from ._common import FakeTransport, LogTrap, chunked, flags_and_rest
+from ._common import FakeLoop, FakeTransport, LogTrap, chunked, flags_and_rest
 
 _LOGGER = "gripd.fuzz.origin"
-
-
-class _NullTimer:
-    def cancel(self) -> None:
-        pass
-
-
-class _Pool(OriginPool):
-    """A pool with no event loop: timers are inert, nothing is spawned (no replays happen for
-    a fresh connection)."""
-
-    def _call_later(self, delay: float, cb: Callable[[], None]) -> asyncio.TimerHandle:
-        return cast(asyncio.TimerHandle, _NullTimer())
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        coro.close()
-        raise AssertionError("an exchange on a fresh connection tried a replay")
 
 
 class Recorder:
@@ -110,7 +89,8 @@ def fuzz_one(data: bytes) -> None:
     flags, stream = flags_and_rest(data)
     method = "HEAD" if flags & 1 else "GET"
     with LogTrap(_LOGGER) as trap:
-        pool = _Pool(logger=trap.logger)
+        pool = OriginPool(logger=trap.logger)
+        pool._loop = FakeLoop()  # timers are kept, never fired; a task (a replay) is a find
         conn = OriginConnection(pool, Endpoint("127.0.0.1", 1))
         transport = FakeTransport()
         conn.connection_made(transport)

@@ -18,7 +18,9 @@ from gripd.io.listener.request import Request
 
 def item(n: int | None, channel: str = "c") -> PublishItem:
     return PublishItem(
-        channel, None if n is None else str(n), http_stream=HttpStreamFormat(b"%d" % (n or 0))
+        channel,
+        None if n is None else str(n),
+        http_stream=HttpStreamFormat(content=b"%d" % (n or 0)),
     )
 
 

@@ -107,7 +107,7 @@ class Engine:
         ask: list[tuple[str, str]] = []  # (channel, prev-id) to look up in history
         use_history = self.history is not None and route_policy(route, self.app.config).on
         last_ids = self.last_ids
-        for ch, pid in hold.prev_ids.items():
+        for ch, pid in (hold.prev_ids or {}).items():
             if pid is None or self._is_pattern(ch):
                 continue  # a pattern has no last id and no history of its own
             last = last_ids.last_id(ch)

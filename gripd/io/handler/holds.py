@@ -42,6 +42,7 @@ class _Hold:
 
     __slots__ = ()
     active: bool
+    # A response hold's is always a dict; a compiled (mypyc) subclass cannot narrow the type.
     prev_ids: dict[str, str | None] | None
     gone: str | None
     engine: Engine
@@ -134,7 +135,7 @@ class ResponseHold(_Hold):
         self.route = route
         self.channels = [c.name for c in ins.channels]
         # F23: the id each channel's next publish must follow (None: no sequencing asked)
-        self.prev_ids: dict[str, str | None] = {c.name: c.prev_id for c in ins.channels}
+        self.prev_ids = {c.name: c.prev_id for c in ins.channels}
         self.filters = channel_filters(ins)
         self.meta = ins.meta or None  # idle holds keep no empty dict
         self.gone = gone_link(ins, req)
@@ -197,7 +198,7 @@ class ResponseHold(_Hold):
             return
         self._stop()
         n = len(self.route.prefix)
-        last = [(ch[n:], pid) for ch, pid in self.prev_ids.items() if pid is not None]
+        last = [(ch[n:], pid) for ch, pid in (self.prev_ids or {}).items() if pid is not None]
         self.engine.retry(self.conn, self.req, self.route, self.body, last)
 
     def fail(self, message: str) -> None:
