@@ -24,7 +24,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from gripd import __version__
+from gripd import __version__, build
 from gripd.core.config import (
     DEFAULT_PUSHPIN_CONF,
     Config,
@@ -133,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a routes-file line (repeatable); replaces the routes file",
     )
     p.add_argument("-m", "--merge-output", action="store_true", help="accepted for Pushpin compat")
-    p.add_argument("-v", "--version", action="version", version=f"gripd {__version__}")
+    p.add_argument(
+        "-v", "--version", action="version", version=f"gripd {__version__} ({build.describe()})"
+    )
     return p
 
 
@@ -300,7 +302,8 @@ def run(argv: list[str]) -> int:
 
 
 def log_config_source(cfg: Config, args: argparse.Namespace) -> None:
-    """Say which configuration is in use, and warn about the lines of it that were dropped:
+    """Say which configuration (and which build) is in use, and warn about the lines of it that
+    were dropped:
     on a machine with Pushpin installed, ``/etc/pushpin/pushpin.conf`` is found by the search
     and a newcomer expecting the embedded default should see that at once."""
     log = logging.getLogger("gripd")
@@ -311,6 +314,7 @@ def log_config_source(cfg: Config, args: argparse.Namespace) -> None:
         log.info("using the embedded default configuration (--default-config)")
     else:
         log.info("no configuration file found; using the embedded default")
+    log.info("gripd %s (%s)", __version__, build.describe())
     for w in cfg.warnings:
         log.warning("%s", w)
 

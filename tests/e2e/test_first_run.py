@@ -27,7 +27,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from gripd import __version__, cli
+from gripd import __version__, build, cli
 from tests.conftest import TIME_SCALE, StartFn
 from tests.support.origin import Origin, RecordedRequest, Reply
 from tests.support.procs import REPO_ROOT, Impl, Server, base_conf, free_ports, render_conf
@@ -312,7 +312,8 @@ def test_version_flags(tmp_path: Path, flag: str) -> None:
         timeout=15 * TIME_SCALE,
     )
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == f"gripd {__version__}"
+    # As Pushpin's, then which build runs (pure Python, or compiled).
+    assert res.stdout.strip() == f"gripd {__version__} ({build.describe()})"
     pushpin = shutil.which("pushpin")
     if pushpin is not None:  # the short flag means the same there
         out = subprocess.run([pushpin, flag], capture_output=True, text=True, timeout=15)

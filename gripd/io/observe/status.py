@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from gripd import __version__
+from gripd import __version__, build
 from gripd.io.observe.events import Delivery, Events, Mode
 
 if TYPE_CHECKING:
@@ -154,6 +154,7 @@ class StatusBoard(Events):
         self.metrics = metrics
         self.loop = loop
         self.started = time.time()
+        self.build = build.describe()  # read once: it walks the package's files
         self.workers: Callable[[], dict[str, Any]] = self._single_process
         self.subscriptions: dict[str, int] = {"response": 0, "stream": 0, "ws": 0}
         self.channel_subs: dict[str, int] = {}
@@ -319,6 +320,7 @@ class StatusBoard(Events):
         slow, backed_up = self._slowest()
         return {
             "version": __version__,
+            "build": self.build,
             "time": round(time.time(), 3),
             "uptime": round(time.time() - self.started, 1),
             "connections": {**conns, "total": sum(conns.values())},
