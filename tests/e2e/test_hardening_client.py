@@ -197,6 +197,47 @@ async def test_slow_heads_get_408(start: StartFn, origin: Origin) -> None:
             w.close()
 
 
+async def test_error_answer_survives_a_client_still_sending(start: StartFn) -> None:
+    """gripd only: after an error answer gripd shuts its write side and reads and drops what the
+    client still sends (RFC 9112 9.6, a lingering close), so the client reads the answer
+    instead of a reset; it closes as soon as the client does, and a client that goes on
+    sending past the bound is closed."""
+    s = await start("gripd", ["* test"], conf=SHORT)
+    big = b"GET / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 20000  # over client_buffer_size: 431
+    loop = asyncio.get_running_loop()
+
+    r, w = await asyncio.open_connection("127.0.0.1", s.http_port)
+    w.write(big)
+    for _ in range(5):  # still sending after the answer (a reset would come back now)
+        await asyncio.sleep(0.05 * TIME_SCALE)
+        w.write(b"a" * 100)
+    await asyncio.sleep(0.3 * TIME_SCALE)
+    head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5 * TIME_SCALE)
+    assert head.startswith(b"HTTP/1.1 431 "), head
+    assert b"Connection: close" in head
+    # The client closes its side: gripd closes at once, not at the end of the linger.
+    t0 = loop.time()
+    w.write_eof()
+    rest, _ = await rawhttp.read_until_closed(r, timeout=5 * TIME_SCALE)
+    assert rest == b"Request header fields too large.\n"
+    assert loop.time() - t0 < 1.0 * TIME_SCALE
+    w.close()
+
+    # A client that keeps sending is closed once it sent 64 KiB more (or after the linger).
+    r, w = await asyncio.open_connection("127.0.0.1", s.http_port)
+    w.write(big)
+    with contextlib.suppress(OSError):
+        for _ in range(40):  # 40 x 8 KiB, bounded
+            w.write(b"a" * 8192)
+            await w.drain()
+            await asyncio.sleep(0.01)
+    out = b""
+    with contextlib.suppress(OSError):
+        out, _ = await rawhttp.read_until_closed(r, timeout=5 * TIME_SCALE)
+    assert out == b"" or out.startswith(b"HTTP/1.1 431 "), out[:100]
+    w.close()
+
+
 async def test_idle_keep_alive_closed_but_holds_kept(start: StartFn, origin: Origin) -> None:
     """gripd only: an idle keep-alive connection is closed silently after client_idle_timeout;
     a held stream, a long-poll and a WebSocket outlive both timeouts; a head pipelined behind a

@@ -72,6 +72,7 @@ class FakeTransport(asyncio.Transport):
         self.tag = "conn"  # who is writing: set by the stubs around their own writes
         self.closed = False
         self.aborted = False
+        self.eof = False  # write_eof: the write side is shut (a lingering close)
         self.paused = False
         self._peer = peer
 
@@ -85,8 +86,14 @@ class FakeTransport(asyncio.Transport):
         return 0
 
     def write(self, data: Any) -> None:
-        assert not self.closed and not self.aborted, "write after close"
+        assert not self.closed and not self.aborted and not self.eof, "write after close"
         self.writes.append((self.tag, bytes(data)))
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
 
     def is_closing(self) -> bool:
         return self.closed or self.aborted

@@ -175,7 +175,7 @@ def _check(app: StubApp, conn: ClientConnection, transport: FakeTransport) -> No
     if transport.aborted:
         raw = sum(len(b) for b in conn._raw_buf or [])
         assert conn._upgraded and raw > RAW_EARLY_MAX, "aborted without a reason"
-    if transport.closed:
+    if transport.closed or transport.eof:
         # A close with no 4xx is allowed when a response was in progress: a status line then
         # would be read as part of it (the listener logs and closes instead).
         assert errors or app.closed_by_app or app.dispatched, "closed without a 4xx"

@@ -75,6 +75,15 @@ _T_NONE = 0
 _T_HEAD = 1  # client_header_timeout: a request head in progress (or none yet after accept)
 _T_IDLE = 2  # client_idle_timeout: keep-alive, no request in progress
 _T_DRAIN = 3  # client_header_timeout: the rest of a body after its response was sent
+_T_LINGER = 4  # LINGER_MAX: input read and dropped after an error answer, before the close
+
+# RFC 9112 9.6: after an error answer, the connection's write side is shut and what the client
+# still sends is read and dropped, for at most this long (or until it closes), before closing.
+# Closing with unread input resets the connection, and a client still sending (a slow head, a
+# body over a limit) may then lose the answer. A client that sends more than LINGER_BYTES_MAX
+# meanwhile is closed at once: the linger is for an answer's sake, not a free sink.
+LINGER_MAX = 2.0
+LINGER_BYTES_MAX = 64 * 1024
 
 
 class ClientConnection(ClientWrites):
@@ -89,6 +98,7 @@ class ClientConnection(ClientWrites):
         "_head_size",
         "_hheaders",
         "_in_head",
+        "_linger_left",
         "_parser",
         "_pipe_paused",
         "_queued_bytes",
@@ -144,6 +154,7 @@ class ClientConnection(ClientWrites):
         self._deadline = 0.0  # loop time the current _timer_kind expires
         self._upgraded = False
         self._stopped = False  # no further request is parsed (a close is decided, RFC 9112 9.6)
+        self._linger_left = 0  # bytes still read and dropped while lingering (send_error_and_close)
         self._raw_buf: list[bytes] | None = None  # allocated only after an upgrade
         self.raw_sink: Callable[[bytes], None] | None = None
 
@@ -222,7 +233,13 @@ class ClientConnection(ClientWrites):
             self._raw(data)
             return
         if self._stopped:
-            return  # RFC 9112 9.6: nothing after a "close" request is processed
+            # RFC 9112 9.6: nothing after a "close" request is processed; while lingering
+            # after an error answer (send_error_and_close), up to a bound.
+            if self._linger_left > 0:
+                self._linger_left -= len(data)
+                if self._linger_left <= 0:
+                    self.close()
+            return
         if self._unparsed is not None:  # keep the order if bytes come while some wait
             data, self._unparsed = self._unparsed + data, None
         self._feed(data)
@@ -573,6 +590,8 @@ class ClientConnection(ClientWrites):
                 self.peer,
             )
             self.close()
+        elif kind == _T_LINGER:
+            self.close()
         elif kind == _T_DRAIN and isinstance(self.handler, _BodyDrain):
             log.info(
                 "conn %s: request body not complete within client_header_timeout (%gs) after "
@@ -582,6 +601,25 @@ class ClientConnection(ClientWrites):
                 self.peer,
             )
             self.close()
+
+    def send_error_and_close(self, resp: HttpResponse) -> None:
+        """Answer ``resp`` and close, lingering: the write side is shut after the answer, and
+        input is read and dropped until the client closes or ``LINGER_MAX`` passes."""
+        t = self.transport
+        if self._closing() or t is None:
+            return
+        self.write(encode_full(resp, keep_alive=False))
+        if not t.can_write_eof():  # TLS: no half-close
+            self.close()
+            return
+        self.flush()
+        self._stopped = True  # nothing more is parsed (data_received drops it)
+        self._linger_left = LINGER_BYTES_MAX
+        self._requests.clear()
+        t.write_eof()
+        if self._reading_paused:
+            t.resume_reading()
+        self._arm(_T_LINGER, min(LINGER_MAX, self.app.config.client_header_timeout or LINGER_MAX))
 
     def set_handler(self, handler: RequestHandler | None) -> None:
         self.handler = handler
