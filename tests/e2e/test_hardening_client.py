@@ -184,8 +184,12 @@ async def test_slow_heads_get_408(start: StartFn, origin: Origin) -> None:
 
     tasks = [asyncio.create_task(dribble(w)) for _, w in conns]
     try:
-        for r, _ in [*conns, bare, silent]:
-            out, _ = await read_until_closed(r, timeout=5)
+        # Read every connection at once, each as its bytes come: a dribbler writing after the
+        # close gets a reset, and a reader not yet drained would see only that.
+        outs = await asyncio.gather(
+            *(read_until_closed(r, timeout=5) for r, _ in [*conns, bare, silent])
+        )
+        for out, _ in outs:
             assert out.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), out
             assert b"Connection: close" in out
         assert not origin.requests_for("/never")
