@@ -18,7 +18,7 @@ import binascii
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import jsonpatch
@@ -33,17 +33,37 @@ from gripd.core.qtcompat import decimal_int, reject_json_constant
 # of the default for slotted dataclasses.
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class HttpResponseFormat:
     """F30 ``http-response``: what a held long-poll request is answered with."""
 
-    action: Literal["send", "hint", "close"] = "send"
-    code: int | None = None
-    reason: str | None = None
-    headers: Headers = field(default_factory=list)
-    body: bytes | None = None
-    body_patch: list[Any] | None = None
-    content_filters: list[str] | None = None
+    action: Literal["send", "hint", "close"]
+    code: int | None
+    reason: str | None
+    headers: Headers
+    body: bytes | None
+    body_patch: list[Any] | None
+    content_filters: list[str] | None
+
+    # An explicit __init__ (init=False): a compiled build (mypyc) compiles it; the one the
+    # dataclass decorator generates stays interpreted and cost ~5x more per object.
+    def __init__(
+        self,
+        action: Literal["send", "hint", "close"] = "send",
+        code: int | None = None,
+        reason: str | None = None,
+        headers: Headers | None = None,
+        body: bytes | None = None,
+        body_patch: list[Any] | None = None,
+        content_filters: list[str] | None = None,
+    ) -> None:
+        self.action = action
+        self.code = code
+        self.reason = reason
+        self.headers = [] if headers is None else headers
+        self.body = body
+        self.body_patch = body_patch
+        self.content_filters = content_filters
 
     def __reduce__(self) -> tuple[Any, ...]:  # by constructor arguments (above)
         return (
@@ -60,28 +80,54 @@ class HttpResponseFormat:
         )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class HttpStreamFormat:
     """F30 ``http-stream``: bytes appended to held streams, or a hint/close."""
 
-    action: Literal["send", "hint", "close"] = "send"
-    content: bytes = b""
-    content_filters: list[str] | None = None
+    action: Literal["send", "hint", "close"]
+    content: bytes
+    content_filters: list[str] | None
+
+    def __init__(
+        self,
+        action: Literal["send", "hint", "close"] = "send",
+        content: bytes = b"",
+        content_filters: list[str] | None = None,
+    ) -> None:  # explicit: see HttpResponseFormat
+        self.action = action
+        self.content = content
+        self.content_filters = content_filters
 
     def __reduce__(self) -> tuple[Any, ...]:  # by constructor arguments (above)
         return (HttpStreamFormat, (self.action, self.content, self.content_filters))
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class WsMessageFormat:
     """F30 ``ws-message``: a message (or close) for WebSocket subscribers."""
 
-    action: Literal["send", "close", "hint", "refresh"] = "send"
-    type: Literal["text", "binary", "ping", "pong"] = "text"
-    content: bytes = b""
-    code: int | None = None
-    reason: str | None = None
-    content_filters: list[str] | None = None
+    action: Literal["send", "close", "hint", "refresh"]
+    type: Literal["text", "binary", "ping", "pong"]
+    content: bytes
+    code: int | None
+    reason: str | None
+    content_filters: list[str] | None
+
+    def __init__(
+        self,
+        action: Literal["send", "close", "hint", "refresh"] = "send",
+        type: Literal["text", "binary", "ping", "pong"] = "text",
+        content: bytes = b"",
+        code: int | None = None,
+        reason: str | None = None,
+        content_filters: list[str] | None = None,
+    ) -> None:  # explicit: see HttpResponseFormat
+        self.action = action
+        self.type = type
+        self.content = content
+        self.code = code
+        self.reason = reason
+        self.content_filters = content_filters
 
     def __reduce__(self) -> tuple[Any, ...]:  # by constructor arguments (above)
         return (
@@ -90,19 +136,41 @@ class WsMessageFormat:
         )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class PublishItem:
     """F29: one published item; any subset of the three formats may be present."""
 
     channel: str
-    id: str | None = None
-    prev_id: str | None = None
-    http_response: HttpResponseFormat | None = None
-    http_stream: HttpStreamFormat | None = None
-    ws_message: WsMessageFormat | None = None
-    meta: dict[str, str] = field(default_factory=dict)
-    size: int | None = None
-    no_seq: bool = False
+    id: str | None
+    prev_id: str | None
+    http_response: HttpResponseFormat | None
+    http_stream: HttpStreamFormat | None
+    ws_message: WsMessageFormat | None
+    meta: dict[str, str]
+    size: int | None
+    no_seq: bool
+
+    def __init__(
+        self,
+        channel: str,
+        id: str | None = None,
+        prev_id: str | None = None,
+        http_response: HttpResponseFormat | None = None,
+        http_stream: HttpStreamFormat | None = None,
+        ws_message: WsMessageFormat | None = None,
+        meta: dict[str, str] | None = None,
+        size: int | None = None,
+        no_seq: bool = False,
+    ) -> None:  # explicit: see HttpResponseFormat
+        self.channel = channel
+        self.id = id
+        self.prev_id = prev_id
+        self.http_response = http_response
+        self.http_stream = http_stream
+        self.ws_message = ws_message
+        self.meta = {} if meta is None else meta
+        self.size = size
+        self.no_seq = no_seq
 
     def __reduce__(self) -> tuple[Any, ...]:  # by constructor arguments (above)
         return (

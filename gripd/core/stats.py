@@ -234,24 +234,53 @@ class Totals:
     message_sent: int = 0
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Conn:
     id: str
     type: str
     peer: str
     ssl: bool
     last_report: float
-    route: str = ""
-    due: int = -1  # the second of its next refresh (its bucket in StatsState._buckets)
+    route: str
+    due: int  # the second of its next refresh (its bucket in StatsState._buckets)
+
+    # An explicit __init__ (init=False): a compiled build (mypyc) compiles it; the one the
+    # dataclass decorator generates stays interpreted and cost ~5x more per object.
+    def __init__(
+        self,
+        id: str,
+        type: str,
+        peer: str,
+        ssl: bool,
+        last_report: float,
+        route: str = "",
+        due: int = -1,
+    ) -> None:
+        self.id = id
+        self.type = type
+        self.peer = peer
+        self.ssl = ssl
+        self.last_report = last_report
+        self.route = route
+        self.due = due
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Sub:
     mode: str
     channel: str
     count: int
-    lingering: bool = False
-    due: int = -1  # the second of its next refresh or linger expiry (StatsState._buckets)
+    lingering: bool
+    due: int  # the second of its next refresh or linger expiry (StatsState._buckets)
+
+    def __init__(
+        self, mode: str, channel: str, count: int, lingering: bool = False, due: int = -1
+    ) -> None:  # explicit: see _Conn
+        self.mode = mode
+        self.channel = channel
+        self.count = count
+        self.lingering = lingering
+        self.due = due
 
 
 class StatsState:
