@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+from mypy_extensions import mypyc_attr
+
 if TYPE_CHECKING:
     from gripd.core.config import Config
 
@@ -18,6 +20,7 @@ Mode = Literal["response", "stream", "ws"]
 Delivery = Literal["http-response", "http-stream", "ws-message"]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Events:
     """No-op hooks; override what you need."""
 
@@ -108,6 +111,14 @@ class EventFanout(Events):
 
     def add(self, sink: Events) -> None:
         self.sinks.append(sink)
+        try:
+            self._bind_direct()
+        except AttributeError:
+            # The compiled build (mypyc): its instances take no new attributes, and its
+            # methods below, compiled too, loop over the sinks at about the cost of one call.
+            pass
+
+    def _bind_direct(self) -> None:
         for name in _DIRECT:
             base = getattr(Events, name)
             impls = [s for s in self.sinks if getattr(type(s), name, base) is not base]
