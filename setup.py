@@ -4,7 +4,7 @@
 modules that sit beside their ``.py`` files (Python imports an extension before a source file of
 the same name). They are the modules every request, publish and delivery runs through; all are
 ``mypy --strict`` clean, so mypyc can compile them without changing what they do. The compiled
-build uses a third to a half less CPU per proxied request (see docs/compiled.md).
+build uses about 40 % less CPU per proxied request (see docs/compiled.md).
 
 - Unset or ``0``: the pure-Python package (the default; nothing extra is fetched).
 - ``1``: compile; if that is not possible (no C compiler, no Python headers, mypy rejects a
