@@ -61,45 +61,36 @@ class Respond:
 
 
 @dataclass(slots=True, init=False)
-class Wait:
-    """``max_open_requests`` is reached (F4): queue the request (rewritten by ``rewrite``) and
-    stop reading from the client until a session ends."""
+class _Session:
+    """A request for a session: a WebSocket session when ``ws``, else a proxy session, on
+    ``route``, with the request rewritten by ``rewrite`` first. ``trusted``: the client is a
+    trusted upstream proxy (F15)."""
 
     route: Route
     trusted: bool
     ws: bool
     rewrite: JsonpRequest | None
 
-    # An explicit __init__ (init=False): a compiled build (mypyc) compiles it; the one the
-    # dataclass decorator generates stays interpreted and cost ~5x more per object.
     def __init__(
         self, route: Route, trusted: bool, ws: bool, rewrite: JsonpRequest | None = None
-    ) -> None:
+    ) -> None:  # explicit: see Respond
         self.route = route
         self.trusted = trusted
         self.ws = ws
         self.rewrite = rewrite
 
 
-@dataclass(slots=True, init=False)
-class Begin:
-    """Start a session for the request (rewritten by ``rewrite``): a WebSocket session when
-    ``ws``, else a proxy session. ``trusted``: the client is a trusted upstream proxy (F15)."""
+class Wait(_Session):
+    """``max_open_requests`` is reached (F4): queue the request and stop reading from the
+    client until a session ends."""
 
-    route: Route
-    trusted: bool
-    ws: bool
-    rewrite: JsonpRequest | None
+    __slots__ = ()
 
-    # An explicit __init__ (init=False): a compiled build (mypyc) compiles it; the one the
-    # dataclass decorator generates stays interpreted and cost ~5x more per object.
-    def __init__(
-        self, route: Route, trusted: bool, ws: bool, rewrite: JsonpRequest | None = None
-    ) -> None:
-        self.route = route
-        self.trusted = trusted
-        self.ws = ws
-        self.rewrite = rewrite
+
+class Begin(_Session):
+    """Start the session for the request."""
+
+    __slots__ = ()
 
 
 Decision = Respond | Wait | Begin

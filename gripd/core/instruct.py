@@ -120,8 +120,7 @@ class Instruct:
     # Grip-Link entries with another rel than "next" as (rel, url); unused in 1.36 (1.41: gone).
     other_links: list[tuple[str, str]]
 
-    # An explicit __init__ (init=False): a compiled build (mypyc) compiles it; the one the
-    # dataclass decorator generates stays interpreted and cost ~5x more per object.
+    # An explicit __init__: see Channel.
     def __init__(
         self,
         hold_mode: Literal["response", "stream"] | None,

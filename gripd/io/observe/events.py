@@ -111,12 +111,10 @@ class EventFanout(Events):
 
     def add(self, sink: Events) -> None:
         self.sinks.append(sink)
-        try:
+        # In the compiled build (mypyc) instances have no __dict__ to bind methods in; the
+        # methods below, compiled too, loop over the sinks at about the cost of one call.
+        if hasattr(self, "__dict__"):
             self._bind_direct()
-        except AttributeError:
-            # The compiled build (mypyc): its instances take no new attributes, and its
-            # methods below, compiled too, loop over the sinks at about the cost of one call.
-            pass
 
     def _bind_direct(self) -> None:
         for name in _DIRECT:
