@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gripd.core.headers import Headers, get, split_unquoted
+from gripd.core.headers import Headers, get, lower_text, split_unquoted
 from gripd.core.routes import apply_route_headers
 from gripd.core.sig import SigningKey, validate_token
 
@@ -250,12 +250,6 @@ def _port(text: str) -> int:
     return int(text) if _QT_INT_RE.fullmatch(text) else 0
 
 
-# CPython's str.lower, also in the compiled build: mypyc's own lower() skips the final-sigma rule
-# for non-ASCII text ("ΣΣ" gives "σσ" where Python gives "σς"); called through this name it is
-# the CPython method.
-_PY_LOWER: Callable[[str], str] = str.lower
-
-
 def origin_host_header(client_authority: str, route: RouteLike, target: TargetLike) -> str:
     """The Host sent to the origin (F12): the client's, replaced by the route's ``as_host``,
     replaced by the target's ``host=`` (the target wins: it is applied last). A value without
@@ -263,7 +257,7 @@ def origin_host_header(client_authority: str, route: RouteLike, target: TargetLi
     # Only the winning value is split: each later one replaces host and port entirely.
     authority = target.host_header or route.as_host or client_authority
     host, port_num = _split_authority(authority)
-    host = host.lower() if host.isascii() else _PY_LOWER(host)
+    host = lower_text(host)
     return host if port_num is None else f"{host}:{port_num}"
 
 

@@ -15,9 +15,23 @@ where such input is parsed, so the write path can emit header text as is without
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 Headers = list[tuple[str, str]]
 Params = list[tuple[str, str]]
+
+
+# CPython's str.lower, also in the compiled build: mypyc's own lower() skips the final-sigma rule
+# for non-ASCII text ("ΣΣ" gives "σσ" where Python gives "σς"); called through this name it is
+# the CPython method.
+_PY_LOWER: Callable[[str], str] = str.lower
+
+
+def lower_text(s: str) -> str:
+    """``s.lower()`` the same in both builds, for text that may be non-ASCII (configuration
+    values such as route hosts): header names and HTTP/1 field values are latin-1 and lower
+    the same either way."""
+    return s.lower() if s.isascii() else _PY_LOWER(s)
 
 
 def get(headers: Headers, name: str) -> str | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from gripd.core.errors import ConfigError
-from gripd.core.headers import Headers, field_problem, is_safe_text, remove, show
+from gripd.core.headers import Headers, field_problem, is_safe_text, lower_text, remove, show
 from gripd.core.qtcompat import decimal_int
 
 __all__ = [
@@ -339,7 +339,7 @@ def _build_route(
     p = _Props(cond.props)
     notes = _option_warnings(cond.props, _COND_FLAGS, _COND_VALUES, "route")
 
-    domain = "*" if cond.value == "*" else cond.value.lower()
+    domain = "*" if cond.value == "*" else lower_text(cond.value)
     proto: Literal["http", "ws"] | None = None
     v = p.get("proto")
     if v is not None:
