@@ -200,7 +200,8 @@ class Hub:
 
     async def start(self) -> None:
         """Check the client ports, start the workers and wait until every one has bound its
-        listeners, then bind the per-instance services (TCP, then ``ipc://``)."""
+        listeners, join the bus (bounded), then bind the per-instance services (TCP, then
+        ``ipc://``)."""
         try:
             self._check_client_ports()
             self._check_certs()
@@ -211,9 +212,9 @@ class Hub:
                 if err is not None:
                     raise OSError(err)  # the worker's one-line reason (a BindError's text)
             await self.pipeline.start()
+            await self.bus.start()  # on the bus (Redis up) before the inputs take publishes
             await self.services.bind(ipc=False)
             await self.services.bind(ipc=True)
-            await self.bus.start()
         except BaseException:
             await self.stop(quiet=True)
             raise

@@ -11,9 +11,19 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
+
 from tests.conftest import TIME_SCALE
 from tests.e2e.test_history import EVENT, SSE, lp, lp_origin, read_for, sse, woh_origin, ws
-from tests.e2e.test_redis_bus import Launch, bus_conf, launch, wait_subscribed
+from tests.e2e.test_redis_bus import (
+    KEY_PREFIX,
+    Launch,
+    bus_conf,
+    launch,
+    redis_call,
+    wait_subscribed,
+)
+from tests.e2e.test_workers import wait_until
 from tests.support.e2e import get, publish
 from tests.support.origin import Origin, Reply
 from tests.support.procs import Server
@@ -89,6 +99,27 @@ async def test_long_poll_and_websocket_resume_from_redis(
         await wait_subscribed(redis_server, "news", 1)
         await publish(a, [ws(5)])
         assert await asyncio.wait_for(client.recv(), WAIT) == "m5"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_publish_right_after_start_is_stored(
+    launch: Launch, redis_server: RedisServer, origin: Origin, workers: int
+) -> None:
+    """With Redis up, an instance is on the bus before its inputs take publishes: an item
+    published as soon as the control API answers is stored in Redis (and shared), not
+    delivered locally only."""
+    c = bus_conf(redis_server.url, workers)
+    c["gripd"]["history_size"] = "100"
+    (a,) = await launch([f"* 127.0.0.1:{origin.port}"], c, n=1, connected=False)
+    log = a.log_text()
+    assert log.index("bus: connected to") < log.index("control API on"), log
+    await publish(a, [lp(1)])
+
+    def stored() -> bool:
+        return bool(redis_call(redis_server, "XLEN", f"{KEY_PREFIX}h:news") == 1)
+
+    await wait_until(stored, "the item in the channel's Redis stream")
+    assert "delivering locally only" not in a.log_text()
 
 
 async def test_client_bouncing_between_instances_misses_nothing(

@@ -78,11 +78,15 @@ def bus_conf(url: str, workers: int = 2, **handler: str) -> dict[str, dict[str, 
 @pytest.fixture
 async def launch(tmp_path: Path) -> AsyncIterator[Launch]:
     """``await launch(routes, conf, n=2)``: ``n`` gripd instances started side by side, each
-    ready once its hub logged ``started N workers`` (a single process: once it answers); all
-    stopped after the test."""
+    ready once its hub logged ``started N workers`` (a single process: once it answers) and,
+    unless ``connected=False``, once its bus is connected to Redis (an instance waits at most
+    2 s for Redis before it starts, which a loaded machine can exceed: a publish before the bus
+    is connected is delivered locally only, and not stored); all stopped after the test."""
     servers: list[Server] = []
 
-    async def _launch(routes: list[str], c: dict[str, dict[str, str]], n: int = 2) -> list[Server]:
+    async def _launch(
+        routes: list[str], c: dict[str, dict[str, str]], n: int = 2, *, connected: bool = True
+    ) -> list[Server]:
         first = len(servers)
         dirs = [tmp_path / f"gripd-{first + i}" for i in range(n)]
         results = await asyncio.gather(
@@ -98,6 +102,8 @@ async def launch(tmp_path: Path) -> AsyncIterator[Launch]:
         for s in started:
             if workers != "1":
                 await wait_until(partial(_workers_started, s, workers), "every worker ready")
+        if connected:
+            await wait_connected(*started)
         return started
 
     yield _launch

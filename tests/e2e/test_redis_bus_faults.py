@@ -157,7 +157,7 @@ async def test_redis_unreachable_at_start(
         placeholder.bind((r.host, r.port))
         async with subscribers() as subs:
             origin.route("GET", "/sse", sse_reply("k"))
-            a, b = await launch(routes(origin), bus_conf(r.url))
+            a, b = await launch(routes(origin), bus_conf(r.url), connected=False)
             placeholder.close()
             url = re.escape(f"redis://127.0.0.1:{r.port}")
             line = rf"\[ERR\] .* bus: {url} unreachable \(.+\); delivering locally only"

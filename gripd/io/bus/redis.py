@@ -73,6 +73,9 @@ BACKOFF_MAX = 5.0
 #: Seconds to open a connection (TCP, TLS, AUTH, SELECT), and to wait for a reply.
 CONNECT_TIMEOUT = 2.0
 IO_TIMEOUT = 5.0
+#: Seconds ``start`` waits for the first attempt to connect: a publish accepted right after
+#: start then reaches Redis (and its history) instead of this instance's subscribers only.
+START_WAIT = 2.0
 #: The subscriber connection is pinged this often; silence for 3 intervals means it is dead.
 PING_INTERVAL = 5.0
 #: Publishes per pipelined write, and channels per (S)SUBSCRIBE command.
@@ -207,6 +210,7 @@ class RedisBus:
         self._wake_send = asyncio.Event()
         self._wake_sub = asyncio.Event()
         self._progress = asyncio.Event()  # a subscription reply arrived, or the state changed
+        self._tried = asyncio.Event()  # the first attempt to connect succeeded or failed
         self._broken: asyncio.Future[str] | None = None
         self._epoch: list[asyncio.Task[None]] = []
         self._conns: list[Connection] = []
@@ -290,12 +294,18 @@ class RedisBus:
     def lost(self, channel: str) -> None:
         self.unsubscribe(channel)
 
-    async def start(self) -> None:
-        """Start connecting in the background; returns at once, whether Redis is up or not."""
+    async def start(self, wait: float = START_WAIT) -> None:
+        """Start connecting in the background, and return once the first attempt connected or
+        failed, or after ``wait`` seconds (Redis not answering): gripd starts whether Redis is
+        up or not, but when it is up, the instance is on the bus before it takes publishes."""
         if self._task is None:
             loop = self._loop or asyncio.get_running_loop()
             self._loop = loop
             self._task = loop.create_task(self._supervise(), name="redis-bus")
+        if wait > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._tried.wait()
 
     async def stop(self) -> None:
         """Close the connections and stop the tasks; what is still queued is delivered
@@ -383,6 +393,7 @@ class RedisBus:
                     await self._open()
                 except Exception as e:
                     await self._close()
+                    self._tried.set()
                     if down_since is None:
                         down_since = loop.time()
                         log.error(
@@ -394,6 +405,7 @@ class RedisBus:
                     delay = min(delay * 2, BACKOFF_MAX)
                     continue
                 self.connected = True
+                self._tried.set()
                 self._progress.set()
                 self.history.on_connect()
                 if self._waiters:
