@@ -67,6 +67,7 @@ COMPILED = [
     "io/handler/channels.py",
     "io/inputs/control_http.py",
     "io/inputs/control_wire.py",
+    "io/inputs/zmq.py",
     "io/listener/client.py",
     "io/listener/client_writes.py",
     "io/listener/flusher.py",

@@ -216,6 +216,7 @@ def connect_held(
     time.sleep(0.5)
     baseline = sum(s.rss_bytes() for s in targets)
     inflight = split(st.inflight, len(workers.conns))
+    cpu0 = sum(s.cpu_seconds() for s in targets)
     t0 = time.monotonic()
     res: list[dict[str, Any]] = []
     start = 0
@@ -239,6 +240,7 @@ def connect_held(
             timeout=330,
         )
     connect_s = time.monotonic() - t0
+    connect_cpu = sum(s.cpu_seconds() for s in targets) - cpu0
     ok = sum(r["ok"] for r in res)
     statuses: dict[str, int] = {}
     for r in res:
@@ -248,6 +250,11 @@ def connect_held(
     rows.append((f"connect time s (≤{st.inflight} in flight)", f"{connect_s:.1f}"))
     rows.append(("connect statuses", json.dumps(statuses, sort_keys=True)))
     rows.append(("connect retries", str(sum(r["retries"] for r in res))))
+    # The rate is the load generator's pace or the server's, whichever is slower: the server's
+    # CPU per subscription (and its share of a core while connecting) tells which.
+    rows.append(("new subscriptions/s (connect phase)", f"{ok / max(connect_s, 1e-9):,.0f}"))
+    rows.append(("server CPU s over the connects", f"{connect_cpu:.2f}"))
+    rows.append(("server CPU ms per new subscription", f"{1000 * connect_cpu / max(1, ok):.3f}"))
     # Warm-up: publish until every connection saw one (the subscription exists), bounded.
     warm = 0
     for _ in range(60):

@@ -48,6 +48,15 @@ def encode(item: dict[str, Any], fmt: str) -> bytes:
     return b"J" + json.dumps(item, separators=(",", ":")).encode()
 
 
+# The bytes ``encode`` gives for this scenario's ``J`` items, by formatting instead of json.dumps:
+# at 9 µs per item json.dumps held the pusher near 110k items/s, below what the server takes.
+J_TEMPLATE = b'J{"channel":"%s","formats":{"http-stream":{"content":"data: m%d %d\\n\\n"}}}'
+
+
+def encode_j(channel: str, j: int, ns: int) -> bytes:
+    return J_TEMPLATE % (channel.encode(), j, ns)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, required=True)
@@ -63,17 +72,23 @@ def main(argv: list[str] | None = None) -> int:
     sock.setsockopt(zmq.SNDTIMEO, 30_000)  # bound every send: a stalled peer ends the run
     sock.connect(f"tcp://127.0.0.1:{args.port}")
     time.sleep(0.3)  # let the connection come up so the first timestamps are not queue time
+    channels = [f"c{i}" for i in range(args.channels)] if args.channels else ["fan"]
+    fast = args.format == "J"
     first_ns = time.monotonic_ns()
     sent = 0
     error = ""
     for j in range(args.count):
-        channel = f"c{j % args.channels}" if args.channels else "fan"
-        item = {
-            "channel": channel,
-            "formats": {"http-stream": {"content": f"data: m{j} {time.monotonic_ns()}\n\n"}},
-        }
+        channel = channels[j % len(channels)]
+        if fast:
+            message = encode_j(channel, j, time.monotonic_ns())
+        else:
+            item = {
+                "channel": channel,
+                "formats": {"http-stream": {"content": f"data: m{j} {time.monotonic_ns()}\n\n"}},
+            }
+            message = encode(item, args.format)
         try:
-            sock.send(encode(item, args.format))
+            sock.send(message)
         except zmq.Again:
             error = f"send timed out after {sent} items"
             break
