@@ -107,8 +107,9 @@ async def test_killed_mid_stream_then_restarted(
 
 
 async def test_unreachable_at_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """start() returns at once with nothing listening; publishes are delivered locally and
-    counted; once Redis comes up the bus connects and goes through it."""
+    """start() returns at once with nothing listening (the first attempt is refused);
+    publishes are delivered locally and counted; once Redis comes up the bus connects and goes
+    through it."""
     caplog.set_level(logging.INFO, logger="gripd.bus")
     server = RedisServer(tmp_path / "redis")  # a free port, not started yet
     sink, sink_b = RecordingSink(), RecordingSink()
@@ -141,6 +142,49 @@ async def test_unreachable_at_start(tmp_path: Path, caplog: pytest.LogCaptureFix
         await a.stop()
         await b.stop()
         server.stop()
+
+
+async def test_start_returns_connected_when_redis_is_up(redis_server: RedisServer) -> None:
+    """start() waits for the first attempt: the instance is on the bus before it takes
+    publishes, so the first one goes through Redis."""
+    sink = RecordingSink()
+    bus = RedisBus(sink, redis_server.url, node_id="a")
+    try:
+        await asyncio.wait_for(bus.start(), WAIT)
+        assert bus.connected
+        bus.publish([_item("c", 1)], source="http")
+        assert bus.counters["publish_failed"] == 0
+    finally:
+        await bus.stop()
+
+
+async def test_start_is_bounded_when_redis_does_not_answer() -> None:
+    """A server that takes the connection and never answers: start() gives up waiting after
+    its bound and the bus delivers locally meanwhile."""
+
+    writers: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)  # never answers; closed at the end
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sink = RecordingSink()
+    bus = RedisBus(sink, f"redis://127.0.0.1:{port}", node_id="a")
+    loop = asyncio.get_running_loop()
+    try:
+        began = loop.time()
+        await asyncio.wait_for(bus.start(wait=0.3), WAIT)
+        assert 0.25 <= loop.time() - began < 5.0
+        assert not bus.connected
+        bus.publish([_item("c", 1)], source="http")
+        assert _ids(sink) == ["1"]
+    finally:
+        await asyncio.wait_for(bus.stop(), WAIT)
+        server.close()
+        for w in writers:
+            w.close()
+        await server.wait_closed()
 
 
 async def test_stop_does_not_hang_while_unreachable(tmp_path: Path) -> None:

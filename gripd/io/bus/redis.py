@@ -6,7 +6,8 @@ included, hands what comes back to its sink. So all instances see one order per 
 order in which Redis ran the publishes. This instance's publishes leave in call order: one
 queue, one sender task, pipelined on one connection.
 
-Redis may be down, at start too. Then ``start()`` still returns at once, the bus delivers every
+Redis may be down, at start too. Then ``start()`` still returns (once the first attempt failed,
+or after ``START_WAIT`` seconds when Redis does not answer), the bus delivers every
 batch locally (straight to the sink, like :class:`~gripd.io.bus.local.LocalBus`) and counts it
 in ``counters["publish_failed"]``, and a supervisor reconnects with exponential backoff (0.1 s
 doubling to 5 s). After a reconnect every wanted channel is subscribed again, and the bus goes
