@@ -18,6 +18,8 @@ from gripd.core.http import HttpResponse
 from gripd.core.publish import (
     HttpResponseFormat,
     PublishItem,
+    _loads,
+    _loads_body,
     apply_body_patch,
     apply_http_response,
     handle_control_request,
@@ -700,3 +702,52 @@ def test_items_pickle_by_value() -> None:
     back = pickle.loads(pickle.dumps([item, PublishItem(channel="c")], protocol=5))
     assert back == [item, PublishItem(channel="c")]
     assert back[0] is not item and back[0].meta is not item.meta
+
+
+# --- The publish body's JSON: msgspec first, the strict stdlib reader for what it refuses ---------
+
+_EDGE_BODIES = [
+    b'{"a":1,"a":2}',  # duplicate keys: the last wins, in the first one's place
+    b'{"b":1,"a":2,"b":3}',
+    b'{"a":123456789012345678901234567890}',
+    b'{"a":-123456789012345678901234567890}',
+    b'{"a":18446744073709551616}',
+    b'{"a":1e400}',  # beyond a double: msgspec refuses, the stdlib reads inf
+    b'{"a":-0}',
+    b'{"a":-0.0}',
+    b'{"a":1.5e-400}',
+    b'{"a":"\\ud800"}',  # a lone surrogate escape
+    b'{"a":"\\ud83d\\ude00"}',
+    b'\xef\xbb\xbf{"a":1}',  # a UTF-8 BOM
+    b'\xef\xbb\xbf\xef\xbb\xbf{"a":1}',
+    b'{"a":NaN}',
+    b'{"a":Infinity}',
+    b'{"a":"\xff"}',
+    b'{"a":"\x01"}',
+    b' {"a":1} ',
+    b'{"a":1} x',
+    b'{"\\u0000":1}',
+    b"[" * 5000 + b"]" * 5000,
+    b"",
+]
+
+
+def _either(fn: Any, body: bytes) -> str:
+    try:
+        return repr(fn(body))  # repr: types, key order and -0.0 count
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return "refused"
+
+
+@pytest.mark.parametrize("body", _EDGE_BODIES)
+def test_publish_body_json_reads_as_the_strict_reader_does(body: bytes) -> None:
+    assert _either(_loads_body, body) == _either(_loads, body)
+
+
+@settings(max_examples=300)
+@given(json_values, st.booleans())
+def test_publish_body_json_matches_the_strict_reader_on_any_json(
+    value: object, ascii_only: bool
+) -> None:
+    body = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    assert _either(_loads_body, body) == _either(_loads, body)
