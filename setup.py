@@ -14,6 +14,9 @@ build uses about 40 % less CPU per proxied request (see docs/compiled.md).
 
 ``GRIPD_MYPYC_MODULES`` (comma-separated paths under ``gripd/``) replaces the list, for
 measuring one module's effect; ``GRIPD_MYPYC_OPT`` sets the C optimisation level (default 3).
+``GRIPD_MYPYC_SPLIT=1`` writes one C file per module and compiles them in parallel: about three
+times faster to build on two cores (50 s against 2.5 minutes), and no faster to run, perhaps a
+few per cent slower (the C compiler no longer inlines across modules); the test script uses it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ from __future__ import annotations
 import os
 import sys
 import tomllib
+import types
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -31,6 +37,7 @@ if MODE not in ("", "0", "1", "require"):
     sys.exit(f"GRIPD_MYPYC must be 0, 1 or require, not {MODE!r}")
 MYPYC = MODE in ("1", "require")
 REQUIRE = MODE == "require"
+SPLIT = os.environ.get("GRIPD_MYPYC_SPLIT", "0").strip() == "1"
 
 # The mypy (and so mypyc) the sources are checked with: a newer one may check differently.
 MYPY_PIN = "mypy==2.4.1"
@@ -86,8 +93,40 @@ COMPILED = [
 # The rest is not compiled: not on a per-request path, or not measured yet.
 
 
+def _compile_in_parallel(
+    self: Any,
+    sources: list[str],
+    output_dir: str | None = None,
+    macros: Any = None,
+    include_dirs: Any = None,
+    debug: bool = False,
+    extra_preargs: Any = None,
+    extra_postargs: Any = None,
+    depends: Any = None,
+) -> list[str]:
+    """``CCompiler.compile`` with the sources compiled at once, one compiler process per core
+    (distutils compiles the sources of one extension one after the other)."""
+    macros, objects, extra_postargs, pp_opts, build = self._setup_compile(
+        output_dir, macros, include_dirs, sources, depends, extra_postargs
+    )
+    cc_args = self._get_cc_args(pp_opts, debug, extra_preargs)
+
+    def one(obj: str) -> None:
+        src, ext = build[obj]
+        self._compile(obj, src, ext, cc_args, extra_postargs, pp_opts)
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        list(pool.map(one, objects))
+    return list(objects)
+
+
 class OptionalBuildExt(build_ext):
     """Build the extensions if possible; with ``GRIPD_MYPYC=1`` fall back to pure Python."""
+
+    def build_extensions(self) -> None:
+        if SPLIT:
+            self.compiler.compile = types.MethodType(_compile_in_parallel, self.compiler)
+        super().build_extensions()
 
     def run(self) -> None:
         try:
@@ -125,6 +164,7 @@ def ext_modules() -> list[Extension]:
             mypycify(
                 [f"gripd/{m}" for m in names],
                 opt_level=os.environ.get("GRIPD_MYPYC_OPT", "3"),
+                multi_file=SPLIT,
             )
         )
     except (Exception, SystemExit) as e:  # mypy's type errors end in SystemExit

@@ -48,8 +48,10 @@ if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
 else
     tar --exclude=./.venv --exclude=./build -cf - . | tar -xf - -C "$copy"
 fi
-echo "compiled build: mypyc in $copy (about two minutes) ..."
-if ! (cd "$copy" && GRIPD_MYPYC=require "$root/.venv/bin/python" setup.py -q build_ext \
+echo "compiled build: mypyc in $copy (about a minute) ..."
+# One C file per module, compiled in parallel (GRIPD_MYPYC_SPLIT, see setup.py): the same
+# compiled code as an install's, split for the C compiler, and built three times faster.
+if ! (cd "$copy" && GRIPD_MYPYC=require GRIPD_MYPYC_SPLIT=1 "$root/.venv/bin/python" setup.py -q build_ext \
         --inplace >"$copy/build.log" 2>&1); then
     tail -n 30 "$copy/build.log"
     if [ "${CI:-}" = true ]; then
