@@ -125,7 +125,10 @@ class ClientConnection(ClientWrites):
     def __init__(self, app: ClientHost) -> None:
         self.app = app
         self.transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpRequestParser(self)
+        # The parser holds this connection's callbacks: a cycle, broken in connection_lost so
+        # that a closed connection is freed at once (a cycle waits for the garbage collector,
+        # whose full collections take longer the more connections are held).
+        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.peer = ""
         self.tls = False  # set in connection_made: the transport is TLS (https_ports)
         self.id = app.next_conn_id()
@@ -193,6 +196,7 @@ class ClientConnection(ClientWrites):
         transport (and this connection's place in the admission count)."""
         conn = _h2.H2Connection(self.app, transport, self.id, self.peer)
         self.closed = True  # this object gets no more events: the transport is conn's
+        self._parser = None
         conns = self.app.connections
         conns.discard(self)
         conns.add(conn)
@@ -202,6 +206,7 @@ class ClientConnection(ClientWrites):
     def connection_lost(self, exc: Exception | None) -> None:
         if self not in self.app.connections:
             self.closed = True
+            self._parser = None
             return  # refused in connection_made
         self.closed = True
         self._cancel_timer()
@@ -215,6 +220,7 @@ class ClientConnection(ClientWrites):
         self._requests.clear()
         self._pending = None
         self._unparsed = None
+        self._parser = None
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -287,8 +293,11 @@ class ClientConnection(ClientWrites):
 
     def _parse(self, data: bytes | memoryview) -> bool:
         """Feed one piece to the parser; False when nothing more should be parsed."""
+        p = self._parser
+        if p is None:
+            return False  # closed
         try:
-            self._parser.feed_data(data)
+            p.feed_data(data)
             if self._in_head:
                 # F3: a line httptools keeps unfinished is reported by no callback, so the raw
                 # bytes of an unfinished head are counted too: every piece after the one it
@@ -418,6 +427,7 @@ class ClientConnection(ClientWrites):
 
     def on_headers_complete(self) -> None:
         p = self._parser
+        assert p is not None  # a parser callback
         req = Request(
             p.get_method().decode("latin-1"),
             b"".join(self._url_parts).decode("latin-1"),

@@ -260,6 +260,7 @@ class OriginConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._pool.forget(self)
+        self._parser = None  # it holds this connection's callbacks: a cycle (see client.py)
         ex = self.exchange
         if ex is None:
             return
