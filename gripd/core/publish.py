@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import jsonpatch
-import msgspec
 
 from gripd.core.errors import PublishError
 from gripd.core.headers import Headers, field_problem, is_safe_text, parse_list, show
 from gripd.core.http import HttpResponse, reason_phrase
-from gripd.core.qtcompat import decimal_int, reject_json_constant
+from gripd.core.qtcompat import decimal_int, read_json
 
 # The hub hands items to its workers pickled (never anything read from the network). Each
 # class pickles by its constructor arguments (``__reduce__``): 2-3x faster, and half the bytes,
@@ -555,41 +554,14 @@ def parse_item(obj: object, *, binary: bool = False, channel: str | None = None)
     return item
 
 
-# ``json.loads`` with ``parse_constant`` builds a new decoder per call; this one is reused.
-_DECODER = json.JSONDecoder(parse_constant=reject_json_constant)
-_BOM = b"\xef\xbb\xbf"
-
-
-def _loads(data: bytes) -> Any:
-    """Strict JSON as Qt reads it: UTF-8 (BOM allowed), no NaN/Infinity."""
-    # What ``json.loads(data.decode("utf-8-sig"), ...)`` does, without the codec lookup of
-    # "utf-8-sig": one leading BOM is dropped; a second one fails to decode as JSON.
-    if data.startswith(_BOM):
-        data = data[3:]
-    return _DECODER.decode(data.decode("utf-8"))  # a second BOM is not valid JSON
-
-
-_fast_decode = msgspec.json.Decoder().decode
-
-
-def _loads_body(data: bytes) -> Any:
-    """A publish body as :func:`_loads` reads it, about three times faster (msgspec). What
-    msgspec refuses (a BOM, a lone surrogate escape, a number beyond a double, bad UTF-8, ...)
-    goes to :func:`_loads`, which decides; where msgspec succeeds the two give the same value."""
-    try:
-        return _fast_decode(data)
-    except (msgspec.DecodeError, ValueError, RecursionError):
-        return _loads(data)
-
-
 def parse_publish_body(body: bytes) -> list[PublishItem]:
     """F28: validate a whole ``/publish`` body; all items are checked before any is returned.
 
     Raises ``PublishError`` whose ``str()`` is the API's answer text (without the newline).
     """
     try:
-        doc = _loads_body(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        doc = read_json(body)  # as Pushpin's Qt reads it
+    except ValueError:
         raise PublishError("Body is not valid JSON.") from None
     if isinstance(doc, list):
         raise PublishError("Invalid format.")
@@ -644,8 +616,8 @@ def _qt_json(v: Any) -> str:
 def apply_body_patch(held_body: bytes, patch: list[Any]) -> bytes:
     """Apply an RFC 6902 patch to a JSON object/array body, keeping its trailing newline (F22)."""
     try:
-        doc = _loads(held_body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        doc = read_json(held_body)
+    except ValueError:
         raise PublishError("failed to parse original response body as JSON") from None
     if not isinstance(doc, dict | list):
         raise PublishError("failed to parse original response body as JSON")

@@ -192,13 +192,33 @@ def reject_json_constant(name: str) -> object:
     raise ValueError(f"not JSON: {name}")
 
 
-def decode_json(body: bytes) -> object:
-    """Fast path msgspec; on failure a lenient parser that accepts what Qt5 accepts (raw control
-    characters and unknown escapes in strings, a UTF-8 BOM, numbers like ``.5`` or ``1.``)."""
+_msgspec_decode = msgspec.json.Decoder().decode
+
+
+def read_json(body: bytes) -> object:
+    """JSON as Pushpin reads it (Qt 5's ``QJsonDocument::fromJson``: GRIP instructions, publish
+    bodies, ZeroMQ ``J`` messages). Well-formed JSON is read by msgspec; what msgspec refuses
+    goes to a parser of Qt 5's grammar, which accepts a UTF-8 BOM, raw control characters,
+    unknown escapes and lone surrogate escapes in strings, and numbers like ``.5`` or ``1.``.
+    Raises ``ValueError`` for what Qt refuses (``NaN``, a number beyond a double, bad UTF-8 in a
+    string, a scalar at the top when msgspec did not read the body, ...)."""
     try:
-        doc: object = msgspec.json.decode(body)
+        return _msgspec_decode(body)
     except (msgspec.DecodeError, ValueError, RecursionError):
+        pass
+    try:
         return _LenientJson(body).parse()
+    except (_JsonError, IndexError, ValueError, OverflowError) as e:
+        raise ValueError(f"not JSON: {e}") from None
+
+
+def decode_json(body: bytes) -> object:
+    """:func:`read_json` for GRIP instructions and WebSocket control messages: an object or an
+    array, else ``InstructError``."""
+    try:
+        doc = read_json(body)
+    except ValueError:
+        raise InstructError("failed to parse application/grip-instruct content as JSON") from None
     if not isinstance(doc, (dict, list)):  # Qt5 only accepts an object or array at top level
         raise InstructError("failed to parse application/grip-instruct content as JSON")
     return doc
@@ -221,10 +241,7 @@ class _LenientJson:
         self.i = i
 
     def parse(self) -> object:
-        try:
-            return self._parse()
-        except (_JsonError, IndexError, ValueError, OverflowError) as e:
-            raise InstructError("failed to parse application/grip-instruct content as JSON") from e
+        return self._parse()
 
     def _string(self) -> str:
         s = self.s

@@ -80,6 +80,23 @@ def test_json_content_bin_is_base64() -> None:
 
 
 @pytest.mark.parametrize(
+    ("payload", "content"),
+    [
+        (b'J\xef\xbb\xbf{"channel":"c","formats":{"http-stream":{"content":"b"}}}', b"b"),
+        (b'J{"channel":"c","formats":{"http-stream":{"content":"c\x01x"}}}', b"c\x01x"),
+        (b'J{"channel":"c","formats":{"http-stream":{"content":"s\\ud800"}}}', b"s?"),
+        (b'J{"channel":"c","size":.5,"formats":{"http-stream":{"content":"d"}}}', b"d"),
+    ],
+)
+def test_json_is_read_as_pushpins_qt_reads_it(payload: bytes, content: bytes) -> None:
+    """F31: ``J`` payloads are read as the control API reads bodies (F28), as Pushpin's Qt
+    does: a BOM, raw control characters, lone surrogate escapes and ``.5`` are taken (each
+    checked against a running Pushpin 1.36)."""
+    item = parse_pull_message([payload])
+    assert item.http_stream is not None and item.http_stream.content == content
+
+
+@pytest.mark.parametrize(
     ("frames", "reason", "message"),
     [
         ([], "bad_frames", "received message with parts != 1"),
