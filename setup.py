@@ -13,7 +13,8 @@ build uses about 40 % less CPU per proxied request (see docs/compiled.md).
 - ``require``: compile or fail the install.
 
 ``GRIPD_MYPYC_MODULES`` (comma-separated paths under ``gripd/``) replaces the list, for
-measuring one module's effect; ``GRIPD_MYPYC_OPT`` sets the C optimisation level (default 3).
+measuring one module's effect; ``GRIPD_MYPYC_OPT`` sets the C optimisation level (0 to 3,
+default 3).
 ``GRIPD_MYPYC_SPLIT=1`` writes one C file per module and compiles them in parallel: about three
 times faster to build on two cores (50 s against 2.5 minutes), and no faster to run, perhaps a
 few per cent slower (the C compiler no longer inlines across modules); the test script uses it.
@@ -37,7 +38,13 @@ if MODE not in ("", "0", "1", "require"):
     sys.exit(f"GRIPD_MYPYC must be 0, 1 or require, not {MODE!r}")
 MYPYC = MODE in ("1", "require")
 REQUIRE = MODE == "require"
-SPLIT = os.environ.get("GRIPD_MYPYC_SPLIT", "0").strip() == "1"
+SPLIT_MODE = os.environ.get("GRIPD_MYPYC_SPLIT", "0").strip()
+if SPLIT_MODE not in ("", "0", "1"):
+    sys.exit(f"GRIPD_MYPYC_SPLIT must be 0 or 1, not {SPLIT_MODE!r}")
+SPLIT = SPLIT_MODE == "1"
+OPT = os.environ.get("GRIPD_MYPYC_OPT", "3").strip()
+if OPT not in ("0", "1", "2", "3"):
+    sys.exit(f"GRIPD_MYPYC_OPT must be 0, 1, 2 or 3, not {OPT!r}")
 
 # The mypy (and so mypyc) the sources are checked with: a newer one may check differently.
 MYPY_PIN = "mypy==2.4.1"
@@ -163,7 +170,7 @@ def ext_modules() -> list[Extension]:
         return list(
             mypycify(
                 [f"gripd/{m}" for m in names],
-                opt_level=os.environ.get("GRIPD_MYPYC_OPT", "3"),
+                opt_level=OPT,
                 multi_file=SPLIT,
             )
         )

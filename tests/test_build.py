@@ -65,3 +65,26 @@ def test_the_build_under_test_is_the_one_meant() -> None:
     ).stdout
     assert ("(compiled, " in out) is compiled, out
     assert ("(pure Python)" in out) is not compiled, out
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("GRIPD_MYPYC", "yes", "GRIPD_MYPYC must be 0, 1 or require, not 'yes'"),
+        ("GRIPD_MYPYC_SPLIT", "yes", "GRIPD_MYPYC_SPLIT must be 0 or 1, not 'yes'"),
+        ("GRIPD_MYPYC_OPT", "9", "GRIPD_MYPYC_OPT must be 0, 1, 2 or 3, not '9'"),
+    ],
+)
+def test_build_settings_are_checked(name: str, value: str, message: str) -> None:
+    """A misspelt build setting stops the build with its name, not a silent default."""
+    env = {**os.environ, name: value}
+    out = subprocess.run(
+        [sys.executable, "setup.py", "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert message in out.stderr
