@@ -25,7 +25,7 @@ class Endpoint:
     ssl: bool
     insecure: bool
     server_hostname: str | None
-    _hash: int = field(repr=False)
+    _hash: int = field(init=False, repr=False)  # derived: set in __init__
 
     # An explicit __init__, __eq__ and __hash__: a compiled build (mypyc) compiles them; the
     # ones the dataclass decorator generates stay interpreted, and a pool lookup per request
