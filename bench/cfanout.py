@@ -36,6 +36,7 @@ from run import (  # bench/run.py; puts the repo root and bench/ on sys.path
     machine,
     publish_item,
     start_origin,
+    table,
 )
 
 from tests.support.procs import (
@@ -93,11 +94,17 @@ class Client:
 
 
 def run_one(
-    impl: Impl, label: str, exe: Path, args: argparse.Namespace, origin_port: int, workdir: Path
+    impl: Impl,
+    label: str,
+    workers: int | None,
+    exe: Path,
+    args: argparse.Namespace,
+    origin_port: int,
+    workdir: Path,
 ) -> list[Row]:
     conf = merge_conf(NO_RATE_LIMIT, None)
-    if args.gripd_workers_one is not None:
-        conf = merge_conf(conf, {"gripd": {"workers": str(args.gripd_workers_one)}})
+    if workers is not None:
+        conf = merge_conf(conf, {"gripd": {"workers": str(workers)}})
     server = start_server(
         impl, workdir / label, [f"* 127.0.0.1:{origin_port}"], conf=conf, timeout=30
     )
@@ -182,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="cfanout-"))
     exe = build_client(workdir)
     origin, origin_port = start_origin()
-    runs: list[tuple[str, list[Row]]] = []
+    results: dict[str, dict[str, list[Row]]] = {}
     try:
         impls: list[tuple[Impl, str, int | None]] = []
         if args.impl in ("gripd", "both"):
@@ -192,23 +199,15 @@ def main(argv: list[str] | None = None) -> int:
             impls.append(("pushpin", "pushpin", None))
         for impl, label, w in impls:
             print(f"[{label}] fan-out ...", file=sys.stderr, flush=True)
-            args.gripd_workers_one = w
-            runs.append((label, run_one(impl, label, exe, args, origin_port, workdir)))
+            results[label] = {"fanout": run_one(impl, label, w, exe, args, origin_port, workdir)}
     finally:
         origin.kill()
         origin.wait(10)
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "python bench/cfanout.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = [f"## {when} — `{cmd.strip()}`", "", machine(), ""]
-    lines.append("| metric | " + " | ".join(label for label, _ in runs) + " |")
-    lines.append("|---" * (len(runs) + 1) + "|")
-    keys: list[str] = []
-    for _, rows in runs:
-        keys += [k for k, _ in rows if k not in keys]
-    for k in keys:
-        vals = [dict(rows).get(k, "–") for _, rows in runs]
-        lines.append(f"| {k} | " + " | ".join(vals) + " |")
-    text = "\n".join(lines) + "\n"
+    text = f"## {when} — `{cmd.strip()}`\n\n{machine()}\n" + table(
+        results, list(results), ["fanout"]
+    )
     print(text)
     OUT.parent.mkdir(exist_ok=True)
     with OUT.open("a") as f:

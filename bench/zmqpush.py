@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     time.sleep(0.3)  # let the connection come up so the first timestamps are not queue time
     channels = [f"c{i}" for i in range(args.channels)] if args.channels else ["fan"]
     fast = args.format == "J"
+    # The template must give what encode() gives, byte for byte.
+    check = {"channel": "c1", "formats": {"http-stream": {"content": "data: m7 42\n\n"}}}
+    if encode_j("c1", 7, 42) != encode(check, "J"):
+        raise SystemExit("zmqpush: J_TEMPLATE no longer matches encode()")
     first_ns = time.monotonic_ns()
     sent = 0
     error = ""
