@@ -12,12 +12,37 @@ from typing import Any
 import pytest
 
 from tests.support.origin import Origin
-from tests.support.procs import Impl, Server, impls, start_server
+from tests.support.procs import Impl, Server, impls, servers_started, start_server
 
 #: Timing-sensitive waits scale by this factor (DESIGN: CI machines have 2 cores).
 TIME_SCALE = float(os.environ.get("GRIPD_TEST_TIME_SCALE", "1"))
 
 StartFn = Callable[..., Awaitable[Server]]
+
+#: How much of each server's log a failed test report shows (its last lines).
+LOG_TAIL_LINES = 120
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """Remember which servers existed before the test, so its report can show the new ones."""
+    item.stash[_SERVERS_BEFORE] = len(servers_started())
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed test's report carries the tail of the log of every server it started (a flake
+    seen once in CI is then explained by what the server said, not guessed at)."""
+    report: pytest.TestReport = yield
+    if report.failed:
+        for server in servers_started()[item.stash.get(_SERVERS_BEFORE, 0) :]:
+            tail = "\n".join(server.log_text().splitlines()[-LOG_TAIL_LINES:])
+            report.sections.append((f"{server.impl} log ({server.log_path})", tail))
+    return report
+
+
+_SERVERS_BEFORE = pytest.StashKey[int]()
 
 
 @pytest.fixture(params=impls())
