@@ -272,6 +272,25 @@ async def test_burst_is_drained_in_batches(rig: Rig, ctx: zmq.asyncio.Context) -
     assert len(sizes) < n  # batched, not one call per message
 
 
+async def test_multipart_messages_in_a_burst_are_dropped_alone(
+    rig: Rig, ctx: zmq.asyncio.Context
+) -> None:
+    """F31: a PULL message of several parts is dropped whole, also when it is taken from a
+    queued burst (the non-blocking drain), and the messages around it are kept, in order."""
+    n = 400
+    messages = [[b"T" + dumps({**T_ITEM, b"channel": b"c%d" % i})] for i in range(n)]
+    for k in (50, 200, 399):  # two and three parts, and one at the end
+        messages[k] = [messages[k][0], b"x"] + ([b"y"] if k == 200 else [])
+    await push(ctx, rig.inputs.config.push_in_spec, *messages)
+    await rig.sink.wait_items(n - 3, timeout=20)
+    await asyncio.sleep(0.1)
+    assert [i.channel for i in rig.sink.items] == [
+        f"c{i}" for i in range(n) if i not in (50, 200, 399)
+    ]
+    assert rig.inputs.counters == {"bad_frames": 3}
+    assert len(rig.sink.calls) < n - 3  # most came through the drain, not one wake-up each
+
+
 async def test_sink_failure_does_not_stop_input(rig: Rig, ctx: zmq.asyncio.Context) -> None:
     rig.sink.fail = True
     frame = b"T" + dumps(T_ITEM)

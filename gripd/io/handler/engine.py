@@ -513,6 +513,7 @@ class Engine:
 
     def publish(self, items: list[PublishItem], *, source: str = "http") -> None:
         bs = self.app.config.message_block_size
+        ticklog = self.ticklog if self.ticklog.enabled() else None  # once per batch, not item
         for item in items:
             self.events.message_received(item.channel, source, item_blocks(item, bs))
             try:
@@ -520,8 +521,8 @@ class Engine:
             except Exception:  # one bad item must not stop the batch or crash the worker
                 log.exception("publish channel=%s failed", item.channel)
                 continue
-            if self.ticklog.enabled():
-                self.ticklog.info(f"publish channel={item.channel} receivers={n}")
+            if ticklog is not None:
+                ticklog.info(f"publish channel={item.channel} receivers={n}")
 
     def _publish_one(self, item: PublishItem) -> int:
         # Subscribers of the channel and of the patterns matching it, each once (wildcard_channels)

@@ -44,7 +44,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import zmq
 import zmq.asyncio
@@ -104,14 +104,19 @@ class Drop(Exception):
 
 
 _NOBLOCK: Final = int(zmq.NOBLOCK)
-_RCVMORE: Final = int(zmq.RCVMORE)
 
 
-def _recv_nowait(recv: Callable[[int], bytes], get: Callable[[int], Any]) -> list[bytes]:
-    """One waiting message's frames (``recv_multipart(NOBLOCK)``); raises ``zmq.Again``."""
-    frames = [recv(_NOBLOCK)]
-    while get(_RCVMORE):  # the other frames of a message are there once its first is
-        frames.append(recv(_NOBLOCK))
+def _recv_nowait(recv: Callable[[int, Literal[False]], zmq.Frame]) -> list[bytes]:
+    """One waiting message's frames (``recv_multipart(NOBLOCK)``); raises ``zmq.Again``.
+
+    Each part is received as a ``zmq.Frame`` (``copy=False``), whose ``more`` flag pyzmq fills
+    in C: asking the socket for ``RCVMORE`` instead goes through a Python enum lookup on every
+    call, which cost more than the receive itself (bench/RESULTS.md, "ZeroMQ PULL")."""
+    frame = recv(_NOBLOCK, False)
+    frames = [frame.bytes]
+    while frame.more:  # the other parts of a message are there once its first is
+        frame = recv(_NOBLOCK, False)
+        frames.append(frame.bytes)
     return frames
 
 
@@ -397,10 +402,9 @@ class ZmqInputs:
         parse = parse_pull_message if source == "zmq-pull" else parse_sub_message
         # A synchronous view of the same socket, for the non-blocking drain.
         shadow: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
-        # Its bound methods, taken once: pyzmq's recv_multipart is Python code, and attribute
+        # Its bound recv, taken once: pyzmq's recv_multipart is Python code, and attribute
         # lookups on its sockets go through a __getattr__ hook (a sixth of the CPU per item).
-        recv: Callable[[int], bytes] = shadow.recv
-        get: Callable[[int], Any] = shadow.get
+        recv: Callable[[int, Literal[False]], zmq.Frame] = shadow.recv
         more = False  # the last batch stopped at its limit: messages may be waiting
         limit = DRAIN_MAX  # doubles while batches come out full, back to DRAIN_MAX when not
         while True:
@@ -410,7 +414,7 @@ class ZmqInputs:
                     # socket is awaited only once that view found the queue empty (awaiting
                     # it with messages already queued could miss its edge-triggered wake-up).
                     try:
-                        first = _recv_nowait(recv, get)
+                        first = _recv_nowait(recv)
                     except zmq.Again:
                         more = False
                         continue
@@ -434,7 +438,7 @@ class ZmqInputs:
                 frames = None
                 if n < limit:
                     try:
-                        frames = _recv_nowait(recv, get)
+                        frames = _recv_nowait(recv)
                     except zmq.Again:
                         pass
                     except zmq.ZMQError as e:
