@@ -75,6 +75,31 @@ class _RelayProtocol(Protocol):
         super().recv_frame(frame)
 
 
+class GoneHandler:
+    """The handler of a released endpoint: whatever still arrives goes nowhere."""
+
+    __slots__ = ()
+
+    def on_ws_message(self, is_text: bool, data: bytes) -> None:
+        pass
+
+    def on_ws_ping(self, data: bytes) -> None:
+        pass
+
+    def on_ws_pong(self, data: bytes) -> None:
+        pass
+
+    def on_ws_close(self, code: int | None, reason: str) -> None:
+        pass
+
+
+_GONE = GoneHandler()
+
+
+def _nothing(*_: bytes) -> None:
+    pass
+
+
 class WsEndpoint:
     """One side of a WebSocket: parse incoming bytes, serialize outgoing messages."""
 
@@ -85,6 +110,7 @@ class WsEndpoint:
         "handler",
         "last_frames",
         "proto",
+        "released",
         "write",
         "write_eof",
     )
@@ -108,8 +134,27 @@ class WsEndpoint:
         # Frames the message being reported came in: F38 ignores a ``c:`` control message
         # unless it was a single frame, so the origin side needs to know.
         self.last_frames = 1
+        self.released = False
+
+    def release(self) -> None:
+        """Let go of everything once the connection is gone, so that the endpoint and what it
+        points at are freed at once by reference counting. Otherwise they wait for the cycle
+        collector, whose full passes stall every client: websockets' ``Protocol`` holds its
+        parser generator, whose frame holds the ``Protocol``, and the handler usually holds
+        this endpoint. Afterwards the endpoint ignores input and sends nothing."""
+        if self.released:
+            return
+        self.released = True
+        self.closed = True
+        self.proto.parser.close()  # its frame is dropped with it
+        self.handler = _GONE
+        self.write = _nothing
+        self.write_eof = _nothing
+        self._frags = []
 
     def feed(self, data: bytes) -> None:
+        if self.released:
+            return
         proto = self.proto
         proto.receive_data(data)
         events = proto.events_received()
@@ -121,6 +166,8 @@ class WsEndpoint:
             self.closed = True
 
     def feed_eof(self) -> None:
+        if self.released:
+            return
         self.proto.receive_eof()
         self._flush()
 
@@ -174,7 +221,7 @@ class WsEndpoint:
 
     @property
     def open(self) -> bool:
-        return self.proto.state is State.OPEN
+        return not self.released and self.proto.state is State.OPEN
 
     def send(self, is_text: bool, data: bytes) -> None:
         if not self.open:

@@ -12,21 +12,20 @@ import json
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Coroutine, Mapping
-from dataclasses import replace
 from typing import Any
 
 import pytest
 import zmq
 import zmq.asyncio
 
-from gripd.core.config import Listen, default_config
 from gripd.core.tnetstring import dumps, loads
 from gripd.io.inputs.command import CommandServer
 from gripd.io.inputs.zmq import ZmqInputs
 from gripd.runtime.app import App
 from tests.conftest import StartFn
+from tests.support.inproc import inprocess_config
 from tests.support.origin import Origin, Reply
-from tests.support.procs import Impl, Server, free_ports
+from tests.support.procs import Impl, Server
 from tests.support.rawhttp import RawResponse
 
 _GRIPD_NOT_WIRED = False
@@ -267,16 +266,7 @@ async def test_command_publish_reaches_hold(
 @pytest.fixture
 async def app_rig(origin: Origin) -> AsyncIterator[tuple[App, ZmqInputs, CommandServer]]:
     """An in-process ``App`` (it wires its own ZeroMQ inputs and command socket)."""
-    http, control, pull, sub, cmd = free_ports(5)
-    cfg = replace(
-        default_config("/tmp"),
-        http_port=[Listen("127.0.0.1", http)],
-        push_in_http_port=control,
-        push_in_spec=f"tcp://127.0.0.1:{pull}",
-        push_in_sub_specs=[f"tcp://127.0.0.1:{sub}"],
-        command_spec=f"tcp://127.0.0.1:{cmd}",
-        subscription_linger=1,
-    )
+    cfg = inprocess_config(subscription_linger=1)
     app = App(cfg, route_lines=[f"* 127.0.0.1:{origin.port}"])
     await app.start()
     try:

@@ -483,8 +483,14 @@ class WsSession:
         self.ka_timer = self.delayed_timer = None
         if self.task is not None and not self.task.done():
             self.task.cancel()
-        if self.link is not None:
-            self.link.close()
+        self.task = None
+        link, self.link = self.link, None
+        if link is not None:
+            link.close()
+        # Nothing is sent or read any more: let go of the endpoint's cycles (its handler is
+        # this session's peer), so the session is freed by reference counting.
+        if self.client is not None:
+            self.client.release()
 
     def on_client_pause_writing(self) -> None:
         # The client reads slower than the origin sends: stop reading the origin (bounded).

@@ -221,6 +221,8 @@ class ClientConnection(ClientWrites):
         self._pending = None
         self._unparsed = None
         self._parser = None
+        self.raw_sink = None  # an upgraded connection's reader (its WebSocket endpoint)
+        self._raw_buf = None
 
     def pause_writing(self) -> None:
         self._writing_paused = True

@@ -32,7 +32,7 @@ from gripd.core.errors import OriginError
 from gripd.core.http import HttpResponse, reason_phrase
 from gripd.io.origin.connection import HeadBudget
 from gripd.io.origin.endpoint import Endpoint
-from gripd.io.ws_endpoint import WsEndpoint, WsPeerHandler
+from gripd.io.ws_endpoint import GoneHandler, WsEndpoint, WsPeerHandler
 
 log = logging.getLogger("gripd.ws.origin")
 
@@ -48,6 +48,33 @@ class OriginLinkHandler(WsPeerHandler, TypingProtocol):
     def on_origin_gone(self) -> None: ...
     def on_origin_pause_writing(self) -> None: ...
     def on_origin_resume_writing(self) -> None: ...
+
+
+class _GoneLinkHandler(GoneHandler):
+    """The handler of an origin link whose connection is gone: nothing more is reported."""
+
+    __slots__ = ()
+
+    def on_origin_open(self, headers: hdr.Headers) -> None:
+        pass
+
+    def on_origin_reject(self, resp: HttpResponse) -> None:
+        pass
+
+    def on_origin_failed(self, detail: str, tried: list[str]) -> None:
+        pass
+
+    def on_origin_gone(self) -> None:
+        pass
+
+    def on_origin_pause_writing(self) -> None:
+        pass
+
+    def on_origin_resume_writing(self) -> None:
+        pass
+
+
+_GONE_LINK: OriginLinkHandler = _GoneLinkHandler()
 
 
 class WsOriginLink(asyncio.Protocol):
@@ -192,13 +219,19 @@ class WsOriginLink(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self.ws is not None or self._done:
-            self.handler.on_origin_gone()
-        else:
-            self._fail_handshake("origin closed during the handshake")
+        if not self._closed:
+            self._closed = True
+            if self.ws is not None or self._done:
+                self.handler.on_origin_gone()
+            else:
+                self._fail_handshake("origin closed during the handshake")
+        # The connection's last event: let go of the handler, the endpoint and the parser,
+        # which all point back here, so the link is freed by reference counting.
+        self._cancel_timer()
+        self.handler = _GONE_LINK
+        self._parser = None
+        if self.ws is not None:
+            self.ws.release()
 
     def pause_writing(self) -> None:
         self.handler.on_origin_pause_writing()
