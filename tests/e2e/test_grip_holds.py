@@ -132,6 +132,47 @@ async def test_stream_hold_and_sse(impl: Impl, start: StartFn, origin: Origin) -
             r.close()
 
 
+@pytest.mark.parametrize("when", ["after", "during"])
+async def test_connection_serves_a_request_after_a_stream(
+    impl: Impl, start: StartFn, origin: Origin, when: str
+) -> None:
+    """F24: a chunked stream ended by ``action: close`` ends its response cleanly, and the
+    keep-alive connection goes on to the next request, whether the client sends it after the
+    end or pipelines it while the stream is held (it is answered once the stream ends)."""
+    origin.route(
+        "GET", "/st", Reply(200, [("Grip-Hold", "stream"), ("Grip-Channel", "st")], "open\n")
+    )
+    origin.route("GET", "/next", Reply(200, body="next\n"))
+    s = await start(impl, [f"* 127.0.0.1:{origin.port}"])
+    stream = await open_request(s.http_port, get("/st"))
+    try:
+        assert await stream.read_body_until(b"open\n") == b"open\n"
+        await settle(s, origin, "/st")
+        if when == "during":
+            stream.writer.write(get("/next"))
+            await asyncio.sleep(0.3)
+            assert not any(r.path == "/next" for r in origin.requests)  # waits behind the stream
+        await publish(s, [{"channel": "st", "formats": {"http-stream": {"action": "close"}}}])
+        assert await stream.read_to_end() == b""
+        assert stream.done
+        if when == "after":
+            stream.writer.write(get("/next"))
+        # The next response comes on the same connection, right after the stream's last chunk.
+        raw = bytes(stream.raw)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while not raw.endswith(b"next\n") and loop.time() < deadline:
+            data = await asyncio.wait_for(stream.reader.read(65536), deadline - loop.time())
+            if not data:
+                break
+            raw += data
+        tail = raw[raw.index(b"0\r\n\r\n") + 5 :]
+        assert tail.startswith(b"HTTP/1.1 200 OK\r\n"), raw
+        assert tail.endswith(b"\r\n\r\nnext\n"), raw
+    finally:
+        stream.close()
+
+
 async def test_stream_keep_alive(impl: Impl, start: StartFn, origin: Origin) -> None:
     origin.route(
         "GET",

@@ -27,8 +27,7 @@ from gripd.io.listener.client import ClientConnection
 from gripd.io.origin.websocket import WsOriginLink
 from gripd.io.origin.woh import WohPeer
 from gripd.io.ws_endpoint import WsEndpoint
-from gripd.runtime.app import App
-from tests.support.inproc import inprocess_config
+from tests.support.inproc import inprocess_app
 
 SESSIONS = 20
 WATCHED = {WsSession, WsEndpoint, ClientConnection, WsOriginLink, WohPeer}
@@ -78,17 +77,6 @@ async def _origin(kind: str) -> AsyncIterator[str]:
             await runner.cleanup()
 
 
-@asynccontextmanager
-async def _gripd(route: str) -> AsyncIterator[int]:
-    cfg = inprocess_config()
-    app = App(cfg, route_lines=[route])
-    await app.start()
-    try:
-        yield cfg.http_port[0].port
-    finally:
-        await app.stop()
-
-
 async def _until(cond: Callable[[], bool], within: float = 5.0) -> None:
     for _ in range(int(within / 0.02)):
         if cond():
@@ -100,7 +88,7 @@ async def _until(cond: Callable[[], bool], within: float = 5.0) -> None:
 async def test_a_closed_websocket_session_is_freed_without_the_cycle_collector(
     kind: str,
 ) -> None:
-    async with _origin(kind) as route, _gripd(route) as port:
+    async with _origin(kind) as route, inprocess_app(route) as port:
 
         async def session(close: Callable[[websockets.ClientConnection], Awaitable[None]]) -> None:
             async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:

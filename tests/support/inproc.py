@@ -1,7 +1,9 @@
-"""gripd's configuration for an ``App`` run inside the test's own event loop."""
+"""gripd's ``App`` run inside the test's own event loop, and its configuration."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -22,3 +24,18 @@ def inprocess_config(**changes: Any) -> Config:
         command_spec=f"tcp://127.0.0.1:{cmd}",
         **changes,
     )
+
+
+@asynccontextmanager
+async def inprocess_app(route: str, **changes: Any) -> AsyncIterator[int]:
+    """gripd's ``App`` running in the current event loop with one route line, on
+    :func:`inprocess_config` (``changes`` on top); yields its client port."""
+    from gripd.runtime.app import App  # imported late: building a config needs none of it
+
+    cfg = inprocess_config(**changes)
+    app = App(cfg, route_lines=[route])
+    await app.start()
+    try:
+        yield cfg.http_port[0].port
+    finally:
+        await app.stop()
