@@ -508,7 +508,10 @@ async def test_reset_stream_ends_its_stats_connection(
         await asyncio.sleep(0.3 * TIME_SCALE)  # the reader's subscription reaches gripd
         sid = raw.request(path)
         await raw.send()
-        opened = await reader.wait(lambda p: p[0] == "conn" and not p[1].get("unavailable"))
+        # The stream's own connection (TLS): not the readiness probe's, which may be seen too.
+        opened = await reader.wait(
+            lambda p: p[0] == "conn" and p[1].get("ssl") is True and not p[1].get("unavailable")
+        )
         if path == "/held":
             await reader.wait(_is("sub", mode="stream", channel="h"))
         raw.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)

@@ -25,6 +25,7 @@ import h2.exceptions
 import httptools
 
 from gripd.core.http import HttpResponse, encode_full
+from gripd.io.observe.events import requests_observed
 
 if TYPE_CHECKING:
     from gripd.io.listener.h2 import H2Connection
@@ -117,6 +118,15 @@ class H2Stream:
         handler, self.handler = self.handler, None
         if handler is not None:
             handler.on_client_closed()
+        self._request_gone()
+
+    def _request_gone(self) -> None:
+        """The stream ended before its response did: its request's stats connection ends with
+        it (F43), as a closed HTTP/1.1 connection's does. Nothing happens if the request's
+        end was already counted (a handler that saw the close counts it itself)."""
+        app = self.conn.app
+        if requests_observed(app.config):
+            app.events.request_ended(self.id)
 
     def conn_paused(self) -> None:
         if not self._wpaused:
@@ -291,6 +301,7 @@ class H2Stream:
         self._finish_stream()
         if handler is not None:
             handler.on_client_closed()
+        self._request_gone()
 
     def flush(self) -> None:
         self.conn.flush()
