@@ -163,11 +163,15 @@ class StatsReader:
             self.frames.append(parts[0])
             self.packets.append(_decode(parts[0]))
 
-    async def wait(self, pred: Callable[[Frame], bool], timeout: float = 10.0) -> Frame:
+    async def wait(
+        self, pred: Callable[[Frame], bool], timeout: float = 10.0, since: int = 0
+    ) -> Frame:
+        """The first packet matching ``pred``, from index ``since`` of ``packets`` on (so a
+        packet from before a step, such as the readiness probe's, cannot answer for it)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout * TIME_SCALE
         while loop.time() < deadline:
-            for p in self.packets:
+            for p in self.packets[since:]:
                 if pred(p):
                     return p
             await asyncio.sleep(0.02)
@@ -256,6 +260,7 @@ async def test_stats_and_metrics(proxy: Callable[[str], Awaitable[Proxy]], fmt: 
             "# TYPE pp_message_sent counter",
         ]
 
+        mark = len(reader.packets)  # what comes after is this test's requests'
         stream = await open_request(p.http_port, _get("/stream?channel=a"))
         await stream.read_body_until(b"[stream opened]\n")
         r, w = await asyncio.open_connection("127.0.0.1", p.http_port)
@@ -263,7 +268,7 @@ async def test_stats_and_metrics(proxy: Callable[[str], Awaitable[Proxy]], fmt: 
         poll = RawResponse(r, w)
         await reader.wait(_is("sub", mode="stream", channel="a", subscribers=1))
         await reader.wait(_is("sub", mode="response", channel="b", subscribers=1))
-        conn = await reader.wait(_is("conn", type="http"))
+        conn = await reader.wait(_is("conn", type="http"), since=mark)
         assert conn[1]["peer-address"] == "127.0.0.1" and conn[1]["ttl"] == 120
         await asyncio.sleep(0.2 * TIME_SCALE)
         _, _, mid_body = await asyncio.to_thread(_scrape, p.prom_port)
@@ -294,10 +299,11 @@ async def test_stats_and_metrics(proxy: Callable[[str], Awaitable[Proxy]], fmt: 
         assert sums["received"] == 2 and sums["http-response-sent"] == 1
         report_keys = set(report[1])
 
+        closing = len(reader.packets)
         stream.close()
         stream = None
-        await reader.wait(_is("sub", mode="stream", channel="a", unavailable=True))
-        await reader.wait(_is("conn", unavailable=True))
+        await reader.wait(_is("sub", mode="stream", channel="a", unavailable=True), since=closing)
+        await reader.wait(_is("conn", unavailable=True), since=closing)
 
         await asyncio.sleep(2.5 * TIME_SCALE)  # two report intervals: the peak drops to 0
         _, _, after_body = await asyncio.to_thread(_scrape, p.prom_port)
