@@ -100,7 +100,6 @@ class ClientConnection(ClientWrites):
         "_in_head",
         "_linger_left",
         "_park_asked",
-        "_parked",
         "_parser",
         "_pipe_paused",
         "_queued_bytes",
@@ -129,9 +128,10 @@ class ClientConnection(ClientWrites):
         self.transport: asyncio.Transport | None = None
         # The parser holds this connection's callbacks: a cycle, broken in connection_lost so
         # that a closed connection is freed at once (a cycle waits for the garbage collector,
-        # whose full collections take longer the more connections are held).
+        # whose full collections take longer the more connections are held). None once closed,
+        # upgraded or handed to HTTP/2, and while parked by a hold (``_park``): open and not
+        # upgraded, it is made anew on the next read.
         self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
-        self._parked = False  # the parser was let go during a hold; made anew on the next read
         self._park_asked = False  # a hold began inside a parser callback: park after the read
         self.peer = ""
         self.tls = False  # set in connection_made: the transport is TLS (https_ports)
@@ -225,7 +225,6 @@ class ClientConnection(ClientWrites):
         self._pending = None
         self._unparsed = None
         self._parser = None
-        self._parked = False
         self.raw_sink = None  # an upgraded connection's reader (its WebSocket endpoint)
         self._raw_buf = None
 
@@ -260,9 +259,8 @@ class ClientConnection(ClientWrites):
     def _feed(self, data: bytes) -> None:
         """Parse ``data``: whole while it is the body of the request being answered (or fits in
         one slice), else in ``PIPE_SLICE`` pieces, stopping when the pipeline queue is full."""
-        if self._parked:
-            # Parked at a message boundary (hold_started): a new parser is in the same state.
-            self._parked = False
+        if self._parser is None and not self.closed and not self._upgraded:
+            # Parked at a message boundary (``_park``): a new parser is in the same state.
             self._parser = httptools.HttpRequestParser(self)
         self._feeding = True
         try:
@@ -684,8 +682,7 @@ class ClientConnection(ClientWrites):
             and self._unparsed is None
             and not self._in_head
         ):
-            self._parser = None
-            self._parked = True
+            self._parser = None  # parked: made anew by the next _feed
 
     def finish_response(self, keep_alive: bool = True) -> None:
         """The current request's response is complete: go on with the next request or close."""
