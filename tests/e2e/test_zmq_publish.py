@@ -23,7 +23,7 @@ from gripd.io.inputs.command import CommandServer
 from gripd.io.inputs.zmq import ZmqInputs
 from gripd.runtime.app import App
 from tests.conftest import StartFn
-from tests.support.inproc import inprocess_config
+from tests.support.inproc import inprocess_app
 from tests.support.origin import Origin, Reply
 from tests.support.procs import Impl, Server
 from tests.support.rawhttp import RawResponse
@@ -266,14 +266,9 @@ async def test_command_publish_reaches_hold(
 @pytest.fixture
 async def app_rig(origin: Origin) -> AsyncIterator[tuple[App, ZmqInputs, CommandServer]]:
     """An in-process ``App`` (it wires its own ZeroMQ inputs and command socket)."""
-    cfg = inprocess_config(subscription_linger=1)
-    app = App(cfg, route_lines=[f"* 127.0.0.1:{origin.port}"])
-    await app.start()
-    try:
+    async with inprocess_app(f"* 127.0.0.1:{origin.port}", subscription_linger=1) as app:
         assert app.services is not None
         yield app, app.services.zmq_inputs, app.services.command
-    finally:
-        await app.stop()
 
 
 async def test_inprocess_pull_sub_and_command(

@@ -42,7 +42,8 @@ async def test_held_streams_keep_no_parser(target: str, origin: Origin) -> None:
     )
     route = "* test" if target == "test target" else f"* 127.0.0.1:{origin.port}"
     path = "/stream?channel=s" if target == "test target" else "/s"
-    async with inprocess_app(route) as port:
+    async with inprocess_app(route) as app:
+        port = app.config.http_port[0].port
         gc.collect()
         before = _parsers()
         conns = [await _hold(port, path) for _ in range(HELD)]

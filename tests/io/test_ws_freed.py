@@ -88,7 +88,8 @@ async def _until(cond: Callable[[], bool], within: float = 5.0) -> None:
 async def test_a_closed_websocket_session_is_freed_without_the_cycle_collector(
     kind: str,
 ) -> None:
-    async with _origin(kind) as route, inprocess_app(route) as port:
+    async with _origin(kind) as route, inprocess_app(route) as app:
+        port = app.config.http_port[0].port
 
         async def session(close: Callable[[websockets.ClientConnection], Awaitable[None]]) -> None:
             async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:

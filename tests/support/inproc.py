@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gripd.core.config import Config, Listen, default_config
 from tests.support.procs import free_ports
+
+if TYPE_CHECKING:
+    from gripd.runtime.app import App
 
 
 def inprocess_config(**changes: Any) -> Config:
@@ -27,15 +30,15 @@ def inprocess_config(**changes: Any) -> Config:
 
 
 @asynccontextmanager
-async def inprocess_app(route: str, **changes: Any) -> AsyncIterator[int]:
-    """gripd's ``App`` running in the current event loop with one route line, on
-    :func:`inprocess_config` (``changes`` on top); yields its client port."""
+async def inprocess_app(route: str, **changes: Any) -> AsyncIterator[App]:
+    """gripd's ``App`` started in the current event loop with one route line, on
+    :func:`inprocess_config` (``changes`` on top); stopped at the end. Its client port is
+    ``app.config.http_port[0].port``."""
     from gripd.runtime.app import App  # imported late: building a config needs none of it
 
-    cfg = inprocess_config(**changes)
-    app = App(cfg, route_lines=[route])
+    app = App(inprocess_config(**changes), route_lines=[route])
     await app.start()
     try:
-        yield cfg.http_port[0].port
+        yield app
     finally:
         await app.stop()
