@@ -22,6 +22,9 @@ StartFn = Callable[..., Awaitable[Server]]
 #: How much of each server's log a failed test report shows (its last lines).
 LOG_TAIL_LINES = 120
 
+#: The number of servers started before a test (``pytest_runtest_protocol``).
+_SERVERS_BEFORE = pytest.StashKey[int]()
+
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
@@ -40,9 +43,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             tail = "\n".join(server.log_text().splitlines()[-LOG_TAIL_LINES:])
             report.sections.append((f"{server.impl} log ({server.log_path})", tail))
     return report
-
-
-_SERVERS_BEFORE = pytest.StashKey[int]()
 
 
 @pytest.fixture(params=impls())

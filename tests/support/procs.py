@@ -622,18 +622,19 @@ def _wait_ready(server: Server, rundir: Path, timeout: float, probe: bool) -> No
         left = max(0.2, min(3.0, deadline - time.monotonic()))
         if not control_ok:
             control_ok = _http_status(server.control_port, "/", left) == 200
-        if control_ok and not links_ok:
-            links_ok = server.impl != "pushpin" or _ipc_links_connected(rundir)
-            if links_ok and server.impl == "pushpin":
-                # The ZMTP handshake follows the connect; Pushpin's sockets report writable only
-                # after it. No observable signal for that, so allow a short grace period.
-                time.sleep(_PUSHPIN_GRACE)
         # Pushpin's links come before the probe: a probe sent earlier can have zurl's answer
         # dropped on a link not yet up, and Pushpin then holds that request open for good (with
         # max_open_requests=1 nothing else ever got through).
-        if control_ok and links_ok and not proxy_ok:
+        if control_ok and not links_ok:
+            links_ok = server.impl != "pushpin"
+            if not links_ok and _ipc_links_connected(rundir):
+                # The ZMTP handshake follows the connect; Pushpin's sockets report writable only
+                # after it. No observable signal for that, so allow a short grace period.
+                time.sleep(_PUSHPIN_GRACE)
+                links_ok = True
+        if links_ok and not proxy_ok:
             proxy_ok = _http_status(server.http_port, PROBE_PATH, left) is not None
-        if control_ok and links_ok and proxy_ok:
+        if links_ok and proxy_ok:
             return
         time.sleep(0.05)
     raise ServerStartError(
