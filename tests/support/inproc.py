@@ -16,8 +16,11 @@ if TYPE_CHECKING:
 
 def inprocess_config(**changes: Any) -> Config:
     """The default configuration on free loopback ports (client, control API, ZeroMQ PULL,
-    SUB and command sockets), with ``changes`` on top."""
-    http, control, pull, sub, cmd = free_ports(5)
+    SUB, command and stats sockets), with ``changes`` on top.
+
+    The default stats socket is one fixed ``ipc://`` path: two tests sharing it (in parallel
+    pytest processes) would refuse each other's bind."""
+    http, control, pull, sub, cmd, stats = free_ports(6)
     return replace(
         default_config("/tmp"),
         http_port=[Listen("127.0.0.1", http)],
@@ -25,6 +28,7 @@ def inprocess_config(**changes: Any) -> Config:
         push_in_spec=f"tcp://127.0.0.1:{pull}",
         push_in_sub_specs=[f"tcp://127.0.0.1:{sub}"],
         command_spec=f"tcp://127.0.0.1:{cmd}",
+        stats_spec=f"tcp://127.0.0.1:{stats}",
         **changes,
     )
 
