@@ -479,6 +479,38 @@ async def response_timeout_waits_while_the_upload_moves() -> None:
 
 
 @scenario
+async def response_timeout_on_a_reused_connection_counts_from_its_own_request() -> None:
+    """Keep-alive: the first request's timer outlives it on the connection; the second
+    request, sent 0.2 s later (past the first one's 0.3 s deadline minus a bit), still gets
+    its whole 0.3 s, then times out, and the connection is not reused after."""
+    answered = 0
+
+    async def once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+        answered += 1
+        await read_head(reader)  # the second request: never answered
+        await reader.read()
+
+    async with RawOrigin(once) as srv:
+        pool = OriginPool(response_timeout=0.3)
+        loop = asyncio.get_running_loop()
+        first = await fetch(pool, srv.port)
+        assert (first.status, bytes(first.body)) == (200, b"a")
+        await asyncio.sleep(0.2)
+        t0 = loop.time()
+        second = await fetch(pool, srv.port)
+        waited = loop.time() - t0
+        assert srv.conns == 1 and answered == 1  # the same connection
+        assert str(second.error) == "timeout"
+        assert 0.29 <= waited < 2.0, waited
+        await asyncio.wait_for(srv.closed.wait(), 2)
+        assert pool.connection_count() == 0
+        await pool.close()
+
+
+@scenario
 async def connect_timeout_fails_over_then_gives_up() -> None:
     # A TCP server that never answers the TLS ClientHello: the connect (with handshake) times out.
     async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -9,7 +9,8 @@ that parses what an origin sends; the WebSocket client uses the head budget too.
   ``Connection: close`` and HTTP/1.0 without keep-alive are never pooled. HEAD, 204 and 304 have
   no body whatever Content-Length says; 1xx interim responses are skipped (P6). A status under
   100, or a 1xx with a body, is an origin error (502), as in Pushpin.
-* A fresh parser is made per exchange: httptools ignores "skip body" for HEAD, so a reused
+* A parser serves the exchanges of its connection one after the other, except after a HEAD
+  response, when a fresh one is made: httptools ignores "skip body" for HEAD, so the same
   parser would read the next response as the HEAD body (verified pitfall, P6).
 * The response head (status line and header lines, 1xx interim heads included) is capped at
   ``response_head_max`` bytes and ``RESPONSE_HEAD_LINES_MAX`` lines (``HeadBudget``); past either
@@ -61,6 +62,12 @@ class HeadBudget:
         self.size = 0  # status and header lines seen, of every head so far (1xx included)
         self.lines = 0
         self.raw = 0  # bytes read since the head began / since the last body byte
+
+    def reset(self) -> None:
+        """A new exchange on the connection: nothing counted yet."""
+        self.size = 0
+        self.lines = 0
+        self.raw = 0
 
     def begin(self) -> None:
         """A head starts: ``HTTP/1.1 200 `` + CRLF, and the CRLF that ends the head."""
@@ -118,6 +125,7 @@ class OriginConnection(asyncio.Protocol):
         "_pool",
         "_reading_paused",
         "_reason",
+        "_watch",
         "endpoint",
         "exchange",
         "idle_since",
@@ -136,6 +144,11 @@ class OriginConnection(asyncio.Protocol):
         self._parser: httptools.HttpResponseParser | None = None
         self._pending: list[bytes] | None = None  # request bytes queued for the tick's end
         self._pending_size = 0
+        self._budget = HeadBudget(pool.response_head_max)
+        # One timer over the deadlines of the exchanges this connection carries (each
+        # exchange's response_timeout); it outlives them, so a keep-alive connection makes one
+        # timer per response_timeout, not one per request.
+        self._watch: asyncio.TimerHandle | None = None
         self._reset_response()
 
     def _reset_response(self) -> None:
@@ -149,7 +162,7 @@ class OriginConnection(asyncio.Protocol):
         self._eof_body = False
         self._reason: list[bytes] = []
         self._headers: Headers = []
-        self._budget = HeadBudget(self._pool.response_head_max)
+        self._budget.reset()
 
     @property
     def usable(self) -> bool:
@@ -160,7 +173,25 @@ class OriginConnection(asyncio.Protocol):
     def attach(self, ex: OriginExchange) -> None:
         self.exchange = ex
         self._reset_response()
-        self._parser = httptools.HttpResponseParser(self)
+        if self._parser is None:
+            self._parser = httptools.HttpResponseParser(self)
+
+    def watch(self, deadline: float) -> None:
+        """Have the current exchange's ``check_deadline`` called at ``deadline`` or later (an
+        armed watch fires sooner and is re-armed by it: deadlines only move later)."""
+        if self._watch is None and not self._closed:
+            self._watch = self._pool.call_at(deadline, self._on_watch)
+
+    def _on_watch(self) -> None:
+        self._watch = None
+        ex = self.exchange
+        if ex is not None and not self._closed:
+            ex.check_deadline()
+
+    def _unwatch(self) -> None:
+        w, self._watch = self._watch, None
+        if w is not None:
+            w.cancel()
 
     def write(self, data: bytes) -> None:
         """Send request bytes: at the end of the loop tick through the pool's flusher (a
@@ -202,6 +233,7 @@ class OriginConnection(asyncio.Protocol):
         """Close now: unsent request bytes are dropped (a peer that stopped reading can't block)."""
         self._closed = True
         self._pending = None
+        self._unwatch()
         self._pool.forget(self)
         if self.transport is not None:
             self.transport.abort()
@@ -259,6 +291,7 @@ class OriginConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._unwatch()
         self._pool.forget(self)
         self._parser = None  # it holds this connection's callbacks: a cycle (see client.py)
         ex = self.exchange
@@ -359,7 +392,12 @@ class OriginConnection(asyncio.Protocol):
     def _complete(self, ex: OriginExchange) -> None:
         reusable = self._keep_alive and not self._dirty and ex.request_done and not self._closed
         ex.complete()
-        self._parser = None
+        if not reusable or ex.method == "HEAD":
+            # The parser goes with the connection, except when its response ended at the
+            # head (HEAD): llhttp would read the next response as that one's body (P6). A
+            # parser whose message completed is at a message boundary: the next exchange on
+            # this connection reuses it (making one was 1.5 % of a pass-through request).
+            self._parser = None
         if self._reading_paused:
             self.resume()
         if reusable:
