@@ -29,6 +29,9 @@ _HOST_RE = re.compile(
     r"|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)"
     r"(?::[0-9]*)?"
 )
+# The usual value (a name or IPv4 address, maybe a port) without the alternation: a subset of
+# _HOST_RE that ``re`` matches about three times as fast; the rest go on to _HOST_RE.
+_HOST_PLAIN_RE = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=]*(?::[0-9]*)?")
 
 #: Pushpin 1.36's answer to ``CONNECT`` (its proxy's generic origin error, F47).
 CONNECT_BODY = "Error while proxying to origin.\n"
@@ -46,13 +49,13 @@ class Rejection:
 
 def valid_host(value: str) -> bool:
     """Whether ``value`` is a valid ``Host`` field value (RFC 9112 §3.2, RFC 3986 §3.2.2)."""
-    return _HOST_RE.fullmatch(value) is not None
+    return _HOST_PLAIN_RE.fullmatch(value) is not None or _HOST_RE.fullmatch(value) is not None
 
 
 def check_host(headers: Headers) -> tuple[str, str] | None:
     """None when the ``Host`` field lines are acceptable, else (what is wrong, for the client;
     the same with the values, for the log)."""
-    hosts = [v for k, v in headers if k.lower() == "host"]
+    hosts = [v for k, v in headers if len(k) == 4 and k.lower() == "host"]
     if len(hosts) > 1:
         shown = ", ".join(repr(show(h)) for h in hosts[:4])
         return "more than one Host header", f"more than one Host header: {shown}"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gripd.core.requestcheck import CONNECT_BODY, check_host, check_request, valid_host
+from gripd.core.requestcheck import _HOST_RE, CONNECT_BODY, check_host, check_request, valid_host
 
 
 @pytest.mark.parametrize(
@@ -84,3 +86,11 @@ def test_check_request() -> None:
     assert rej.response.body == b"Bad Request: invalid Host header.\n"
     assert rej.close
     assert "'a b'" in rej.reason
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="aZ09-._~!$&'()*+,;=%:[]@/ \t\x7f\u00e9", max_size=24))
+def test_the_plain_host_shortcut_agrees_with_the_whole_grammar(value: str) -> None:
+    """``valid_host`` answers first with a faster pattern for plain names; it must accept
+    exactly what RFC 3986's host grammar accepts."""
+    assert valid_host(value) == (_HOST_RE.fullmatch(value) is not None)
