@@ -49,7 +49,9 @@ async def _wait_then_write(stream: io.StringIO) -> None:
     t.info("two")
     assert stream.getvalue() == ""  # nothing written yet
     await asyncio.sleep(ticklog.FLUSH_DELAY + 0.05)
-    lines = stream.getvalue().splitlines()
+    text = stream.getvalue()
+    assert text.startswith("[INFO] ") and text.endswith("] two\n") and text.count("\n") == 2
+    lines = text.splitlines()
     assert [line.split("] ", 2)[-1] for line in lines] == ["one", "two"]
     stamps = [re.search(r"\.(\d{3}) \[", line).group(1) for line in lines]  # type: ignore[union-attr]
     assert stamps[0] != stamps[1]  # each line keeps the time it was queued (20 ms apart)

@@ -67,6 +67,8 @@ class TickLog:
                 rec.msecs = (at - int(at)) * 1000
                 logger.handle(rec)
             return
+        # Pieces joined once: each line's prefix carries the previous line's newline, so a
+        # line costs two appends and no string of its own (the first newline is cut off).
         out: list[str] = []
         ms = -1
         prefix = ""
@@ -76,9 +78,11 @@ class TickLog:
             if t != ms:  # one strftime per millisecond
                 ms = t
                 ts = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
-                prefix = f"[INFO] {ts}.{t % 1000:03d} [{name}] "
-            out.append(prefix + m + "\n")
-        text = "".join(out)
+                prefix = f"\n[INFO] {ts}.{t % 1000:03d} [{name}] "
+            out.append(prefix)
+            out.append(m)
+        out.append("\n")
+        text = "".join(out)[1:]
         for h in streams:
             h.acquire()
             try:
