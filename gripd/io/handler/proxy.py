@@ -649,7 +649,7 @@ class ProxySession:
             what + " retry" if self.retry else what,
             peer=self.conn.peer if cfg.log_from else None,
             user_agent=cfg.log_user_agent,
-            trailer=(f"#{ch}={lid}" for ch, lid in self.last_ids),
+            trailer=[f"#{ch}={lid}" for ch, lid in self.last_ids] if self.last_ids else (),
         )
         ticklog.info(line)
 
