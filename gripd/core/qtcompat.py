@@ -72,6 +72,8 @@ def to_int(s: str | None) -> int | None:
     decimal digits, within int32; None when not ok. Qt stops at a NUL byte."""
     if s is None:
         return None
+    if 0 < len(s) < 10 and s.isascii() and s.isdigit():
+        return int(s)  # the usual value (Grip-Timeout: 55): under 10 digits fits in int32
     s = s.split("\0", 1)[0]
     body = s.lstrip(_QT_WS).rstrip(_QT_WS)
     if not _INT_RE.fullmatch(body):
