@@ -66,6 +66,7 @@ class Settings:
     workers: int = 2
     lp_clients: int = 100
     lp_seconds: float = 10.0
+    lp_settle_ms: int = 10
     wrk_seconds: int = 10
     wrk_connections: int = 50
     zmq_clients: int = 1000
@@ -486,7 +487,7 @@ def run_longpoll(server: Server, workers: Workers, st: Settings, origin_pid: int
                 "control_port": server.control_port,
                 "clients": k,
                 "duration": st.lp_seconds,
-                "settle_ms": 10,
+                "settle_ms": st.lp_settle_ms,
                 "retry_ms": 250,
                 "inflight": max(1, f),
                 "prefix": f"lp{i}-",
@@ -511,6 +512,7 @@ def run_longpoll(server: Server, workers: Workers, st: Settings, origin_pid: int
 
     return [
         ("long-poll clients (own channel each)", str(st.lp_clients)),
+        ("publish delay after each poll ms", str(st.lp_settle_ms)),
         ("cycles/s", f"{cycles / secs:,.0f}"),
         ("cycles total", str(cycles)),
         ("cycle time p50 ms (poll sent → response)", f"{pct(lat, 50):.1f}"),
@@ -675,6 +677,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, help="seconds between fan-out publishes")
     ap.add_argument("--workers", type=int, help="load-generator processes")
     ap.add_argument("--lp-clients", type=int)
+    ap.add_argument(
+        "--lp-settle-ms",
+        type=int,
+        help="long-poll: ms from a poll to its channel's publish (default 10); it bounds the "
+        "rate at about clients / (delay + cycle time)",
+    )
     ap.add_argument("--seconds", type=int, help="duration of long-poll and wrk runs")
     ap.add_argument("--workdir", type=Path, help="keep server configs and logs here")
     ap.add_argument("--loglevel", help="[runner] log_level for both servers (default 2)")
@@ -723,6 +731,8 @@ def main(argv: list[str] | None = None) -> int:
     st.interval = args.interval if args.interval is not None else st.interval
     st.workers = args.workers or st.workers
     st.lp_clients = args.lp_clients or st.lp_clients
+    if args.lp_settle_ms is not None:
+        st.lp_settle_ms = args.lp_settle_ms
     if args.seconds:
         st.lp_seconds = float(args.seconds)
         st.wrk_seconds = args.seconds
