@@ -35,23 +35,31 @@ def lower_text(s: str) -> str:
 
 
 def get(headers: Headers, name: str) -> str | None:
-    """The first value of ``name`` (case-insensitive), or None."""
+    """The first value of ``name`` (case-insensitive), or None.
+
+    ``name`` is ASCII (every caller's is a constant). A field name of another length can't
+    match it, so most lines are passed over without lowering them: ``lower()`` keeps the
+    length of every latin-1 name, and the one character whose lowercase is longer (U+0130)
+    can't lower to ASCII."""
     lname = name.lower()
+    n = len(lname)
     for k, v in headers:
-        if k.lower() == lname:
+        if len(k) == n and k.lower() == lname:
             return v
     return None
 
 
 def get_all(headers: Headers, name: str) -> list[str]:
-    """Every value of ``name``, in order."""
+    """Every value of ``name``, in order (``name`` as for :func:`get`)."""
     lname = name.lower()
-    return [v for k, v in headers if k.lower() == lname]
+    n = len(lname)
+    return [v for k, v in headers if len(k) == n and k.lower() == lname]
 
 
 def contains(headers: Headers, name: str) -> bool:
     lname = name.lower()
-    return any(k.lower() == lname for k, _ in headers)
+    n = len(lname)
+    return any(len(k) == n and k.lower() == lname for k, _ in headers)
 
 
 def remove(headers: Headers, *names: str) -> Headers:

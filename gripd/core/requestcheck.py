@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gripd.core.headers import Headers, show
+from gripd.core.headers import Headers, get_all, show
 from gripd.core.http import HttpResponse, text_response
 
 # RFC 3986 §3.2.2: IP-literal / IPv4address / reg-name, then an optional port (§3.2.3).
@@ -55,7 +55,7 @@ def valid_host(value: str) -> bool:
 def check_host(headers: Headers) -> tuple[str, str] | None:
     """None when the ``Host`` field lines are acceptable, else (what is wrong, for the client;
     the same with the values, for the log)."""
-    hosts = [v for k, v in headers if len(k) == 4 and k.lower() == "host"]
+    hosts = get_all(headers, "host")
     if len(hosts) > 1:
         shown = ", ".join(repr(show(h)) for h in hosts[:4])
         return "more than one Host header", f"more than one Host header: {shown}"

@@ -57,6 +57,33 @@ def test_header_list_helpers() -> None:
     assert hdr.unquote('"a\\"b"') == 'a"b'
 
 
+_NAMES = ("host", "Host", "content-length", "k", "")
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(
+                st.sampled_from((*_NAMES, "HOST", "Hos", "hostt", "\u0130", "\u212a")), st.text()
+            ),
+            st.text(max_size=3),
+        ),
+        max_size=6,
+    ),
+    st.sampled_from(_NAMES),
+)
+def test_lookups_skip_other_lengths_without_missing_a_match(
+    headers: list[tuple[str, str]], name: str
+) -> None:
+    """``get``/``get_all``/``contains`` pass over names of another length: the same answers
+    as comparing every lowered name (non-ASCII names included: U+0130 lowers to two characters,
+    the Kelvin sign U+212A to "k")."""
+    every = [v for k, v in headers if k.lower() == name.lower()]
+    assert hdr.get_all(headers, name) == every
+    assert hdr.get(headers, name) == (every[0] if every else None)
+    assert hdr.contains(headers, name) == bool(every)
+
+
 @given(st.text())
 def test_split_rejoins(value: str) -> None:
     assert ",".join(hdr.split_unquoted(value, ",")) == value
