@@ -57,14 +57,16 @@ class HeadBudget:
 
     __slots__ = ("lines", "max_bytes", "raw", "size")
 
+    size: int  # status and header lines seen, of every head so far (1xx included)
+    lines: int
+    raw: int  # bytes read since the head began / since the last body byte
+
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self.size = 0  # status and header lines seen, of every head so far (1xx included)
-        self.lines = 0
-        self.raw = 0  # bytes read since the head began / since the last body byte
+        self.reset()
 
     def reset(self) -> None:
-        """A new exchange on the connection: nothing counted yet."""
+        """Nothing counted yet (a new exchange on the connection)."""
         self.size = 0
         self.lines = 0
         self.raw = 0

@@ -344,8 +344,9 @@ class OriginExchange:
             conn.write(data)
 
 
-#: uvloop rounds a timer's delay to whole milliseconds, so a watch may fire up to this much
-#: before the deadline it was set for; that counts as reached (no re-arm for the remainder).
+#: uvloop's clock and timers count whole milliseconds, so a watch can fire up to this much before
+#: the deadline it was set for, by ``loop.time()`` (seen up to 0.5 ms); that counts as reached,
+#: with no re-arm for the remainder, as the timer made per exchange did before.
 _TIMER_SLACK = 0.001
 
 _CONNECT_ERRORS = (OSError, ssl.SSLError, ssl.CertificateError, TimeoutError)
@@ -488,16 +489,15 @@ class OriginPool:
 
     def now(self) -> float:
         """The loop's time (the clock of exchange deadlines)."""
-        return (self._loop or asyncio.get_running_loop()).time()
+        return self._ev().time()
 
     def call_at(self, when: float, cb: Callable[[], None]) -> asyncio.TimerHandle:
         """Call ``cb`` at loop time ``when`` (a connection's watch over exchange deadlines)."""
-        return (self._loop or asyncio.get_running_loop()).call_at(when, cb)
+        return self._ev().call_at(when, cb)
 
     def spawn(self, coro: typing.Coroutine[typing.Any, typing.Any, None]) -> asyncio.Task[None]:
         """Run ``coro`` (an exchange's replay) as a task that ``close()`` cancels."""
-        loop = self._loop or asyncio.get_running_loop()
-        task = loop.create_task(coro)
+        task = self._ev().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -569,9 +569,12 @@ class OriginPool:
 
     # -- internals ------------------------------------------------------------------------------
 
+    def _ev(self) -> asyncio.AbstractEventLoop:
+        """The loop the pool's connections run on (the running one until the first connect)."""
+        return self._loop or asyncio.get_running_loop()
+
     def _call_later(self, delay: float, cb: Callable[[], None]) -> asyncio.TimerHandle:
-        loop = self._loop or asyncio.get_running_loop()
-        return loop.call_later(delay, cb)
+        return self._ev().call_later(delay, cb)
 
     def _ssl_context(self, insecure: bool) -> ssl.SSLContext:
         ctx = self._ssl.get(insecure)
