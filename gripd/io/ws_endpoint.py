@@ -110,7 +110,6 @@ class WsEndpoint:
         "handler",
         "last_frames",
         "proto",
-        "released",
         "write",
         "write_eof",
     )
@@ -134,7 +133,11 @@ class WsEndpoint:
         # Frames the message being reported came in: F38 ignores a ``c:`` control message
         # unless it was a single frame, so the origin side needs to know.
         self.last_frames = 1
-        self.released = False
+
+    @property
+    def released(self) -> bool:
+        """``release()`` was called (its handler is the one that ignores everything)."""
+        return self.handler is _GONE
 
     def release(self) -> None:
         """Let go of everything once the connection is gone, so that the endpoint and what it
@@ -144,7 +147,6 @@ class WsEndpoint:
         this endpoint. Afterwards the endpoint ignores input and sends nothing."""
         if self.released:
             return
-        self.released = True
         self.closed = True
         self.proto.parser.close()  # its frame is dropped with it
         self.handler = _GONE
