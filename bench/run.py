@@ -732,6 +732,8 @@ def main(argv: list[str] | None = None) -> int:
     st.workers = args.workers or st.workers
     st.lp_clients = args.lp_clients or st.lp_clients
     if args.lp_settle_ms is not None:
+        if args.lp_settle_ms < 0:
+            ap.error("--lp-settle-ms must be 0 or more")
         st.lp_settle_ms = args.lp_settle_ms
     if args.seconds:
         st.lp_seconds = float(args.seconds)
